@@ -1,0 +1,296 @@
+"""The vault state machine: every rule that decides whether a guess is allowed.
+
+Rules of this file (read them before changing anything):
+
+1. Everything that affects a vault record -- whether an attempt is counted,
+   when a record is destroyed, when a sealed secret may be released, who may
+   change or delete a record -- lives *here*, in this file, and nowhere else.
+   Nodes only propose commands and act on the results.
+2. Sans-IO: no sockets, threads, clocks, randomness or files.  Times (``now``,
+   milliseconds) and ids (attempt ids, record versions) arrive inside the
+   command, chosen by the proposing node.  The same log therefore produces
+   the same state on every replica, and tests can drive it exhaustively.
+3. ``apply`` never raises.  A malformed command is answered with
+   ``{"ok": False, "code": "bad_command"}`` and changes nothing (pysyncobj
+   would retry a raising entry forever).
+4. Commands and snapshots are msgpack with a version field; unknown versions
+   are refused, not guessed at.
+5. Record transitions are the table ``TRANSITIONS`` below.  A (status, op)
+   pair missing from it is refused with no state change.
+
+The guess limit: ``begin_attempt`` is committed *before* the node computes
+KE2, and counts the attempt in the same step in which it is allowed.  When
+``attempts_used == max_attempts`` the next ``begin_attempt`` destroys the
+record (secret and OPAQUE record wiped, a tombstone kept).  Since an OPAQUE
+guess can only be tested with a KE2, the number of KE2s ever computed for a
+record version is at most ``max_attempts`` between two successes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import msgpack
+
+COMMAND_VERSION = 1
+SNAPSHOT_VERSION = 1
+
+# Policy constants (part of the replicated semantics: changing them changes
+# the meaning of an existing log, so they are versioned with the commands).
+ATTEMPT_TTL_MS = 120_000  # KE3 must arrive within this time of the counted KE2
+PROOF_TTL_MS = 300_000  # a completed attempt authorises one change this long
+MAX_ATTEMPTS_LIMIT = 100
+DEFAULT_MAX_ATTEMPTS = 10
+USER_MIN, USER_MAX = 1, 256
+ID_LEN = 16  # attempt ids and record versions
+OPAQUE_RECORD_LEN = 192
+SEALED_MAX = 8192
+
+# Record status.
+ABSENT = "absent"  # no record (never enrolled, or deleted by its owner)
+ACTIVE = "active"
+DESTROYED = "destroyed"  # guess limit exhausted: tombstone only
+
+# Operations.
+ENROLL = "enroll"
+BEGIN_ATTEMPT = "begin_attempt"
+COMPLETE_ATTEMPT = "complete_attempt"
+CHANGE_SECRET = "change_secret"
+CHANGE_CODE = "change_code"
+DELETE = "delete"
+
+# (status, op) -> name of the handler; anything else is refused.
+TRANSITIONS: dict[tuple[str, str], str] = {
+    (ABSENT, ENROLL): "_enroll",
+    (DESTROYED, ENROLL): "_enroll",
+    (ACTIVE, ENROLL): "_refuse_exists",
+    (ABSENT, BEGIN_ATTEMPT): "_begin_unknown",
+    (ACTIVE, BEGIN_ATTEMPT): "_begin",
+    (DESTROYED, BEGIN_ATTEMPT): "_refuse_destroyed",
+    (ACTIVE, COMPLETE_ATTEMPT): "_complete",
+    (DESTROYED, COMPLETE_ATTEMPT): "_refuse_destroyed",
+    (ACTIVE, CHANGE_SECRET): "_change_secret",
+    (ACTIVE, CHANGE_CODE): "_change_code",
+    (ACTIVE, DELETE): "_delete",
+}
+
+
+@dataclass
+class Record:
+    status: str
+    version: bytes = b""  # record version: AD of the sealed secret
+    opaque_record: bytes = b""
+    sealed_secret: bytes = b""
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    attempts_used: int = 0  # KE2s counted since the last success
+    total_attempts: int = 0
+    created_at: int = 0
+    updated_at: int = 0
+    last_success_at: int = 0
+    open_attempts: dict = field(default_factory=dict)  # attempt id -> (begun_at, number)
+    proof: list | None = None  # [attempt id, completed_at] of the last success
+
+    def to_wire(self) -> list:
+        return [self.status, self.version, self.opaque_record, self.sealed_secret,
+                self.max_attempts, self.attempts_used, self.total_attempts, self.created_at,
+                self.updated_at, self.last_success_at,
+                [[k, v[0], v[1]] for k, v in sorted(self.open_attempts.items())], self.proof]
+
+    @classmethod
+    def from_wire(cls, w: list) -> "Record":
+        r = cls(*w[:10])
+        r.open_attempts = {k: (b, n) for k, b, n in w[10]}
+        r.proof = list(w[11]) if w[11] is not None else None
+        return r
+
+
+class BadCommand(Exception):
+    """Internal: the command is malformed (never escapes ``apply``)."""
+
+
+def _bytes(cmd: dict, key: str, lo: int, hi: int) -> bytes:
+    v = cmd.get(key)
+    if not isinstance(v, bytes) or not lo <= len(v) <= hi:
+        raise BadCommand(f"{key}: expected {lo}..{hi} bytes")
+    return v
+
+
+def _int(cmd: dict, key: str, lo: int, hi: int) -> int:
+    v = cmd.get(key)
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise BadCommand(f"{key}: expected an integer {lo}..{hi}")
+    return v
+
+
+def encode_command(op: str, **fields: Any) -> bytes:
+    """Build a versioned msgpack command (used by nodes and tests)."""
+    return msgpack.packb({"v": COMMAND_VERSION, "op": op, **fields}, use_bin_type=True)
+
+
+class VaultState:
+    """The replicated state: a map from user id to :class:`Record`."""
+
+    def __init__(self) -> None:
+        self.records: dict[bytes, Record] = {}
+        self.applied = 0  # number of commands applied (for status only)
+
+    # ------------------------------------------------------------- entry
+    def apply(self, command: bytes) -> dict:
+        self.applied += 1
+        try:
+            cmd = msgpack.unpackb(command, raw=False, strict_map_key=False)
+            if not isinstance(cmd, dict) or cmd.get("v") != COMMAND_VERSION:
+                raise BadCommand("unknown command version")
+            op = cmd.get("op")
+            user = _bytes(cmd, "user", USER_MIN, USER_MAX)
+            now = _int(cmd, "now", 0, 2**62)
+            rec = self.records.get(user)
+            status = rec.status if rec is not None else ABSENT
+            handler = TRANSITIONS.get((status, op))
+            if handler is None:
+                if not isinstance(op, str) or op not in _ALL_OPS:
+                    raise BadCommand("unknown op")
+                return {"ok": False, "code": _refusal(status)}
+            fn: Callable[[bytes, Record | None, dict, int], dict] = getattr(self, handler)
+            return fn(user, rec, cmd, now)
+        except BadCommand as exc:
+            return {"ok": False, "code": "bad_command", "detail": str(exc)}
+        except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
+                msgpack.StackError) as exc:
+            return {"ok": False, "code": "bad_command", "detail": type(exc).__name__}
+
+    # ---------------------------------------------------------- handlers
+    def _enroll(self, user: bytes, rec: Record | None, cmd: dict, now: int) -> dict:
+        max_attempts = _int(cmd, "max_attempts", 1, MAX_ATTEMPTS_LIMIT)
+        self.records[user] = Record(
+            status=ACTIVE,
+            version=_bytes(cmd, "version", ID_LEN, ID_LEN),
+            opaque_record=_bytes(cmd, "opaque_record", OPAQUE_RECORD_LEN, OPAQUE_RECORD_LEN),
+            sealed_secret=_bytes(cmd, "sealed_secret", 1, SEALED_MAX),
+            max_attempts=max_attempts, created_at=now, updated_at=now)
+        return {"ok": True, "code": "enrolled", "max_attempts": max_attempts}
+
+    def _refuse_exists(self, user, rec, cmd, now) -> dict:
+        return {"ok": False, "code": "exists"}
+
+    def _refuse_destroyed(self, user, rec, cmd, now) -> dict:
+        return {"ok": False, "code": "destroyed"}
+
+    def _begin_unknown(self, user, rec, cmd, now) -> dict:
+        _bytes(cmd, "attempt_id", ID_LEN, ID_LEN)
+        return {"ok": False, "code": "unknown"}
+
+    def _begin(self, user: bytes, rec: Record, cmd: dict, now: int) -> dict:
+        attempt_id = _bytes(cmd, "attempt_id", ID_LEN, ID_LEN)
+        if attempt_id in rec.open_attempts:
+            raise BadCommand("attempt id reused")
+        if rec.attempts_used >= rec.max_attempts:
+            # The limit is exhausted: destroy for good, keep a tombstone.
+            self.records[user] = Record(status=DESTROYED, max_attempts=rec.max_attempts,
+                                        attempts_used=rec.attempts_used,
+                                        total_attempts=rec.total_attempts,
+                                        created_at=rec.created_at, updated_at=now)
+            return {"ok": False, "code": "destroyed", "just_destroyed": True}
+        rec.attempts_used += 1
+        rec.total_attempts += 1
+        rec.updated_at = now
+        # Expired attempts can never complete; forget them (bounded state).
+        rec.open_attempts = {k: v for k, v in rec.open_attempts.items()
+                             if now - v[0] <= ATTEMPT_TTL_MS}
+        rec.open_attempts[attempt_id] = (now, rec.attempts_used)
+        return {"ok": True, "code": "counted", "attempt": rec.attempts_used,
+                "attempts_left": rec.max_attempts - rec.attempts_used,
+                "version": rec.version, "opaque_record": rec.opaque_record}
+
+    def _complete(self, user: bytes, rec: Record, cmd: dict, now: int) -> dict:
+        attempt_id = _bytes(cmd, "attempt_id", ID_LEN, ID_LEN)
+        version = _bytes(cmd, "version", ID_LEN, ID_LEN)
+        opened = rec.open_attempts.get(attempt_id)
+        if opened is None or version != rec.version or now - opened[0] > ATTEMPT_TTL_MS:
+            return {"ok": False, "code": "no_attempt"}
+        failed = rec.attempts_used - 1
+        rec.attempts_used = 0
+        rec.open_attempts = {}
+        rec.proof = [attempt_id, now]
+        rec.last_success_at = now
+        rec.updated_at = now
+        return {"ok": True, "code": "released", "sealed_secret": rec.sealed_secret,
+                "version": rec.version, "failed_attempts": failed,
+                "max_attempts": rec.max_attempts}
+
+    def _take_proof(self, rec: Record, cmd: dict, now: int) -> bool:
+        attempt_id = _bytes(cmd, "attempt_id", ID_LEN, ID_LEN)
+        if rec.proof is None or rec.proof[0] != attempt_id or now - rec.proof[1] > PROOF_TTL_MS:
+            return False
+        rec.proof = None  # one change per successful recovery
+        return True
+
+    def _change_secret(self, user, rec: Record, cmd, now) -> dict:
+        version = _bytes(cmd, "version", ID_LEN, ID_LEN)
+        sealed = _bytes(cmd, "sealed_secret", 1, SEALED_MAX)
+        if not self._take_proof(rec, cmd, now):
+            return {"ok": False, "code": "no_proof"}
+        rec.version, rec.sealed_secret, rec.updated_at = version, sealed, now
+        return {"ok": True, "code": "changed"}
+
+    def _change_code(self, user, rec: Record, cmd, now) -> dict:
+        opaque_record = _bytes(cmd, "opaque_record", OPAQUE_RECORD_LEN, OPAQUE_RECORD_LEN)
+        if not self._take_proof(rec, cmd, now):
+            return {"ok": False, "code": "no_proof"}
+        rec.opaque_record, rec.updated_at = opaque_record, now
+        rec.attempts_used, rec.open_attempts = 0, {}
+        return {"ok": True, "code": "changed"}
+
+    def _delete(self, user, rec: Record, cmd, now) -> dict:
+        if not self._take_proof(rec, cmd, now):
+            return {"ok": False, "code": "no_proof"}
+        del self.records[user]
+        return {"ok": True, "code": "deleted"}
+
+    # ------------------------------------------------------- inspection
+    def summary(self, user: bytes) -> dict:
+        """Read-only view for tests and operators (never used to decide a guess)."""
+        rec = self.records.get(user)
+        if rec is None:
+            return {"status": ABSENT}
+        return {"status": rec.status, "attempts_used": rec.attempts_used,
+                "max_attempts": rec.max_attempts, "total_attempts": rec.total_attempts,
+                "has_secret": bool(rec.sealed_secret)}
+
+    def counts(self) -> dict:
+        out = {ACTIVE: 0, DESTROYED: 0}
+        for r in self.records.values():
+            out[r.status] += 1
+        return out
+
+    # -------------------------------------------------------- snapshots
+    def snapshot(self) -> bytes:
+        return msgpack.packb({"v": SNAPSHOT_VERSION, "applied": self.applied,
+                              "records": [[u, r.to_wire()] for u, r in self.records.items()]},
+                             use_bin_type=True)
+
+    @classmethod
+    def from_snapshot(cls, data: bytes) -> "VaultState":
+        """Raises ValueError on anything malformed."""
+        try:
+            snap = msgpack.unpackb(data, raw=False, strict_map_key=False)
+            if not isinstance(snap, dict) or snap.get("v") != SNAPSHOT_VERSION:
+                raise ValueError("unknown snapshot version")
+            st = cls()
+            st.applied = int(snap["applied"])
+            for user, wire in snap["records"]:
+                if not isinstance(user, bytes):
+                    raise ValueError("bad user id in snapshot")
+                st.records[user] = Record.from_wire(wire)
+            return st
+        except (KeyError, TypeError, IndexError, msgpack.ExtraData, msgpack.FormatError,
+                msgpack.StackError) as exc:
+            raise ValueError(f"malformed snapshot: {exc}") from exc
+
+
+_ALL_OPS = {ENROLL, BEGIN_ATTEMPT, COMPLETE_ATTEMPT, CHANGE_SECRET, CHANGE_CODE, DELETE}
+
+
+def _refusal(status: str) -> str:
+    return {ABSENT: "unknown", DESTROYED: "destroyed", ACTIVE: "refused"}[status]

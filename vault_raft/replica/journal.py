@@ -1,0 +1,274 @@
+"""A durable Raft journal for pysyncobj: persist what is ready, then send.
+
+pysyncobj 0.3.17's ``FileJournal`` writes through mmap and never syncs.  This
+journal replaces it (see :mod:`vault_raft.replica.raft`) and keeps etcd's rule:
+
+* :meth:`add` / :meth:`deleteEntriesFrom` only *write* (no sync): appends are
+  cheap and batch naturally;
+* :meth:`sync` makes everything written so far durable with one
+  ``fdatasync``; the replica's transport calls it before *every* outgoing
+  message, so no node ever acknowledges, votes or replicates an entry that
+  is not on its disk (group commit: one sync per send round, no sync when
+  nothing changed);
+* :meth:`setCurrentTerm` (term and vote) is written and fsynced, file and
+  directory, before it returns -- pysyncobj sends the vote afterwards;
+* the commit index is advisory (Raft does not need it durable) and is
+  written once a second, atomically.
+
+File format: an 8-byte header ``b"VRJ1\\0\\0\\0\\0"``, then records
+``len:u32 crc32:u32 idx:u64 term:u64 command`` (little endian; ``len``
+counts idx+term+command, the CRC covers the same bytes).  On open, a torn
+tail -- an incomplete or bad *last* record, or zero fill after the last good
+one -- is truncated away (it was never synced, hence never acknowledged).  A
+bad record followed by more data is corruption: :class:`JournalCorrupt` is
+raised and the node refuses to start rather than forget acknowledged
+entries.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import zlib
+from typing import Callable
+
+import msgpack
+
+log = logging.getLogger("vault_raft.journal")
+
+HEADER = b"VRJ1\0\0\0\0"
+_REC = struct.Struct("<IIQQ")  # len, crc, idx, term
+_MAX_RECORD = 64 * 1024 * 1024
+
+
+class JournalCorrupt(Exception):
+    """The journal or its metadata is damaged beyond a torn tail."""
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` durably: tmp file, fsync, rename, fsync dir."""
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path)
+
+
+def _encode(command: bytes, idx: int, term: int) -> bytes:
+    body = struct.pack("<QQ", idx, term) + command
+    return struct.pack("<II", len(body), zlib.crc32(body)) + body
+
+
+class DurableJournal:
+    """pysyncobj ``Journal`` interface backed by an append-only, checksummed file."""
+
+    def __init__(self, path: str, trace: Callable[..., None] | None = None):
+        self.path = path
+        self.meta_path = path + ".meta"
+        self.trace = trace  # tests: trace(event, *args) records the order of I/O
+        self.syncs = 0
+        self._entries: list[tuple[bytes, int, int]] = []
+        self._offsets: list[int] = []
+        self._dirty = False
+        self._synced_idx = 0
+        self._meta = self._load_meta()
+        self._meta_dirty = False
+        self._fd = -1
+        self._open()
+
+    # ------------------------------------------------------------ files
+    def _load_meta(self) -> dict:
+        try:
+            with open(self.meta_path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return {}
+        if len(raw) < 4 or zlib.crc32(raw[4:]) != struct.unpack("<I", raw[:4])[0]:
+            raise JournalCorrupt(f"{self.meta_path}: checksum mismatch")
+        meta = msgpack.unpackb(raw[4:], raw=False)
+        if not isinstance(meta, dict):
+            raise JournalCorrupt(f"{self.meta_path}: not a map")
+        return meta
+
+    def _store_meta(self) -> None:
+        body = msgpack.packb(self._meta, use_bin_type=True)
+        atomic_write(self.meta_path, struct.pack("<I", zlib.crc32(body)) + body)
+        self._meta_dirty = False
+
+    def _open(self) -> None:
+        if not os.path.exists(self.path):
+            atomic_write(self.path, HEADER)
+        with open(self.path, "rb") as f:
+            data = f.read()
+        if data[:len(HEADER)] != HEADER:
+            raise JournalCorrupt(f"{self.path}: bad header")
+        off = len(HEADER)
+        good_end = off
+        prev_idx = None
+        while off < len(data):
+            if len(data) - off < _REC.size:
+                break  # torn header of the last record
+            length, crc, idx, term = _REC.unpack_from(data, off)
+            end = off + 8 + length
+            if length < 16 or length > _MAX_RECORD or end > len(data):
+                break
+            body = data[off + 8:end]
+            if zlib.crc32(body) != crc or (prev_idx is not None and idx != prev_idx + 1):
+                break
+            self._entries.append((body[16:], idx, term))
+            self._offsets.append(off)
+            prev_idx = idx
+            off = good_end = end
+        if good_end < len(data):
+            rest = data[good_end:]
+            if not self._is_torn_tail(rest):
+                raise JournalCorrupt(
+                    f"{self.path}: damaged record at byte {good_end} followed by more data; "
+                    "refusing to start (acknowledged entries may be behind it)")
+            log.warning("journal %s: dropping torn tail of %d bytes at offset %d",
+                        self.path, len(rest), good_end)
+            with open(self.path, "r+b") as f:
+                f.truncate(good_end)
+                os.fsync(f.fileno())
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        self._end = good_end
+        self._synced_idx = self._entries[-1][1] if self._entries else 0
+
+    @staticmethod
+    def _is_torn_tail(rest: bytes) -> bool:
+        """A torn tail is one partial/bad record, or zero fill (preallocation)."""
+        if not rest.strip(b"\0"):
+            return True
+        if len(rest) < _REC.size:
+            return True
+        length = _REC.unpack_from(rest, 0)[0]
+        return 8 + length >= len(rest)  # the bad record is the last thing in the file
+
+    # ------------------------------------------- pysyncobj Journal API
+    def add(self, command: bytes, idx: int, term: int) -> None:
+        rec = _encode(bytes(command), idx, term)
+        os.write(self._fd, rec)
+        self._entries.append((command, idx, term))
+        self._offsets.append(self._end)
+        self._end += len(rec)
+        self._dirty = True
+        if self.trace:
+            self.trace("append", idx, term)
+
+    def sync(self) -> None:
+        """Make every written entry durable (called before each send)."""
+        if self._dirty:
+            os.fdatasync(self._fd)
+            self._dirty = False
+            self.syncs += 1
+            self._synced_idx = self._entries[-1][1] if self._entries else 0
+            if self.trace:
+                self.trace("sync", self._synced_idx)
+
+    @property
+    def synced_index(self) -> int:
+        """Index of the last entry known to be on disk."""
+        return self._synced_idx
+
+    def clear(self) -> None:
+        os.ftruncate(self._fd, len(HEADER))
+        self._end = len(HEADER)
+        self._entries, self._offsets = [], []
+        self._dirty = True
+        if self.trace:
+            self.trace("clear")
+
+    def deleteEntriesFrom(self, entryFrom: int) -> None:
+        if entryFrom >= len(self._entries):
+            return
+        if entryFrom < 0:
+            entryFrom = max(0, len(self._entries) + entryFrom)
+        cut = self._offsets[entryFrom]
+        os.ftruncate(self._fd, cut)
+        self._end = cut
+        if self.trace and self._entries[entryFrom:]:
+            self.trace("truncate", self._entries[entryFrom][1])
+        del self._entries[entryFrom:]
+        del self._offsets[entryFrom:]
+        self._dirty = True
+
+    def deleteEntriesTo(self, entryTo: int) -> None:
+        """Log compaction: drop entries before ``entryTo`` (a snapshot covers them).
+
+        pysyncobj renamed the snapshot into place without syncing the
+        directory; make that rename durable first, then rewrite the journal
+        atomically, so a crash leaves either the old journal or the new one.
+        """
+        keep = self._entries[entryTo:]
+        fsync_dir(self.path)
+        blob = HEADER + b"".join(_encode(bytes(c), i, t) for c, i, t in keep)
+        os.close(self._fd)
+        atomic_write(self.path, blob)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        self._entries = list(keep)
+        self._offsets = []
+        off = len(HEADER)
+        for c, i, t in keep:
+            self._offsets.append(off)
+            off += 24 + len(c)
+        self._end = off
+        self._dirty = False
+        if self.trace:
+            self.trace("compact", keep[0][1] if keep else None)
+
+    def __getitem__(self, item):
+        return self._entries[item]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _destroy(self) -> None:
+        if self._fd >= 0:
+            self.sync()
+            if self._meta_dirty:
+                self._store_meta()
+            os.close(self._fd)
+            self._fd = -1
+
+    def flush(self) -> None:
+        self.sync()
+
+    def setRaftCommitIndex(self, raftCommitIndex: int) -> None:
+        if self._meta.get("commit") != raftCommitIndex:
+            self._meta["commit"] = raftCommitIndex
+            self._meta_dirty = True
+
+    def getRaftCommitIndex(self) -> int:
+        return self._meta.get("commit", 1)
+
+    def setCurrentTerm(self, term: int, votedForNodeId) -> None:
+        self._meta["term"] = term
+        self._meta["vote"] = votedForNodeId
+        self._store_meta()  # durable (file + directory) before pysyncobj sends
+        if self.trace:
+            self.trace("term", term, votedForNodeId)
+
+    def getCurrentTerm(self) -> int:
+        return self._meta.get("term", 0)
+
+    def getVotedForNodeId(self):
+        return self._meta.get("vote")
+
+    def onOneSecondTimer(self) -> None:
+        if self._meta_dirty:
+            self._store_meta()

@@ -1,0 +1,263 @@
+"""The pysyncobj replica that carries the vault state machine.
+
+What this adapter changes in pysyncobj 0.3.17, and why (each is narrow and
+guarded by the version check below):
+
+* **Persist, then send.**  pysyncobj obtains its journal from
+  ``pysyncobj.syncobj.createJournal``; for journal paths of type
+  :class:`_DurablePath` we return a :class:`DurableJournal`.  Every message
+  pysyncobj sends goes through ``Transport.send``; our transport calls
+  ``journal.sync()`` first.  So appends are written immediately and synced
+  once per send round (group commit), before any ack, vote or replication
+  that depends on them; term/vote changes are fsynced in ``setCurrentTerm``.
+* **No pickle on disk that we choose.**  Snapshots go through pysyncobj's
+  ``serializer``/``deserializer`` hooks as msgpack with a SHA-256 trailer
+  (``useFork`` is off, so the snapshot is taken synchronously on the Raft
+  thread, consistent with the applied index).  pysyncobj still pickles each
+  log entry's (method id, args) tuple; our only argument is a msgpack byte
+  string.  Peers are authenticated by the cluster secret (Fernet on every
+  frame, checked *before* unpickling), so only fleet members can put bytes
+  into that pickle; issue 7 replaces this transport with mutual TLS.
+* **No side doors.**  Utility messages (add/remove/transfer/set_version/
+  status) and ``readonly`` connections on the Raft port are refused.
+* Timeouts tuned for a vault: an isolated leader steps down after
+  ``leader_fallback`` seconds, batching is off (a command is sent at once;
+  under load pysyncobj still packs every queued entry into one append).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from typing import Callable
+
+import msgpack
+import pysyncobj.syncobj as _so
+from pysyncobj import SyncObj, SyncObjConf, replicated
+from pysyncobj.config import FAIL_REASON
+from pysyncobj.transport import TCPTransport
+from pysyncobj.version import VERSION as _PSO_VERSION
+
+from ..core.machine import VaultState
+from .journal import DurableJournal, JournalCorrupt, atomic_write, fsync_dir
+
+log = logging.getLogger("vault_raft.replica")
+
+SUPPORTED_PYSYNCOBJ = "0.3.17"
+
+if _PSO_VERSION != SUPPORTED_PYSYNCOBJ:  # the hooks below depend on its internals
+    raise ImportError(f"vault_raft needs pysyncobj {SUPPORTED_PYSYNCOBJ}, found {_PSO_VERSION}")
+
+SNAPSHOT_MAGIC = b"VRS1"
+FAIL_NAMES = {v: k for k, v in vars(FAIL_REASON).items() if not k.startswith("_")}
+
+
+class _DurablePath(str):
+    """A journal path that asks for a :class:`DurableJournal`."""
+
+    journal: DurableJournal | None = None
+    trace: Callable | None = None
+
+
+_original_create_journal = _so.createJournal
+
+
+def _create_journal(journal_file=None):
+    if isinstance(journal_file, _DurablePath):
+        journal_file.journal = DurableJournal(str(journal_file), trace=journal_file.trace)
+        return journal_file.journal
+    return _original_create_journal(journal_file)
+
+
+_so.createJournal = _create_journal
+
+
+class _VaultTransport(TCPTransport):
+    """TCP transport that syncs the journal before anything leaves the node
+    and closes pysyncobj's unauthenticated-by-role side doors."""
+
+    def send(self, node, message):
+        self._syncObj._persist_before_send(node, message)
+        return super().send(node, message)
+
+    def _onIncomingMessageReceived(self, conn, message):
+        key_exchanged = (not self._syncObj.encryptor) or conn.sendRandKey
+        if key_exchanged and (message == "readonly" or isinstance(message, list)):
+            log.warning("refused a readonly/utility request on the Raft port")
+            conn.disconnect()
+            self._unknownConnections.discard(conn)
+            return
+        return super()._onIncomingMessageReceived(conn, message)
+
+
+def _snapshot_bytes(state_blob: bytes, entries: list, cluster: list) -> bytes:
+    body = msgpack.packb({"v": 1, "state": state_blob, "entries": entries,
+                          "cluster": cluster}, use_bin_type=True)
+    return SNAPSHOT_MAGIC + body + hashlib.sha256(body).digest()
+
+
+def read_snapshot(path: str) -> dict:
+    """Read and verify a snapshot file; raises JournalCorrupt if damaged."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw[:4] != SNAPSHOT_MAGIC or len(raw) < 36:
+        raise JournalCorrupt(f"{path}: not a vault-raft snapshot")
+    body, digest = raw[4:-32], raw[-32:]
+    if hashlib.sha256(body).digest() != digest:
+        raise JournalCorrupt(f"{path}: snapshot checksum mismatch")
+    snap = msgpack.unpackb(body, raw=False)
+    if not isinstance(snap, dict) or snap.get("v") != 1:
+        raise JournalCorrupt(f"{path}: unknown snapshot version")
+    try:
+        snap["vault"] = VaultState.from_snapshot(snap["state"])
+    except (ValueError, KeyError) as exc:
+        raise JournalCorrupt(f"{path}: {exc}") from exc
+    return snap
+
+
+class RaftSettings:
+    """Raft timing; defaults measured for a 3-7 node fleet on one host or LAN."""
+
+    def __init__(self, *, election_min=0.4, election_max=1.0, heartbeat=0.05,
+                 leader_fallback=1.0, connection_timeout=1.5, reconnect=0.3,
+                 compaction_min_entries=50_000, compaction_min_time=600.0):
+        self.election_min = election_min
+        self.election_max = election_max
+        self.heartbeat = heartbeat
+        self.leader_fallback = leader_fallback
+        self.connection_timeout = connection_timeout
+        self.reconnect = reconnect
+        self.compaction_min_entries = compaction_min_entries
+        self.compaction_min_time = compaction_min_time
+
+
+class VaultReplica(SyncObj):
+    """One node's Raft replica of the vault state."""
+
+    def __init__(self, self_addr: str, partners: list[str], data_dir: str, cluster_secret: str,
+                 settings: RaftSettings | None = None, trace: Callable | None = None,
+                 auto_tick: bool = True, transport_class=None):
+        s = settings or RaftSettings()
+        os.makedirs(data_dir, exist_ok=True)
+        self._vault = VaultState()
+        self._trace = trace
+        self.snapshot_path = os.path.join(data_dir, "snapshot.bin")
+        self.journal_path = _DurablePath(os.path.join(data_dir, "raft.journal"))
+        self.journal_path.trace = trace
+        if os.path.exists(self.snapshot_path):
+            read_snapshot(self.snapshot_path)  # refuse to start on a damaged snapshot
+        self._state_lock = threading.Lock()
+        conf = SyncObjConf(
+            password=cluster_secret,
+            autoTick=auto_tick,
+            journalFile=self.journal_path,
+            fullDumpFile=self.snapshot_path,
+            serializer=self._write_snapshot,
+            deserializer=self._read_snapshot,
+            useFork=False,
+            appendEntriesUseBatch=False,
+            appendEntriesPeriod=s.heartbeat,
+            raftMinTimeout=s.election_min,
+            raftMaxTimeout=s.election_max,
+            leaderFallbackTimeout=s.leader_fallback,
+            connectionTimeout=s.connection_timeout,
+            connectionRetryTime=s.reconnect,
+            commandsWaitLeader=False,
+            dynamicMembershipChange=False,
+            logCompactionMinEntries=s.compaction_min_entries,
+            logCompactionMinTime=s.compaction_min_time,
+            dnsFailCacheTime=1.0,
+        )
+        super().__init__(self_addr, partners, conf,
+                         transportClass=transport_class or _VaultTransport)
+
+    # ------------------------------------------------ persist-before-send
+    def _persist_before_send(self, node, message) -> None:
+        journal = self.journal_path.journal
+        if journal is not None:
+            journal.sync()
+        if self._trace:
+            t = message.get("type") if isinstance(message, dict) else "handshake"
+            self._trace("send", t, getattr(node, "id", str(node)), message
+                        if t in ("next_node_idx", "response_vote") else None)
+
+    # --------------------------------------------------------- the machine
+    @replicated
+    def _vault_apply(self, command: bytes):
+        with self._state_lock:
+            return self._vault.apply(command)
+
+    def propose(self, command: bytes, callback: Callable[[object, int], None]) -> None:
+        """Append ``command``; ``callback(result, fail_reason)`` runs on the
+        Raft thread once it is applied here (or failed)."""
+        self._vault_apply(command, callback=callback)
+
+    def read_state(self, fn: Callable[[VaultState], object]):
+        """Run a read-only function on the applied state (status/tests only)."""
+        with self._state_lock:
+            return fn(self._vault)
+
+    # ------------------------------------------------------------ snapshots
+    def _write_snapshot(self, filename: str, raft_data) -> None:
+        last, prev, cluster = raft_data
+        with self._state_lock:
+            blob = self._vault.snapshot()
+        data = _snapshot_bytes(blob, [list(last), list(prev)],
+                               sorted(getattr(n, "id", str(n)) for n in cluster))
+        atomic_write(filename, data)  # pysyncobj renames it over the snapshot next
+        if self._trace:
+            self._trace("snapshot", last[1])
+
+    def _read_snapshot(self, filename: str):
+        try:
+            snap = read_snapshot(filename)
+        except (JournalCorrupt, OSError, ValueError) as exc:
+            # A snapshot we cannot read (received or local) must not be
+            # silently skipped: that would forget committed state.  Crash-stop.
+            log.critical("cannot load snapshot %s: %s; stopping", filename, exc)
+            os._exit(70)
+        fsync_dir(filename)  # a received snapshot was renamed without a sync
+        with self._state_lock:
+            self._vault = snap["vault"]
+        last, prev = snap["entries"]
+        return (tuple(last), tuple(prev), snap["cluster"])
+
+    # --------------------------------------------------------------- status
+    def can_serve(self) -> bool:
+        """True if this node currently sees a leader and a quorum of peers.
+
+        A node that cannot reach a majority proposes nothing: it answers
+        "unavailable" at once instead of queueing a guess that might be
+        counted after the client gave up.
+        """
+        try:
+            return self._getLeader() is not None and self.hasQuorum
+        except Exception:
+            return False
+
+    def status(self) -> dict:
+        for _ in range(5):
+            try:
+                st = self.getStatus()
+                break
+            except RuntimeError:  # dict changed size on the Raft thread
+                continue
+        else:
+            return {}
+        role = {0: "follower", 1: "candidate", 2: "leader"}.get(st["state"], str(st["state"]))
+        leader = st["leader"]
+        journal = self.journal_path.journal
+        return {
+            "role": role,
+            "term": st["raft_term"],
+            "commit_index": st["commit_idx"],
+            "last_applied": st["last_applied"],
+            "leader": getattr(leader, "id", None) if leader is not None else None,
+            "has_quorum": bool(st["has_quorum"]),
+            "log_len": st["log_len"],
+            "journal_syncs": journal.syncs if journal else 0,
+            "synced_index": journal.synced_index if journal else 0,
+            "records": self.read_state(lambda v: v.counts()),
+        }
