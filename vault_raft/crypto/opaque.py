@@ -130,6 +130,12 @@ class ServerLogin:
     def to_bytes(self) -> bytes:
         return self._state.expected_client_mac + self._state.session_key
 
+    @property
+    def session_key(self) -> bytes:
+        """The session key this login will have.  Use it only to check
+        messages from a client whose KE3 was verified for this state."""
+        return self._state.session_key
+
     @classmethod
     def from_bytes(cls, data: bytes) -> "ServerLogin":
         data = core._check_len(data, core.Nm + core.Nx, "server login state")

@@ -1,0 +1,299 @@
+"""``vault-raft``: the command line.
+
+Exit codes (a contract; scripts may rely on them)::
+
+    0 success    3 wrong recovery code    4 no such record / destroyed
+    5 unavailable (no majority reachable in time)    2 usage    1 anything else
+
+Recovery codes are read from ``VAULT_RECOVERY_CODE``, else from standard
+input (one per line), else from a prompt -- never from the command line,
+where other users of the machine could read them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import sys
+
+from . import client as C
+from .cluster import ClusterError, LocalCluster
+from .fleet.config import ConfigError, init_fleet
+from .fleet.keystore import KeystoreError
+from .replica.journal import JournalCorrupt
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_WRONG, EXIT_NORECORD, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4, 5
+
+
+class UsageError(Exception):
+    pass
+
+
+# ------------------------------------------------------------ secrets input
+
+class _Codes:
+    """Recovery codes from the environment, stdin lines, or a prompt."""
+
+    def __init__(self):
+        self._stdin_lines: list[str] | None = None
+
+    def get(self, env: str, prompt: str, index: int) -> bytes:
+        value = os.environ.get(env)
+        if value is None:
+            if sys.stdin is not None and not sys.stdin.isatty():
+                if self._stdin_lines is None:
+                    self._stdin_lines = sys.stdin.read().splitlines()
+                if index >= len(self._stdin_lines):
+                    raise UsageError(f"expected a recovery code on line {index + 1} of stdin "
+                                     f"(or set {env})")
+                value = self._stdin_lines[index]
+            else:
+                value = getpass.getpass(prompt)
+        code = value.rstrip("\r\n")
+        if not code:
+            raise UsageError("the recovery code is empty")
+        if len(code.encode()) > 4096:
+            raise UsageError("the recovery code is longer than 4096 bytes")
+        return code.encode()
+
+
+def _read_secret(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(4097)
+    except OSError as exc:
+        raise UsageError(f"cannot read --secret-file {path}: {exc.strerror}") from None
+    if not 1 <= len(data) <= 4096:
+        raise UsageError("the secret file must hold 1..4096 bytes")
+    return data
+
+
+def _write_secret(path: str, data: bytes, force: bool) -> None:
+    if path == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return
+    if os.path.exists(path) and not force:
+        raise UsageError(f"{path} exists; use --force to overwrite")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+# ---------------------------------------------------------------- commands
+
+def cmd_fleet_init(a) -> int:
+    path = init_fleet(a.dir, a.nodes, a.host, a.base_port, a.max_attempts)
+    print(f"fleet created: {path}")
+    print(f"start it with: vault-raft cluster up --dir {a.dir}")
+    return 0
+
+
+def cmd_node(a) -> int:
+    from .node import run_node
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_node(a.dir)
+
+
+def cmd_cluster(a) -> int:
+    cl = LocalCluster(a.dir)
+    if a.action == "up":
+        started = cl.start()
+        print(f"started {', '.join(started) or 'nothing (all running)'}", file=sys.stderr)
+        try:
+            leader = cl.wait_leader(a.timeout)
+        except ClusterError as exc:
+            print(cl.table())
+            print(f"error: {exc}; see {cl.dir}/n*/node.log", file=sys.stderr)
+            return EXIT_UNAVAILABLE
+        print(f"leader: {leader}", file=sys.stderr)
+        print(cl.table())
+        return 0
+    if a.action == "down":
+        cl.stop()
+        print("stopped", file=sys.stderr)
+        return 0
+    print(cl.as_json() if a.json else cl.table())
+    return 0 if cl.leader() else EXIT_UNAVAILABLE
+
+
+def _client(a) -> C.Client:
+    return C.Client(a.fleet, timeout=a.timeout)
+
+
+def cmd_enroll(a) -> int:
+    secret = _read_secret(a.secret_file)
+    code = _Codes().get("VAULT_RECOVERY_CODE", "recovery code: ", 0)
+    n = _client(a).enroll(a.user, code, secret, a.max_attempts)
+    print(f"enrolled {a.user}: {n} attempts allowed", file=sys.stderr)
+    return 0
+
+
+def cmd_recover(a) -> int:
+    if a.out != "-" and os.path.exists(a.out) and not a.force:
+        raise UsageError(f"{a.out} exists; use --force to overwrite")
+    code = _Codes().get("VAULT_RECOVERY_CODE", "recovery code: ", 0)
+    rec = _client(a).recover(a.user, code)
+    _write_secret(a.out, rec.secret, a.force)
+    if rec.failed_attempts:
+        print(f"warning: {rec.failed_attempts} wrong code(s) were tried since the last "
+              "successful recovery", file=sys.stderr)
+    print(f"recovered the secret of {a.user}" + (f" into {a.out}" if a.out != "-" else ""),
+          file=sys.stderr)
+    return 0
+
+
+def cmd_delete(a) -> int:
+    code = _Codes().get("VAULT_RECOVERY_CODE", "recovery code: ", 0)
+    _client(a).delete(a.user, code)
+    print(f"deleted the record of {a.user}", file=sys.stderr)
+    return 0
+
+
+def cmd_change_code(a) -> int:
+    codes = _Codes()
+    code = codes.get("VAULT_RECOVERY_CODE", "current recovery code: ", 0)
+    new = codes.get("VAULT_NEW_RECOVERY_CODE", "new recovery code: ", 1)
+    _client(a).change_code(a.user, code, new)
+    print(f"changed the recovery code of {a.user}", file=sys.stderr)
+    return 0
+
+
+def cmd_change_secret(a) -> int:
+    secret = _read_secret(a.secret_file)
+    code = _Codes().get("VAULT_RECOVERY_CODE", "recovery code: ", 0)
+    _client(a).change_secret(a.user, code, secret)
+    print(f"changed the secret of {a.user}", file=sys.stderr)
+    return 0
+
+
+def cmd_demo(a) -> int:
+    from .demo import run_demo
+    return run_demo(a.dir, keep=a.keep)
+
+
+# ------------------------------------------------------------------ parser
+
+def _user_arg(p):
+    p.add_argument("--user", required=True, help="user id (1..256 bytes)")
+
+
+def _fleet_arg(p):
+    p.add_argument("--fleet", required=True, help="path of the fleet's fleet.json")
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds to find a majority before giving up (exit 5)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="vault-raft", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    fleet = sub.add_parser("fleet", help="create and manage fleets")
+    fsub = fleet.add_subparsers(dest="fleet_cmd", required=True, metavar="ACTION")
+    fi = fsub.add_parser("init", help="create node directories, keys and fleet.json")
+    fi.add_argument("--dir", required=True)
+    fi.add_argument("--nodes", type=int, default=3)
+    fi.add_argument("--host", default="127.0.0.1")
+    fi.add_argument("--base-port", type=int, default=7100,
+                    help="Raft ports are base+i, API ports base+100+i")
+    fi.add_argument("--max-attempts", type=int, default=10,
+                    help="default guess limit for new records")
+    fi.set_defaults(fn=cmd_fleet_init)
+
+    node = sub.add_parser("node", help="run one node in the foreground (SIGTERM stops it)")
+    node.add_argument("--dir", required=True, help="the node directory, e.g. FLEET/n1")
+    node.set_defaults(fn=cmd_node)
+
+    cl = sub.add_parser("cluster", help="start/stop/inspect every node of a local fleet")
+    cl.add_argument("action", choices=["up", "down", "status"])
+    cl.add_argument("--dir", required=True, help="the fleet directory")
+    cl.add_argument("--timeout", type=float, default=30.0)
+    cl.add_argument("--json", action="store_true", help="status as JSON")
+    cl.set_defaults(fn=cmd_cluster)
+
+    en = sub.add_parser("enroll", help="enroll a user (code from VAULT_RECOVERY_CODE/stdin/prompt)")
+    _fleet_arg(en)
+    _user_arg(en)
+    en.add_argument("--secret-file", required=True)
+    en.add_argument("--max-attempts", type=int, default=None)
+    en.set_defaults(fn=cmd_enroll)
+
+    rc = sub.add_parser("recover", help="recover a user's secret")
+    _fleet_arg(rc)
+    _user_arg(rc)
+    rc.add_argument("--out", required=True, help="file to write the secret to ('-': stdout)")
+    rc.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    rc.set_defaults(fn=cmd_recover)
+
+    de = sub.add_parser("delete", help="delete a record (needs the current code)")
+    _fleet_arg(de)
+    _user_arg(de)
+    de.set_defaults(fn=cmd_delete)
+
+    cc = sub.add_parser("change-code", help="change the recovery code (current, then new code)")
+    _fleet_arg(cc)
+    _user_arg(cc)
+    cc.set_defaults(fn=cmd_change_code)
+
+    cs = sub.add_parser("change-secret", help="replace the stored secret (needs the code)")
+    _fleet_arg(cs)
+    _user_arg(cs)
+    cs.add_argument("--secret-file", required=True)
+    cs.set_defaults(fn=cmd_change_secret)
+
+    dm = sub.add_parser("demo", help="local 3-node cluster: enroll, wrong guesses, recovery")
+    dm.add_argument("--dir", default=None, help="fleet directory (default: a temporary one)")
+    dm.add_argument("--keep", action="store_true", help="leave the cluster running")
+    dm.set_defaults(fn=cmd_demo)
+
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    a = ap.parse_args(argv)
+    try:
+        return a.fn(a)
+    except UsageError as exc:
+        print(f"vault-raft: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except C.WrongCode as exc:
+        print(f"vault-raft: {exc}", file=sys.stderr)
+        return EXIT_WRONG
+    except C.VaultError as exc:
+        print(f"vault-raft: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except (ConfigError, KeystoreError) as exc:
+        print(f"vault-raft: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ClusterError, JournalCorrupt) as exc:
+        print(f"vault-raft: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("vault-raft: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # never a traceback unless asked for
+        if os.environ.get("VAULT_RAFT_DEBUG"):
+            raise
+        print(f"vault-raft: internal error: {exc.__class__.__name__}: {exc} "
+              "(set VAULT_RAFT_DEBUG=1 for details)", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

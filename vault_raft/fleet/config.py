@@ -1,0 +1,182 @@
+"""Fleet layout on disk: ``fleet init`` and the config files it writes.
+
+``DIR/fleet.json`` (public, what clients need)::
+
+    {"version": 1, "fleet_id": "...", "context": "...",
+     "opaque_server_public_key": hex, "enroll_public_key": hex,
+     "ksf": {...}, "default_max_attempts": 10,
+     "nodes": [{"id": "n1", "api": "http://127.0.0.1:7201"}, ...]}
+
+``DIR/nK/node.json`` (one per node) names its Raft address, its peers and
+its API address; ``DIR/nK/keystore.bin`` (mode 0600) holds the fleet keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass
+
+from ..crypto.ksf import DEFAULT_KSF, KSF
+from ..crypto.errors import OpaqueError
+from .keystore import FileKeystore
+
+FLEET_VERSION = 1
+MAX_NODES = 9
+
+
+class ConfigError(Exception):
+    """A fleet or node config is missing or invalid (message says which and why)."""
+
+
+def opaque_context(fleet_id: str) -> bytes:
+    return b"vault-raft OPAQUE v1 " + fleet_id.encode()
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    id: str
+    api: str
+
+
+@dataclass(frozen=True)
+class FleetInfo:
+    fleet_id: str
+    context: bytes
+    opaque_server_public_key: bytes
+    enroll_public_key: bytes
+    ksf: KSF
+    default_max_attempts: int
+    nodes: tuple[NodeInfo, ...]
+
+    @classmethod
+    def load(cls, path: str) -> "FleetInfo":
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"fleet file {path} not found (run 'vault-raft fleet init')") from None
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"fleet file {path} unreadable: {exc}") from None
+        try:
+            if d["version"] != FLEET_VERSION:
+                raise ConfigError(f"fleet file {path}: unsupported version {d['version']}")
+            nodes = tuple(NodeInfo(str(n["id"]), str(n["api"])) for n in d["nodes"])
+            if not nodes:
+                raise ConfigError(f"fleet file {path}: no nodes")
+            return cls(str(d["fleet_id"]), d["context"].encode(),
+                       bytes.fromhex(d["opaque_server_public_key"]),
+                       bytes.fromhex(d["enroll_public_key"]), KSF.from_dict(d["ksf"]),
+                       int(d["default_max_attempts"]), nodes)
+        except (KeyError, TypeError, ValueError, AttributeError, OpaqueError) as exc:
+            raise ConfigError(f"fleet file {path} is malformed: {exc}") from None
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node_id: str
+    fleet_id: str
+    dir: str
+    raft_addr: str
+    partners: tuple[str, ...]
+    api_host: str
+    api_port: int
+    peer_ids: tuple[tuple[str, str], ...] = ()  # (raft address, node id) for every node
+
+    @classmethod
+    def load(cls, node_dir: str) -> "NodeConfig":
+        path = os.path.join(node_dir, "node.json")
+        try:
+            with open(path) as f:
+                d = json.load(f)
+            return cls(d["node_id"], d["fleet_id"], os.path.abspath(node_dir), d["raft_addr"],
+                       tuple(d["partners"]), d["api_host"], int(d["api_port"]),
+                       tuple((str(a), str(n)) for a, n in d.get("peer_ids", {}).items()))
+        except FileNotFoundError:
+            raise ConfigError(f"{path} not found: is {node_dir} a node directory "
+                              "made by 'vault-raft fleet init'?") from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{path} is malformed: {exc}") from None
+
+    @property
+    def keystore_path(self) -> str:
+        return os.path.join(self.dir, "keystore.bin")
+
+    @property
+    def data_dir(self) -> str:
+        return os.path.join(self.dir, "data")
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
+def init_fleet(directory: str, nodes: int, host: str = "127.0.0.1", base_port: int = 7100,
+               max_attempts: int = 10, ksf: KSF = DEFAULT_KSF, check_ports: bool = True) -> str:
+    """Create a fleet directory; returns the path of ``fleet.json``.
+
+    Raft ports are ``base_port + i``, API ports ``base_port + 100 + i``
+    (i = 1..nodes).  Refuses to overwrite an existing fleet; writes nothing
+    unless every check passes.
+    """
+    if not 3 <= nodes <= MAX_NODES:
+        raise ConfigError(f"--nodes must be 3..{MAX_NODES} (a vault needs a majority that "
+                          "survives a failure)")
+    if not 1024 <= base_port <= 65535 - 100 - nodes:
+        raise ConfigError("--base-port must leave room for 2*nodes ports below 65535 "
+                          "(and be >= 1024)")
+    if not 1 <= max_attempts <= 100:
+        raise ConfigError("max attempts must be 1..100")
+    try:
+        socket.inet_aton(host)
+    except OSError:
+        raise ConfigError(f"--host must be an IPv4 address, got {host!r}") from None
+    fleet_json = os.path.join(directory, "fleet.json")
+    if os.path.exists(fleet_json):
+        raise ConfigError(f"{fleet_json} exists: refusing to overwrite a fleet "
+                          "(remove the directory first)")
+    if check_ports:
+        busy = [p for i in range(1, nodes + 1) for p in (base_port + i, base_port + 100 + i)
+                if not _port_free(host, p)]
+        if busy:
+            raise ConfigError(f"ports already in use on {host}: {busy}; choose another "
+                              "--base-port")
+    fleet_id = os.urandom(8).hex()
+    ks = FileKeystore.generate(fleet_id)
+    raft = [f"{host}:{base_port + i}" for i in range(1, nodes + 1)]
+    os.makedirs(directory, exist_ok=True)
+    node_entries = []
+    for i in range(1, nodes + 1):
+        nid = f"n{i}"
+        ndir = os.path.join(directory, nid)
+        os.makedirs(ndir, mode=0o700, exist_ok=True)
+        ks.save(os.path.join(ndir, "keystore.bin"))
+        cfg = {"node_id": nid, "fleet_id": fleet_id, "raft_addr": raft[i - 1],
+               "partners": [a for a in raft if a != raft[i - 1]],
+               "api_host": host, "api_port": base_port + 100 + i,
+               "peer_ids": {a: f"n{j}" for j, a in enumerate(raft, start=1)}}
+        with open(os.path.join(ndir, "node.json"), "w") as f:
+            json.dump(cfg, f, indent=2)
+        node_entries.append({"id": nid, "api": f"http://{host}:{base_port + 100 + i}"})
+    fleet = {
+        "version": FLEET_VERSION,
+        "fleet_id": fleet_id,
+        "context": opaque_context(fleet_id).decode(),
+        "opaque_server_public_key": ks.opaque_setup().public_key.hex(),
+        "enroll_public_key": ks.enroll_public_key().hex(),
+        "ksf": ksf.to_dict(),
+        "default_max_attempts": max_attempts,
+        "nodes": node_entries,
+    }
+    tmp = fleet_json + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(fleet, f, indent=2)
+    os.replace(tmp, fleet_json)
+    return fleet_json

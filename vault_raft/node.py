@@ -1,0 +1,360 @@
+"""A vault node: one OS process with a Raft replica and the client HTTP API.
+
+The order of events for a guess is the point of this module::
+
+    KE1 arrives -> validate -> commit begin_attempt (majority, durable)
+                -> only now: compute KE2 from the *committed* record -> reply
+
+Nothing about a guess (not even "unknown user") is revealed before the
+commit; a node that cannot reach a majority answers 503 and proposes
+nothing.  Any failure of the commit (timeout, leader change, discarded
+entry) is reported as 503 "unavailable": the attempt may still be counted
+later, never the reverse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+from aiohttp import web
+
+from . import protocol as P
+from .core import machine as M
+from .crypto import group, opaque
+from .crypto import seal as S
+from .crypto.errors import OpaqueError, SealError
+from .fleet.config import NodeConfig, opaque_context
+from .fleet.keystore import FileKeystore, Keystore
+from .openapi import OPENAPI
+from .replica.raft import FAIL_NAMES, RaftSettings, VaultReplica
+
+log = logging.getLogger("vault_raft.node")
+
+TOKEN_LIFETIME_MS = M.PROOF_TTL_MS
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, **extra: Any):
+        super().__init__(message)
+        self.status, self.message, self.extra = status, message, extra
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _user(body: dict) -> bytes:
+    u = body.get("user")
+    if isinstance(u, str):
+        u = u.encode()
+    if not isinstance(u, bytes) or not 1 <= len(u) <= P.USER_MAX:
+        raise ApiError(400, f"user must be 1..{P.USER_MAX} bytes")
+    return u
+
+
+def _bin(body: dict, key: str, lo: int, hi: int | None = None) -> bytes:
+    v = body.get(key)
+    hi = lo if hi is None else hi
+    if not isinstance(v, bytes) or not lo <= len(v) <= hi:
+        want = f"{lo}" if lo == hi else f"{lo}..{hi}"
+        raise ApiError(400, f"{key} must be {want} bytes")
+    return v
+
+
+class VaultService:
+    def __init__(self, cfg: NodeConfig, keystore: Keystore, replica: VaultReplica,
+                 commit_timeout: float = 3.0, fake_attempts_left: int = M.DEFAULT_MAX_ATTEMPTS - 1):
+        self.cfg = cfg
+        self.ks = keystore
+        self.replica = replica
+        self.setup = keystore.opaque_setup()
+        self.context = opaque_context(keystore.fleet_id)
+        self.commit_timeout = commit_timeout
+        self.fake_attempts_left = fake_attempts_left
+        self.peer_ids = dict(cfg.peer_ids)
+        self.stats = {"commits": 0, "unavailable": 0, "ke2": 0}
+
+    # ------------------------------------------------------------- commit
+    async def commit(self, op: str, **fields: Any) -> dict:
+        """Propose a command and wait until this node applied it (majority commit)."""
+        if not self.replica.can_serve():
+            self.stats["unavailable"] += 1
+            raise ApiError(503, "no majority reachable from this node", proposed=False)
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+
+        def _done(fut, res, err):
+            if not fut.done():
+                fut.set_result((res, err))
+
+        def callback(res, err):  # runs on the Raft thread
+            loop.call_soon_threadsafe(_done, fut, res, err)
+
+        self.replica.propose(M.encode_command(op, **fields), callback)
+        try:
+            res, err = await asyncio.wait_for(fut, self.commit_timeout)
+        except asyncio.TimeoutError:
+            self.stats["unavailable"] += 1
+            raise ApiError(503, "commit timed out (the attempt may still be counted)") from None
+        if err != 0:
+            self.stats["unavailable"] += 1
+            raise ApiError(503, f"commit failed: {FAIL_NAMES.get(err, err)}")
+        self.stats["commits"] += 1
+        if res.get("code") == "bad_command":
+            raise ApiError(400, f"rejected: {res.get('detail')}")
+        return res
+
+    # ---------------------------------------------------------- enroll
+    async def enroll_start(self, body: dict) -> dict:
+        user = _user(body)
+        request = _bin(body, "request", opaque.REG_REQUEST_LEN)
+        try:
+            response = opaque.server_registration_response(self.setup, request, user)
+        except OpaqueError as exc:
+            raise ApiError(400, f"bad registration request: {exc}") from None
+        return {"response": response}
+
+    def _open_upload(self, user: bytes, upload: bytes, purpose: bytes) -> bytes:
+        try:
+            secret = self.ks.open_upload(upload, P.upload_info(self.ks.fleet_id, user, purpose))
+        except SealError:
+            raise ApiError(400, "secret upload did not decrypt (wrong fleet key or user?)") from None
+        if not 1 <= len(secret) <= P.MAX_SECRET:
+            raise ApiError(400, f"secret must be 1..{P.MAX_SECRET} bytes")
+        return secret
+
+    async def enroll_finish(self, body: dict) -> tuple[int, dict]:
+        user = _user(body)
+        record = _bin(body, "record", opaque.RECORD_LEN)
+        try:
+            opaque.check_registration_record(record)
+        except OpaqueError as exc:
+            raise ApiError(400, f"bad registration record: {exc}") from None
+        max_attempts = body.get("max_attempts", M.DEFAULT_MAX_ATTEMPTS)
+        if not isinstance(max_attempts, int) or not 1 <= max_attempts <= M.MAX_ATTEMPTS_LIMIT:
+            raise ApiError(400, f"max_attempts must be 1..{M.MAX_ATTEMPTS_LIMIT}")
+        secret = self._open_upload(user, _bin(body, "upload", 1, P.MAX_BODY), b"enroll")
+        version = os.urandom(M.ID_LEN)
+        sealed = self.ks.seal_secret(user, version, secret)
+        res = await self.commit(M.ENROLL, user=user, now=_now_ms(), version=version,
+                                opaque_record=record, sealed_secret=sealed,
+                                max_attempts=max_attempts)
+        if res["code"] == "exists":
+            raise ApiError(409, "an active record exists for this user")
+        return 201, {"enrolled": True, "max_attempts": res["max_attempts"]}
+
+    # --------------------------------------------------------- recover
+    async def recover_start(self, body: dict) -> dict:
+        user = _user(body)
+        ke1 = _bin(body, "ke1", opaque.KE1_LEN)
+        try:  # malformed KE1 cannot test a guess: refuse before counting
+            group.check_element(ke1[:32], "KE1 blinded element")
+            group.check_element(ke1[64:], "KE1 key share")
+        except OpaqueError as exc:
+            raise ApiError(400, f"bad KE1: {exc}") from None
+        attempt_id, now = os.urandom(M.ID_LEN), _now_ms()
+        res = await self.commit(M.BEGIN_ATTEMPT, user=user, attempt_id=attempt_id, now=now)
+        # ---- committed: from here on the node may reveal the outcome ----
+        code = res["code"]
+        if code == "destroyed":
+            raise ApiError(410, "this record was destroyed after too many wrong codes")
+        if code == "counted":
+            record, version, left = res["opaque_record"], res["version"], res["attempts_left"]
+        elif code == "unknown":  # fake KE2: same shape, same work, same commit
+            record, version, left = None, bytes(M.ID_LEN), self.fake_attempts_left
+        else:
+            raise ApiError(400, f"attempt refused: {code}")
+        state, ke2 = opaque.server_login_start(self.setup, record, ke1, user, context=self.context)
+        self.stats["ke2"] += 1
+        token = self.ks.seal_token(P.pack([user, attempt_id, version, now + TOKEN_LIFETIME_MS,
+                                           state.to_bytes()]))
+        return {"ke2": ke2, "token": token, "attempts_left": left}
+
+    def _open_token(self, user: bytes, token: bytes):
+        try:
+            t_user, attempt_id, version, exp, state = P.unpack(self.ks.open_token(token))
+            login = opaque.ServerLogin.from_bytes(state)
+        except (SealError, OpaqueError, ValueError, TypeError):
+            raise ApiError(401, "authentication failed") from None
+        if t_user != user:
+            raise ApiError(401, "authentication failed")
+        if _now_ms() > exp:
+            raise ApiError(401, "attempt expired; start a new recovery")
+        return attempt_id, version, login
+
+    async def recover_finish(self, body: dict) -> dict:
+        user = _user(body)
+        token = _bin(body, "token", 1, 1024)
+        ke3 = _bin(body, "ke3", opaque.KE3_LEN)
+        attempt_id, version, login = self._open_token(user, token)
+        try:
+            session_key = opaque.server_login_finish(login, ke3)
+        except OpaqueError:
+            raise ApiError(401, "authentication failed") from None
+        res = await self.commit(M.COMPLETE_ATTEMPT, user=user, attempt_id=attempt_id,
+                                version=version, now=_now_ms())
+        if res["code"] == "destroyed":
+            raise ApiError(410, "this record was destroyed after too many wrong codes")
+        if res["code"] != "released":
+            raise ApiError(401, "attempt expired, already used or superseded")
+        try:
+            secret = self.ks.unseal_secret(user, res["version"], res["sealed_secret"])
+        except SealError:
+            log.error("sealed secret of a record failed to open: wrong fleet seal key?")
+            raise ApiError(500, "stored secret could not be opened") from None
+        box = S.seal(S.session_subkey(session_key, P.RELEASE_KEY), secret, P.release_ad(user, token))
+        return {"secret_box": box, "failed_attempts": res["failed_attempts"],
+                "max_attempts": res["max_attempts"]}
+
+    # ---------------------------------------------------------- manage
+    async def manage(self, body: dict) -> dict:
+        user = _user(body)
+        op = body.get("op")
+        if op not in P.MANAGE_OPS:
+            raise ApiError(400, f"op must be one of {', '.join(P.MANAGE_OPS)}")
+        token = _bin(body, "token", 1, 1024)
+        payload = body.get("payload", b"")
+        if not isinstance(payload, bytes) or len(payload) > P.MAX_BODY:
+            raise ApiError(400, "payload must be bytes")
+        proof = _bin(body, "proof", 32)
+        attempt_id, version, login = self._open_token(user, token)
+        session_key = login.session_key  # attempt completed: checked by the machine
+        if not S.mac_ok(S.session_subkey(session_key, P.MANAGE_KEY),
+                        P.manage_message(op, user, token, payload), proof):
+            raise ApiError(401, "authentication failed")
+        fields: dict[str, Any] = {"user": user, "attempt_id": attempt_id, "now": _now_ms()}
+        if op == "change_secret":
+            new_version = os.urandom(M.ID_LEN)
+            secret = self._open_upload(user, payload, b"change_secret")
+            fields.update(version=new_version,
+                          sealed_secret=self.ks.seal_secret(user, new_version, secret))
+        elif op == "change_code":
+            try:
+                fields["opaque_record"] = opaque.check_registration_record(payload)
+            except OpaqueError as exc:
+                raise ApiError(400, f"bad registration record: {exc}") from None
+        res = await self.commit(op, **fields)
+        if res["code"] == "destroyed":
+            raise ApiError(410, "this record was destroyed")
+        if not res["ok"]:
+            raise ApiError(401, "no fresh successful recovery authorises this change")
+        return {"done": res["code"]}
+
+    # ---------------------------------------------------------- status
+    def status(self) -> dict:
+        st = self.replica.status()
+        leader = st.get("leader")
+        return {
+            "node_id": self.cfg.node_id,
+            "fleet_id": self.ks.fleet_id,
+            "role": st.get("role"),
+            "term": st.get("term"),
+            "commit_index": st.get("commit_index"),
+            "last_applied": st.get("last_applied"),
+            "leader": self.peer_ids.get(leader, leader) if leader else None,
+            "healthy": self.replica.can_serve(),
+            "records": st.get("records"),
+            "journal_syncs": st.get("journal_syncs"),
+            "stats": dict(self.stats),
+        }
+
+
+# ------------------------------------------------------------------ HTTP
+
+def _reply(status: int, obj: dict) -> web.Response:
+    return web.Response(status=status, body=P.pack(obj), content_type=P.CONTENT_TYPE)
+
+
+def _error(status: int, message: str, **extra) -> web.Response:
+    return _reply(status, {"error": P.ERRORS.get(status, "internal"), "message": message, **extra})
+
+
+@web.middleware
+async def _errors(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return _error(exc.status, exc.message, **exc.extra)
+    except web.HTTPException as exc:  # 404, 405, 413 from aiohttp itself
+        return _error(exc.status, exc.reason or "error")
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # never a traceback to the client; full detail in the node log
+        log.exception("internal error handling %s %s", request.method, request.path)
+        return _error(500, "internal error")
+
+
+async def _body(request: web.Request) -> dict:
+    if request.content_type != P.CONTENT_TYPE:
+        raise ApiError(415, f"send {P.CONTENT_TYPE} bodies")
+    raw = await request.read()
+    try:
+        body = P.unpack(raw)
+    except Exception:
+        raise ApiError(400, "body is not valid msgpack") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "body must be a msgpack map")
+    return body
+
+
+def build_app(service: VaultService) -> web.Application:
+    app = web.Application(middlewares=[_errors], client_max_size=P.MAX_BODY)
+
+    def post(path, fn, created=False):
+        async def handler(request):
+            out = await fn(await _body(request))
+            if isinstance(out, tuple):
+                return _reply(*out)
+            return _reply(200, out)
+        app.router.add_post(path, handler)
+
+    post("/v1/enroll/start", service.enroll_start)
+    post("/v1/enroll/finish", service.enroll_finish)
+    post("/v1/recover/start", service.recover_start)
+    post("/v1/recover/finish", service.recover_finish)
+    post("/v1/manage", service.manage)
+
+    async def status(request):
+        return _reply(200, service.status())
+
+    async def openapi(request):
+        return web.json_response(OPENAPI)
+
+    app.router.add_get("/v1/status", status)
+    app.router.add_get("/openapi.json", openapi)
+    return app
+
+
+async def _serve(service: VaultService, host: str, port: int) -> None:
+    runner = web.AppRunner(build_app(service), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("node %s serving the API on http://%s:%d", service.cfg.node_id, host, port)
+    await stop.wait()
+    log.info("node %s stopping", service.cfg.node_id)
+    await runner.cleanup()
+
+
+def run_node(node_dir: str, settings: RaftSettings | None = None) -> int:
+    """Run one node in the foreground until SIGTERM/SIGINT. Returns an exit code."""
+    cfg = NodeConfig.load(node_dir)
+    ks = FileKeystore.load(cfg.keystore_path)
+    if ks.fleet_id != cfg.fleet_id:
+        raise SystemExit(f"keystore belongs to fleet {ks.fleet_id}, node to {cfg.fleet_id}")
+    replica = VaultReplica(cfg.raft_addr, list(cfg.partners), cfg.data_dir, ks.cluster_secret(),
+                           settings=settings)
+    try:
+        asyncio.run(_serve(VaultService(cfg, ks, replica), cfg.api_host, cfg.api_port))
+    finally:
+        replica.destroy_synchronous()  # syncs and closes the journal
+    return 0

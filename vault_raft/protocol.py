@@ -1,0 +1,68 @@
+"""The client <-> node protocol: endpoints, bodies, bindings (both sides use this).
+
+Bodies are msgpack maps (``Content-Type: application/msgpack``); binary
+fields are msgpack bin.  ``docs/api.md`` and ``GET /openapi.json`` describe
+the same thing for humans and tools.
+
+Recovery is two round trips; the counted guess is the commit in the first::
+
+    POST /v1/recover/start   {user, ke1}          -> {ke2, token, attempts_left}
+    POST /v1/recover/finish  {user, token, ke3}   -> {secret_box, failed_attempts}
+
+``token`` is the server's KE2->KE3 state sealed under the fleet token key,
+bound to the user, the attempt id and the record version: any node can
+finish an attempt.  ``secret_box`` is the secret encrypted (AES-256-GCM)
+under a key derived from the OPAQUE session key, so only the client that
+completed the login can read it.  Changes need proof of the code: a MAC
+under another session-derived key, over the request, with the same token.
+"""
+
+from __future__ import annotations
+
+import msgpack
+
+from .crypto import seal as S
+
+CONTENT_TYPE = "application/msgpack"
+MAX_BODY = 64 * 1024
+MAX_SECRET = 4096
+USER_MAX = 256
+
+# HTTP status -> error code used in bodies {"error": code, "message": text}
+ERRORS = {
+    400: "bad_request",
+    401: "auth_failed",
+    404: "not_found",
+    409: "exists",
+    410: "destroyed",
+    413: "too_large",
+    415: "unsupported_media_type",
+    503: "unavailable",
+}
+
+
+def pack(obj) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack(data: bytes):
+    return msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=MAX_BODY,
+                           max_str_len=MAX_BODY, max_array_len=1024, max_map_len=64)
+
+
+def upload_info(fleet_id: str, user: bytes, purpose: bytes = b"enroll") -> bytes:
+    """HPKE info for a secret upload: binds it to fleet, user and purpose."""
+    return S.length_prefixed(b"vault-raft upload v1", fleet_id.encode(), user, purpose)
+
+
+def release_ad(user: bytes, token: bytes) -> bytes:
+    return S.length_prefixed(b"vault-raft release v1", user, token)
+
+
+def manage_message(op: str, user: bytes, token: bytes, payload: bytes) -> bytes:
+    return S.length_prefixed(b"vault-raft manage v1", op.encode(), user, token, payload)
+
+
+RELEASE_KEY = b"release"
+MANAGE_KEY = b"manage"
+MANAGE_OPS = ("change_secret", "change_code", "delete")
