@@ -20,3 +20,76 @@ def shared_dir():
     if not SHARED.is_dir():
         pytest.skip("../shared is absent")
     return SHARED
+
+
+# ------------------------------------------------------------ real clusters
+import json  # noqa: E402
+import random  # noqa: E402
+import socket  # noqa: E402
+import sys  # noqa: E402
+
+from vault_raft.cluster import LocalCluster  # noqa: E402
+from vault_raft.fleet.config import init_fleet  # noqa: E402
+
+
+def free_base_port(nodes: int) -> int:
+    """A base port whose 2*nodes ports are all free on 127.0.0.1."""
+    for _ in range(200):
+        base = random.randrange(20000, 40000, 10)
+        ports = [base + i for i in range(1, nodes + 1)] + \
+                [base + 100 + i for i in range(1, nodes + 1)]
+        ok = True
+        for p in ports:
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", p))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no free ports")
+
+
+def make_fleet(tmp_path, nodes=3, raft=None, max_attempts=10):
+    d = str(tmp_path / "fleet")
+    init_fleet(d, nodes, base_port=free_base_port(nodes), max_attempts=max_attempts)
+    if raft:
+        for i in range(1, nodes + 1):
+            p = os.path.join(d, f"n{i}", "node.json")
+            cfg = json.loads(open(p).read())
+            cfg["raft"] = raft
+            open(p, "w").write(json.dumps(cfg))
+    return d
+
+
+@pytest.fixture
+def cluster_factory(tmp_path):
+    """Start real node processes; always stopped (by PID) at teardown."""
+    made = []
+
+    def factory(nodes=3, raft=None, node_cmd=None, env=None, start=True, max_attempts=10):
+        d = make_fleet(tmp_path / f"c{len(made)}", nodes, raft, max_attempts)
+        cl = LocalCluster(d, node_cmd=node_cmd, env=env)
+        made.append(cl)
+        if start:
+            cl.start()
+            cl.wait_leader(30)
+            cl.wait_healthy(timeout=30)
+        return cl
+
+    yield factory
+    for cl in made:
+        cl.stop(timeout=5)
+        leftover = [n for n in cl.ids if cl.pid(n)]
+        assert not leftover, f"node processes left running: {leftover}"
+
+
+def vault_cli(*args, env=None, stdin=None, timeout=60):
+    import subprocess
+    e = dict(os.environ)
+    e.pop("VAULT_RECOVERY_CODE", None)
+    if env:
+        e.update(env)
+    return subprocess.run([sys.executable, "-m", "vault_raft", *args], input=stdin,
+                          capture_output=True, text=True, env=e, timeout=timeout)

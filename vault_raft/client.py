@@ -121,6 +121,8 @@ class Client:
         client reports Unavailable instead of trying elsewhere.
         """
         deadline = time.monotonic() + self.timeout
+        # The node refuses (unproposed) a request it reads after this time.
+        body = dict(body, deadline_ms=int((time.time() + self.timeout) * 1000))
         delay, last = 0.05, "no node answered"
         while True:
             url = self.endpoints[self._next % len(self.endpoints)]

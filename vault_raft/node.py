@@ -80,8 +80,15 @@ class VaultService:
         self.stats = {"commits": 0, "unavailable": 0, "ke2": 0}
 
     # ------------------------------------------------------------- commit
-    async def commit(self, op: str, **fields: Any) -> dict:
-        """Propose a command and wait until this node applied it (majority commit)."""
+    async def commit(self, op: str, deadline_ms: Any = None, **fields: Any) -> dict:
+        """Propose a command and wait until this node applied it (majority commit).
+
+        ``deadline_ms`` is the client's give-up time: a request that waited
+        past it (e.g. in a paused node's socket buffer) is refused unproposed,
+        so a client that reported "unavailable" is not charged an attempt later.
+        """
+        if isinstance(deadline_ms, int) and _now_ms() > deadline_ms:
+            raise ApiError(503, "request expired before it was proposed", proposed=False)
         if not self.replica.can_serve():
             self.stats["unavailable"] += 1
             raise ApiError(503, "no majority reachable from this node", proposed=False)
@@ -141,7 +148,8 @@ class VaultService:
         secret = self._open_upload(user, _bin(body, "upload", 1, P.MAX_BODY), b"enroll")
         version = os.urandom(M.ID_LEN)
         sealed = self.ks.seal_secret(user, version, secret)
-        res = await self.commit(M.ENROLL, user=user, now=_now_ms(), version=version,
+        res = await self.commit(M.ENROLL, deadline_ms=body.get("deadline_ms"), user=user,
+                                now=_now_ms(), version=version,
                                 opaque_record=record, sealed_secret=sealed,
                                 max_attempts=max_attempts)
         if res["code"] == "exists":
@@ -158,7 +166,8 @@ class VaultService:
         except OpaqueError as exc:
             raise ApiError(400, f"bad KE1: {exc}") from None
         attempt_id, now = os.urandom(M.ID_LEN), _now_ms()
-        res = await self.commit(M.BEGIN_ATTEMPT, user=user, attempt_id=attempt_id, now=now)
+        res = await self.commit(M.BEGIN_ATTEMPT, deadline_ms=body.get("deadline_ms"), user=user,
+                                attempt_id=attempt_id, now=now)
         # ---- committed: from here on the node may reveal the outcome ----
         code = res["code"]
         if code == "destroyed":
@@ -238,7 +247,7 @@ class VaultService:
                 fields["opaque_record"] = opaque.check_registration_record(payload)
             except OpaqueError as exc:
                 raise ApiError(400, f"bad registration record: {exc}") from None
-        res = await self.commit(op, **fields)
+        res = await self.commit(op, deadline_ms=body.get("deadline_ms"), **fields)
         if res["code"] == "destroyed":
             raise ApiError(410, "this record was destroyed")
         if not res["ok"]:
@@ -351,6 +360,11 @@ def run_node(node_dir: str, settings: RaftSettings | None = None) -> int:
     ks = FileKeystore.load(cfg.keystore_path)
     if ks.fleet_id != cfg.fleet_id:
         raise SystemExit(f"keystore belongs to fleet {ks.fleet_id}, node to {cfg.fleet_id}")
+    if settings is None:
+        try:
+            settings = RaftSettings(**dict(cfg.raft))
+        except TypeError as exc:
+            raise SystemExit(f"{node_dir}/node.json: bad raft setting: {exc}") from None
     replica = VaultReplica(cfg.raft_addr, list(cfg.partners), cfg.data_dir, ks.cluster_secret(),
                            settings=settings)
     try:

@@ -18,11 +18,11 @@ journal replaces it (see :mod:`vault_raft.replica.raft`) and keeps etcd's rule:
 File format: an 8-byte header ``b"VRJ1\\0\\0\\0\\0"``, then records
 ``len:u32 crc32:u32 idx:u64 term:u64 command`` (little endian; ``len``
 counts idx+term+command, the CRC covers the same bytes).  On open, a torn
-tail -- an incomplete or bad *last* record, or zero fill after the last good
-one -- is truncated away (it was never synced, hence never acknowledged).  A
-bad record followed by more data is corruption: :class:`JournalCorrupt` is
-raised and the node refuses to start rather than forget acknowledged
-entries.
+tail -- damage after which no intact record follows (a partial last record,
+a bad checksum, zero fill) -- is truncated away: it was never synced, hence
+never acknowledged.  Damage followed by an intact later record is
+corruption of synced data: :class:`JournalCorrupt` is raised and the node
+refuses to start rather than forget acknowledged entries.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ class DurableJournal:
             off = good_end = end
         if good_end < len(data):
             rest = data[good_end:]
-            if not self._is_torn_tail(rest):
+            if self._valid_record_after(data, good_end, (prev_idx or 0) + 1):
                 raise JournalCorrupt(
                     f"{self.path}: damaged record at byte {good_end} followed by more data; "
                     "refusing to start (acknowledged entries may be behind it)")
@@ -150,14 +150,19 @@ class DurableJournal:
         self._synced_idx = self._entries[-1][1] if self._entries else 0
 
     @staticmethod
-    def _is_torn_tail(rest: bytes) -> bool:
-        """A torn tail is one partial/bad record, or zero fill (preallocation)."""
-        if not rest.strip(b"\0"):
-            return True
-        if len(rest) < _REC.size:
-            return True
-        length = _REC.unpack_from(rest, 0)[0]
-        return 8 + length >= len(rest)  # the bad record is the last thing in the file
+    def _valid_record_after(data: bytes, start: int, next_idx: int) -> bool:
+        """Is there an intact record (good CRC, index >= next_idx) past ``start``?
+
+        If so, the damage at ``start`` is not a torn tail but corruption of
+        data that was synced (and maybe acknowledged).  Only run on recovery.
+        """
+        for off in range(start + 1, len(data) - _REC.size + 1):
+            length, crc, idx, _ = _REC.unpack_from(data, off)
+            if idx < next_idx or length < 16 or off + 8 + length > len(data):
+                continue
+            if zlib.crc32(data[off + 8:off + 8 + length]) == crc:
+                return True
+        return False
 
     # ------------------------------------------- pysyncobj Journal API
     def add(self, command: bytes, idx: int, term: int) -> None:

@@ -1,0 +1,186 @@
+"""The sans-IO state machine, explored by Hypothesis (stateful) against a model."""
+import os
+
+import msgpack
+from hypothesis import given, settings, strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from vault_raft.core import machine as M
+
+USERS = [b"alice", b"bob", b"carol"]
+
+
+def cmd(op, **kw):
+    return M.encode_command(op, **kw)
+
+
+class VaultModel(RuleBasedStateMachine):
+    """Random op sequences; the guess limit and release rules are invariants."""
+
+    @initialize()
+    def setup(self):
+        self.sm = M.VaultState()
+        self.now = 1000
+        self.ke2_since_success = {}  # (user, version) -> counted attempts since enroll/success
+        self.limit = {}
+        self.open = {u: [] for u in USERS}  # attempt ids the model believes are open
+        self.completed = {u: [] for u in USERS}
+        self.released = set()
+
+    def _apply(self, op, **kw):
+        self.now += kw.pop("dt", 1)
+        return self.sm.apply(cmd(op, now=self.now, **kw))
+
+    @rule(user=st.sampled_from(USERS), max_attempts=st.integers(1, 5))
+    def enroll(self, user, max_attempts):
+        version = os.urandom(16)
+        before = self.sm.summary(user)["status"]
+        r = self._apply(M.ENROLL, user=user, max_attempts=max_attempts, version=version,
+                        opaque_record=b"r" * 192, sealed_secret=b"s" * 30)
+        if before == M.ACTIVE:
+            assert r == {"ok": False, "code": "exists"}
+        else:
+            assert r["ok"]
+            self.ke2_since_success[(user, version)] = 0
+            self.limit[(user, version)] = max_attempts
+            self.open[user] = []
+
+    @rule(user=st.sampled_from(USERS), dt=st.integers(0, 200_000))
+    def begin(self, user, dt):
+        aid = os.urandom(16)
+        r = self._apply(M.BEGIN_ATTEMPT, user=user, attempt_id=aid, dt=dt)
+        if r["code"] == "counted":
+            key = (user, r["version"])
+            self.ke2_since_success[key] += 1
+            assert self.ke2_since_success[key] <= self.limit[key], "more KE2s than the limit"
+            assert r["attempts_left"] == self.limit[key] - self.ke2_since_success[key]
+            self.open[user].append((aid, r["version"]))
+        else:
+            assert r["code"] in ("unknown", "destroyed")
+
+    @rule(user=st.sampled_from(USERS), pick=st.integers(0, 10), dt=st.integers(0, 200_000))
+    def complete(self, user, pick, dt):
+        if not self.open[user]:
+            return
+        aid, version = self.open[user][pick % len(self.open[user])]
+        r = self._apply(M.COMPLETE_ATTEMPT, user=user, attempt_id=aid, version=version, dt=dt)
+        if r["ok"]:
+            assert (user, aid) not in self.released, "released twice for one attempt"
+            self.released.add((user, aid))
+            self.ke2_since_success[(user, version)] = 0
+            self.open[user] = []
+            self.completed[user].append(aid)
+
+    @rule(user=st.sampled_from(USERS), op=st.sampled_from([M.DELETE, M.CHANGE_CODE,
+                                                         M.CHANGE_SECRET]),
+          use_proof=st.booleans())
+    def manage(self, user, op, use_proof):
+        aid = self.completed[user][-1] if use_proof and self.completed[user] else os.urandom(16)
+        extra = {}
+        if op == M.CHANGE_CODE:
+            extra["opaque_record"] = b"q" * 192
+        if op == M.CHANGE_SECRET:
+            extra.update(version=os.urandom(16), sealed_secret=b"t" * 30)
+        before = self.sm.summary(user)
+        r = self._apply(op, user=user, attempt_id=aid, **extra)
+        if r["ok"]:
+            assert aid in self.completed[user]
+            self.completed[user] = []  # one change per success
+            if op == M.CHANGE_SECRET:
+                old = [k for k in self.ke2_since_success if k[0] == user]
+                for k in old:
+                    self.ke2_since_success[(user, extra["version"])] = self.ke2_since_success[k]
+                    self.limit[(user, extra["version"])] = self.limit[k]
+            if op == M.CHANGE_CODE:
+                for k in self.ke2_since_success:
+                    if k[0] == user:
+                        self.ke2_since_success[k] = 0
+                self.open[user] = []
+        else:
+            assert self.sm.summary(user) == before
+
+    @rule(data=st.binary(max_size=300))
+    def garbage(self, data):
+        before = self.sm.snapshot()
+        r = self.sm.apply(data)
+        assert r["ok"] is False and r["code"] == "bad_command"
+        self.sm.applied -= 1
+        assert self.sm.snapshot() == before
+
+    @rule()
+    def snapshot_roundtrip(self):
+        again = M.VaultState.from_snapshot(self.sm.snapshot())
+        assert again.snapshot() == self.sm.snapshot()
+        self.sm = again
+
+    @invariant()
+    def destroyed_records_hold_nothing(self):
+        if not hasattr(self, "sm"):
+            return
+        for user, rec in self.sm.records.items():
+            if rec.status == M.DESTROYED:
+                assert rec.sealed_secret == b"" and rec.opaque_record == b""
+            assert rec.attempts_used <= rec.max_attempts
+
+
+TestVaultModel = VaultModel.TestCase
+TestVaultModel.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+@given(st.dictionaries(st.sampled_from(["v", "op", "user", "now", "attempt_id", "max_attempts",
+                                        "version", "opaque_record", "sealed_secret"]),
+                       st.one_of(st.integers(-5, 2**63), st.binary(max_size=200), st.text(max_size=5),
+                                 st.none(), st.lists(st.integers(-2**63, 2**63 - 1), max_size=3))))
+def test_malformed_commands_never_raise(d):
+    sm = M.VaultState()
+    r = sm.apply(msgpack.packb(d, use_bin_type=True))
+    assert isinstance(r, dict) and "code" in r
+    if not r["ok"]:
+        assert sm.records == {}  # a refused command changes nothing
+
+
+def test_transition_table_is_explicit():
+    # every (status, op) pair is either in the table or refused without change
+    for status in (M.ABSENT, M.ACTIVE, M.DESTROYED):
+        for op in M._ALL_OPS:
+            handler = M.TRANSITIONS.get((status, op))
+            if handler is not None:
+                assert hasattr(M.VaultState, handler)
+
+
+def test_destroy_on_attempt_after_limit():
+    sm = M.VaultState()
+    v = os.urandom(16)
+    sm.apply(cmd(M.ENROLL, user=b"u", now=1, max_attempts=2, version=v,
+                 opaque_record=b"r" * 192, sealed_secret=b"s"))
+    lefts = [sm.apply(cmd(M.BEGIN_ATTEMPT, user=b"u", now=2, attempt_id=os.urandom(16)))
+             ["attempts_left"] for _ in range(2)]
+    assert lefts == [1, 0]
+    r = sm.apply(cmd(M.BEGIN_ATTEMPT, user=b"u", now=3, attempt_id=os.urandom(16)))
+    assert r["code"] == "destroyed" and r["just_destroyed"]
+    assert sm.summary(b"u") == {"status": "destroyed", "attempts_used": 2, "max_attempts": 2,
+                                "total_attempts": 2, "has_secret": False}
+    # re-enrollment after destruction is allowed, with fresh counters
+    r = sm.apply(cmd(M.ENROLL, user=b"u", now=4, max_attempts=3, version=v,
+                     opaque_record=b"r" * 192, sealed_secret=b"s"))
+    assert r["ok"]
+
+
+def test_release_once_and_expiry():
+    sm = M.VaultState()
+    v = os.urandom(16)
+    sm.apply(cmd(M.ENROLL, user=b"u", now=0, max_attempts=5, version=v,
+                 opaque_record=b"r" * 192, sealed_secret=b"sealed"))
+    a1, a2 = os.urandom(16), os.urandom(16)
+    sm.apply(cmd(M.BEGIN_ATTEMPT, user=b"u", now=10, attempt_id=a1))
+    sm.apply(cmd(M.BEGIN_ATTEMPT, user=b"u", now=20, attempt_id=a2))
+    r = sm.apply(cmd(M.COMPLETE_ATTEMPT, user=b"u", now=30, attempt_id=a2, version=v))
+    assert r["ok"] and r["sealed_secret"] == b"sealed" and r["failed_attempts"] == 1
+    assert sm.apply(cmd(M.COMPLETE_ATTEMPT, user=b"u", now=31, attempt_id=a2,
+                        version=v))["code"] == "no_attempt"
+    assert sm.apply(cmd(M.COMPLETE_ATTEMPT, user=b"u", now=32, attempt_id=a1,
+                        version=v))["code"] == "no_attempt"  # superseded by the success
+    a3 = os.urandom(16)
+    sm.apply(cmd(M.BEGIN_ATTEMPT, user=b"u", now=100, attempt_id=a3))
+    assert sm.apply(cmd(M.COMPLETE_ATTEMPT, user=b"u", now=100 + M.ATTEMPT_TTL_MS + 1,
+                        attempt_id=a3, version=v))["code"] == "no_attempt"
