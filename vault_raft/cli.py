@@ -143,15 +143,19 @@ def cmd_enroll(a) -> int:
     return 0
 
 
+def _warn_failed(rec: C.Recovery) -> None:
+    if rec.failed_attempts:
+        print(f"warning: {rec.failed_attempts} wrong code(s) were tried since the last "
+              "successful recovery", file=sys.stderr)
+
+
 def cmd_recover(a) -> int:
     if a.out != "-" and os.path.exists(a.out) and not a.force:
         raise UsageError(f"{a.out} exists; use --force to overwrite")
     code = _Codes().get("VAULT_RECOVERY_CODE", "recovery code: ", 0)
     rec = _client(a).recover(a.user, code)
     _write_secret(a.out, rec.secret, a.force)
-    if rec.failed_attempts:
-        print(f"warning: {rec.failed_attempts} wrong code(s) were tried since the last "
-              "successful recovery", file=sys.stderr)
+    _warn_failed(rec)
     print(f"recovered the secret of {a.user}" + (f" into {a.out}" if a.out != "-" else ""),
           file=sys.stderr)
     return 0
@@ -159,7 +163,7 @@ def cmd_recover(a) -> int:
 
 def cmd_delete(a) -> int:
     code = _Codes().get("VAULT_RECOVERY_CODE", "recovery code: ", 0)
-    _client(a).delete(a.user, code)
+    _warn_failed(_client(a).delete(a.user, code))
     print(f"deleted the record of {a.user}", file=sys.stderr)
     return 0
 
@@ -168,7 +172,7 @@ def cmd_change_code(a) -> int:
     codes = _Codes()
     code = codes.get("VAULT_RECOVERY_CODE", "current recovery code: ", 0)
     new = codes.get("VAULT_NEW_RECOVERY_CODE", "new recovery code: ", 1)
-    _client(a).change_code(a.user, code, new)
+    _warn_failed(_client(a).change_code(a.user, code, new))
     print(f"changed the recovery code of {a.user}", file=sys.stderr)
     return 0
 
@@ -176,7 +180,7 @@ def cmd_change_code(a) -> int:
 def cmd_change_secret(a) -> int:
     secret = _read_secret(a.secret_file)
     code = _Codes().get("VAULT_RECOVERY_CODE", "recovery code: ", 0)
-    _client(a).change_secret(a.user, code, secret)
+    _warn_failed(_client(a).change_secret(a.user, code, secret))
     print(f"changed the secret of {a.user}", file=sys.stderr)
     return 0
 
