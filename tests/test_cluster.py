@@ -91,7 +91,7 @@ def _recover_loop(client, user, code, stop, results):
         except C.Unavailable:
             results.append(("unavailable", t0, time.monotonic(), None))
         except C.VaultError as exc:
-            results.append((type(exc).__name__, t0, time.monotonic(), None))
+            results.append((type(exc).__name__, t0, time.monotonic(), str(exc)))
 
 
 def test_kill_leader_mid_traffic_then_kill_all(cluster_factory):
@@ -126,7 +126,8 @@ def test_kill_leader_mid_traffic_then_kill_all(cluster_factory):
         stop.set()
         t.join(30)
     assert all(r[3] == b"bob secret" for r in results if r[0] == "ok")
-    assert {r[0] for r in results} <= {"ok", "unavailable"}
+    assert {r[0] for r in results} <= {"ok", "unavailable"}, \
+        [r for r in results if r[0] not in ("ok", "unavailable")]
     # the restarted node catches up with the leader's commit index
     lead = cl.leader()
     target = cl.status(lead)["commit_index"]

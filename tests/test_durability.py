@@ -7,7 +7,10 @@ message sent.  The checker demands, per node:
 * an ack (``next_node_idx`` success for index N) is sent only after an
   ``fdatasync`` of the journal that followed the append of entry N-1;
 * a vote (``response_vote`` for term T) is sent only after term T and the
-  vote were stored durably.
+  vote were stored durably;
+* whenever a node reports a commit to its caller, its own journal is synced
+  at least up to its commit index (the leader writes its log in parallel with
+  replication and must sync before it counts itself toward a majority).
 
 A negative control runs the same cluster with ``sync`` disabled and asserts
 the checker reports violations, so the check can fail.
@@ -50,6 +53,8 @@ def check(recorder: Recorder) -> list[str]:
                 appended_at[ev[1]] = pos
             elif kind == "fdatasync":
                 last_sync_pos = pos
+            elif kind == "violation":
+                violations.append(f"{node}: {ev[1]}")
             elif kind == "term":
                 durable_terms.add((ev[1], ev[2]))
             elif kind == "send" and ev[1] == "next_node_idx" and ev[3]["success"]:
@@ -93,11 +98,21 @@ def run_cluster(tmp_path, recorder, monkeypatch, disable_sync=False):
             assert time.monotonic() < deadline, "no leader"
             time.sleep(0.05)
         done = threading.Semaphore(0)
+
+        def committed(rep):
+            def cb(res, err):
+                if rep.journal_path.journal.synced_index < rep.raftCommitIndex:
+                    recorder.tracer(rep.selfNode.id)(
+                        "violation", f"commit {rep.raftCommitIndex} reported with journal "
+                                     f"synced only to {rep.journal_path.journal.synced_index}")
+                done.release()
+            return cb
+
         for k in range(40):
             reps[k % 3].propose(encode_command("enroll", user=f"u{k}".encode(), now=k,
                                                max_attempts=3, version=b"v" * 16,
                                                opaque_record=b"r" * 192, sealed_secret=b"s" * 40),
-                                lambda res, err: done.release())
+                                committed(reps[k % 3]))
         for _ in range(40):
             assert done.acquire(timeout=10)
         # Force a new election: stop the leader, wait for another.
@@ -111,7 +126,7 @@ def run_cluster(tmp_path, recorder, monkeypatch, disable_sync=False):
         for k in range(10):
             reps[k % 2].propose(encode_command("begin_attempt", user=b"u1", now=100 + k,
                                                attempt_id=os.urandom(16)),
-                                lambda res, err: done.release())
+                                committed(reps[k % 2]))
         for _ in range(10):
             done.acquire(timeout=10)
     finally:
@@ -133,7 +148,9 @@ def test_appends_and_votes_are_durable_before_they_are_acknowledged(tmp_path, mo
 def test_checker_catches_acks_before_sync(tmp_path, monkeypatch):
     rec = Recorder()
     run_cluster(tmp_path, rec, monkeypatch, disable_sync=True)
-    assert any("before it was synced" in v for v in check(rec))
+    found = check(rec)
+    assert any("before it was synced" in v for v in found)
+    assert any("synced only to" in v for v in found)
 
 
 # ----------------------------------------------------------- the journal file

@@ -265,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--keep", action="store_true", help="leave the cluster running")
     dm.set_defaults(fn=cmd_demo)
 
+    from . import benchcli
+    benchcli.register(sub)
     return ap
 
 

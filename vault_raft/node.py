@@ -66,6 +66,32 @@ def _bin(body: dict, key: str, lo: int, hi: int | None = None) -> bytes:
     return v
 
 
+async def commit(replica, propose, command: bytes, timeout: float):
+    """Propose ``command`` through ``propose(command, callback)`` and wait until
+    this node applied it.  Raises ApiError(503) if it cannot be proposed (no
+    leader or quorum in sight: ``proposed=False``), times out, or fails."""
+    if not replica.can_serve():
+        raise ApiError(503, "no majority reachable from this node", proposed=False)
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+
+    def _done(res, err):
+        if not fut.done():
+            fut.set_result((res, err))
+
+    def callback(res, err):  # runs on the Raft thread
+        loop.call_soon_threadsafe(_done, res, err)
+
+    propose(command, callback)
+    try:
+        res, err = await asyncio.wait_for(fut, timeout)
+    except asyncio.TimeoutError:
+        raise ApiError(503, "commit timed out (the attempt may still be counted)") from None
+    if err != 0:
+        raise ApiError(503, f"commit failed: {FAIL_NAMES.get(err, err)}")
+    return res
+
+
 class VaultService:
     def __init__(self, cfg: NodeConfig, keystore: Keystore, replica: VaultReplica,
                  commit_timeout: float = 3.0, fake_attempts_left: int = M.DEFAULT_MAX_ATTEMPTS - 1):
@@ -89,28 +115,12 @@ class VaultService:
         """
         if isinstance(deadline_ms, int) and _now_ms() > deadline_ms:
             raise ApiError(503, "request expired before it was proposed", proposed=False)
-        if not self.replica.can_serve():
-            self.stats["unavailable"] += 1
-            raise ApiError(503, "no majority reachable from this node", proposed=False)
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-
-        def _done(fut, res, err):
-            if not fut.done():
-                fut.set_result((res, err))
-
-        def callback(res, err):  # runs on the Raft thread
-            loop.call_soon_threadsafe(_done, fut, res, err)
-
-        self.replica.propose(M.encode_command(op, **fields), callback)
         try:
-            res, err = await asyncio.wait_for(fut, self.commit_timeout)
-        except asyncio.TimeoutError:
+            res = await commit(self.replica, self.replica.propose, M.encode_command(op, **fields),
+                               self.commit_timeout)
+        except ApiError:
             self.stats["unavailable"] += 1
-            raise ApiError(503, "commit timed out (the attempt may still be counted)") from None
-        if err != 0:
-            self.stats["unavailable"] += 1
-            raise ApiError(503, f"commit failed: {FAIL_NAMES.get(err, err)}")
+            raise
         self.stats["commits"] += 1
         if res.get("code") == "bad_command":
             raise ApiError(400, f"rejected: {res.get('detail')}")

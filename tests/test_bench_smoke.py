@@ -1,0 +1,60 @@
+"""A short run of `vault-raft bench`: the outputs exist and are well formed (not how fast)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.cluster
+
+
+def _etcd_expected() -> bool:
+    return bool(shutil.which("etcd")) or (os.geteuid() == 0 and bool(shutil.which("apt-get")))
+
+
+def test_bench_smoke(tmp_path):
+    out = tmp_path / "bench"
+    r = subprocess.run([sys.executable, "-m", "vault_raft", "bench", "--duration", "1",
+                        "--concurrency", "1,4", "--sizes", "3", "--growth", "500",
+                        "--samples", "20", "--target-rate", "50", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "[bench" in r.stderr  # progress is shown
+    res = json.loads((out / "results.json").read_text())
+    for key in ("vault", "pysyncobj", "floor", "sizes", "growth"):
+        assert key in res, key
+    c1 = res["vault"]["c1"]
+    for name in ("guess", "release", "enroll", "full_recovery_server", "full_recovery_total"):
+        s = c1[name]
+        assert s["ok"] > 0 and s["errors"] == 0, (name, s)
+        assert 0 < s["p50_ms"] <= s["p99_ms"] <= s["max_ms"]
+    assert set(res["vault"]["curve"]) == {"1", "4"}
+    for conc, phases in res["vault"]["curve"].items():
+        assert phases["closed"]["throughput_per_s"] > 0
+        assert phases["open"]["ok"] > 0 and "p99_ms" in phases["open"]
+    assert res["vault"]["target"]["ok"] > 0
+    assert res["growth"]["500"]["snapshot_bytes"] > 0
+    assert res["growth"]["500"]["guess"]["errors"] == 0
+    assert res["floor"]["fsync"]["p50_ms"] > 0
+    if _etcd_expected():
+        assert "unavailable" not in res["etcd"], res["etcd"]
+        assert res["etcd"]["c1"]["put"]["ok"] > 0 and res["etcd"]["c1"]["cas_increment"]["ok"] > 0
+    else:
+        assert "unavailable" in res["etcd"]
+    table = (out / "table.txt").read_text()
+    assert "vault guess commit" in table and "p50/fsync" in table
+    for pic in ("latency_cdf.png", "throughput_latency.png"):
+        data = (out / pic).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    assert not (out / "work").exists()  # the run cleans up its clusters' directories
+
+
+def test_bench_rejects_bad_arguments(tmp_path):
+    for args in (["--workload", "nope"], ["--compare", "redis"], ["--concurrency", "x"],
+                 ["--nodes", "2"]):
+        r = subprocess.run([sys.executable, "-m", "vault_raft", "bench", "--out",
+                            str(tmp_path), *args], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2, (args, r.stderr)
+        assert "Traceback" not in r.stderr

@@ -1,0 +1,100 @@
+"""Baseline node: a replicated counter on the *same* replica stack as the vault.
+
+Same durable journal, same sync-before-send transport, same Raft settings,
+same aiohttp front and commit bridge -- only the state machine is a bare
+counter.  The difference between this and the vault is what the vault's
+layers (OPAQUE, sealing, the record state machine) cost.
+
+    python -m vault_raft.bench.rawnode --dir FLEET/nK     (uses the node's node.json)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+from aiohttp import web
+from pysyncobj import replicated
+
+from .. import protocol as P
+from ..fleet.config import NodeConfig
+from ..fleet.keystore import FileKeystore
+from ..node import ApiError, commit
+from ..replica.raft import DurableReplica
+
+
+class CounterReplica(DurableReplica):
+    def __init__(self, *args, **kwargs):
+        self._counters: dict[bytes, int] = {}
+        super().__init__(*args, **kwargs)
+
+    @replicated
+    def _inc(self, key: bytes):
+        with self._state_lock:
+            self._counters[key] = self._counters.get(key, 0) + 1
+            return self._counters[key]
+
+    def propose(self, key: bytes, callback) -> None:
+        self._inc(key, callback=callback)
+
+    def _snapshot_state(self) -> bytes:
+        return P.pack(self._counters)
+
+    def _check_state(self, blob: bytes) -> None:
+        if not isinstance(P.unpack(blob), dict):
+            raise ValueError("bad counter snapshot")
+
+    def _restore_state(self, blob: bytes) -> None:
+        self._counters = dict(P.unpack(blob))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--dir", required=True)
+    a = ap.parse_args(argv)
+    cfg = NodeConfig.load(a.dir)
+    ks = FileKeystore.load(cfg.keystore_path)
+    rep = CounterReplica(cfg.raft_addr, list(cfg.partners), cfg.data_dir + "-raw",
+                         ks.cluster_secret())
+
+    async def inc(request):
+        try:
+            body = P.unpack(await request.read())
+            key = body["key"] if isinstance(body, dict) else b""
+            value = await commit(rep, rep.propose, bytes(key), 3.0)
+        except ApiError as exc:
+            return web.Response(status=exc.status, body=P.pack({"error": exc.message}))
+        except Exception:
+            return web.Response(status=400, body=P.pack({"error": "bad request"}))
+        return web.Response(body=P.pack({"value": value}), content_type=P.CONTENT_TYPE)
+
+    async def status(request):
+        st = rep.status()
+        return web.Response(body=P.pack({"role": st.get("role"), "healthy": rep.can_serve(),
+                                         "commit_index": st.get("commit_index")}),
+                            content_type=P.CONTENT_TYPE)
+
+    async def serve():
+        app = web.Application()
+        app.router.add_post("/inc", inc)
+        app.router.add_get("/v1/status", status)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, cfg.api_host, cfg.api_port, reuse_address=True).start()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    try:
+        asyncio.run(serve())
+    finally:
+        rep.destroy_synchronous()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""The bench's terminal table (with ratios to every baseline) and its pictures."""
+
+from __future__ import annotations
+
+import os
+
+from .load import Result
+
+
+def _pct(r: Result | None, p: float) -> float | None:
+    if r is None or not r.hist.get_total_count():
+        return None
+    return r.hist.get_value_at_percentile(p) / 1000
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else (f"{v:.2f}" if v < 100 else f"{v:.0f}")
+
+
+def _ratio(a, b) -> str:
+    return "-" if a is None or not b else f"{a / b:.2f}x"
+
+
+def baselines(res: dict) -> dict[str, Result]:
+    out = {}
+    et = res.get("etcd", {}).get("c1", {})
+    if et:
+        out["etcd put"] = et["put"]
+        out["etcd CAS"] = et["cas_increment"]
+    raw = res.get("pysyncobj", {}).get("c1", {})
+    if raw:
+        out["pysyncobj"] = raw["increment"]
+    fl = res.get("floor", {})
+    if fl:
+        out["fsync"] = fl["fsync"]
+    return out
+
+
+def table(res: dict) -> str:
+    lines = []
+    base = baselines(res)
+    c1 = dict(res.get("vault", {}).get("c1", {}))
+    rows = [(r.name, r) for r in c1.values()]
+    rows += [(r.name, r) for r in base.values()]
+    if "floor" in res:
+        rows.append((res["floor"]["loopback"].name, res["floor"]["loopback"]))
+    for n, v in sorted(res.get("sizes", {}).items()):
+        rows.append((v["guess"].name, v["guess"]))
+    for n, v in sorted(res.get("growth", {}).items()):
+        rows.append((v["guess"].name, v["guess"]))
+    head = f"{'concurrency 1 (ms)':42} {'n':>5} {'err':>4} {'p50':>7} {'p90':>7} {'p99':>7} {'p99.9':>7} {'max':>7}"
+    ratio_cols = list(base)
+    head += "".join(f" {'p50/' + k:>14}" for k in ratio_cols)
+    lines += [head, "-" * len(head)]
+    for name, r in rows:
+        line = (f"{name[:42]:42} {r.hist.get_total_count():5d} {r.errors:4d} {_fmt(_pct(r, 50)):>7} "
+                f"{_fmt(_pct(r, 90)):>7} {_fmt(_pct(r, 99)):>7} {_fmt(_pct(r, 99.9)):>7} "
+                f"{_fmt(r.hist.get_max_value() / 1000 if r.hist.get_total_count() else None):>7}")
+        line += "".join(f" {_ratio(_pct(r, 50), _pct(b, 50)):>14}" for b in base.values())
+        lines.append(line)
+    curves = [("vault guess", res.get("vault", {}).get("curve", {})),
+              ("raw pysyncobj increment", res.get("pysyncobj", {}).get("curve", {})),
+              ("etcd CAS increment", res.get("etcd", {}).get("curve", {}))]
+    lines += ["", f"{'throughput curve':26} {'conc':>5} {'max/s':>8} {'open/s':>8} "
+                  f"{'p50':>7} {'p99':>7} {'p99.9':>7} {'err':>5}   (open loop at 80% of max, "
+                  "ms from intended start)"]
+    for name, curve in curves:
+        for conc, ph in sorted(curve.items(), key=lambda kv: int(kv[0])):
+            o = ph["open"]
+            lines.append(f"{name:26} {int(conc):5d} {ph['closed'].throughput:8.0f} "
+                         f"{o.throughput:8.0f} {_fmt(_pct(o, 50)):>7} {_fmt(_pct(o, 99)):>7} "
+                         f"{_fmt(_pct(o, 99.9)):>7} {o.errors + ph['closed'].errors:5d}")
+    tgt = res.get("vault", {}).get("target")
+    if tgt is not None:
+        lines.append(f"{'target check: ' + tgt.name:50} achieved {tgt.throughput:.0f}/s, p50 "
+                     f"{_fmt(_pct(tgt, 50))} ms, p99 {_fmt(_pct(tgt, 99))} ms, errors {tgt.errors}")
+    g = res.get("growth", {})
+    if g:
+        lines += ["", f"{'records':>9} {'snapshot MB':>12} {'serialize s':>12} "
+                      f"{'restart s':>10} {'RSS MB/node':>12} {'B/record':>9} {'guess p50':>10}"]
+        for n, v in sorted(g.items()):
+            rss = v["rss_bytes_per_node"]
+            lines.append(f"{n:9d} {v['snapshot_bytes'] / 1e6:12.1f} {v['snapshot_serialize_s']:12.2f} "
+                         f"{v['restart_to_healthy_s']:10.2f} "
+                         f"{(sum(rss.values()) / max(1, len(rss))) / 1e6:12.0f} "
+                         f"{_fmt(v.get('memory_per_record_bytes')):>9} {_fmt(_pct(v['guess'], 50)):>10}")
+    v = res.get("vault", {})
+    if v.get("client_phases_ms"):
+        lines += ["", "right-code recovery, median phases (ms): " +
+                  ", ".join(f"{k} {val}" for k, val in v["client_phases_ms"].items())]
+    if "unavailable" in res.get("etcd", {}):
+        lines.append(f"etcd: not measured: {res['etcd']['unavailable']}")
+    return "\n".join(lines)
+
+
+def pictures(res: dict, out: str) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    fig, ax = plt.subplots(figsize=(8, 5))
+    series = list(res.get("vault", {}).get("c1", {}).values()) + list(baselines(res).values())
+    for r in series:
+        pts = r.cdf()
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=r.name)
+    ax.set_xscale("log")
+    ax.set_xlabel("latency (ms, log scale)")
+    ax.set_ylabel("fraction of operations")
+    ax.set_title("Latency CDF at concurrency 1")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    p = os.path.join(out, "latency_cdf.png")
+    fig.tight_layout()
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    paths.append(p)
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, key in (("vault guess", "vault"), ("raw pysyncobj", "pysyncobj"),
+                      ("etcd CAS", "etcd")):
+        curve = res.get(key, {}).get("curve", {})
+        if not curve:
+            continue
+        items = sorted(curve.items(), key=lambda kv: int(kv[0]))
+        tp = [ph["open"].throughput for _, ph in items]
+        ax.plot(tp, [_pct(ph["open"], 50) for _, ph in items], "o-", label=f"{name} p50")
+        ax.plot(tp, [_pct(ph["open"], 99) for _, ph in items], "s--", label=f"{name} p99")
+        for (conc, ph), t in zip(items, tp):
+            ax.annotate(f"c{conc}", (t, _pct(ph["open"], 50)), fontsize=7)
+    ax.set_yscale("log")
+    ax.set_xlabel("throughput (operations/s, open loop at 80% of measured max)")
+    ax.set_ylabel("latency (ms, log scale)")
+    ax.set_title("Throughput vs latency")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    p = os.path.join(out, "throughput_latency.png")
+    fig.tight_layout()
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    paths.append(p)
+    return paths

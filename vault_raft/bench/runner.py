@@ -1,0 +1,526 @@
+"""The benchmark: the vault's commits next to etcd, raw pysyncobj and the disk's floor.
+
+Everything runs in one invocation on this machine, so ratios compare like
+with like.  See bench/README.md for the method and how to read the output.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from .. import protocol as P
+from ..cluster import LocalCluster, wait_until
+from ..core import machine as M
+from ..crypto import opaque
+from ..crypto import seal as S
+from ..fleet.config import FleetInfo, init_fleet
+from ..replica.raft import _snapshot_bytes
+from . import etcd as E
+from .http import KeepAlive
+from .load import Result, closed_loop, open_loop, timed
+
+ATTEMPTS_PER_BENCH_USER = 100
+NO_OP = b"\x01"
+
+
+@dataclass
+class Config:
+    out: str
+    nodes: int = 3
+    duration: float = 5.0
+    concurrency: tuple[int, ...] = (1, 4, 16, 64)
+    compare: tuple[str, ...] = ("etcd", "pysyncobj", "floor")
+    sizes: tuple[int, ...] = (3, 5, 7)
+    growth: tuple[int, ...] = (10_000, 100_000, 1_000_000)
+    samples: int = 300  # sequential operations for concurrency-1 percentiles
+    workloads: tuple[str, ...] = ("guess", "release", "enroll", "full_recovery")
+    open_fraction: float = 0.8
+    target_rate: float = 1000.0  # the issue's target: >= 1000 guesses/s at concurrency 64
+    quiet: bool = False
+    results: dict = field(default_factory=dict)
+
+
+def _progress(cfg: Config, msg: str) -> None:
+    if not cfg.quiet:
+        print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def free_base(n: int) -> int:
+    for base in range(24000, 60000, 300):
+        ports = [base + i for i in range(1, n + 1)] + [base + 100 + i for i in range(1, n + 1)]
+        ports += [base + 200 + i for i in range(0, 3)] + [base + 250 + i for i in range(0, 3)]
+        ok = True
+        for p in ports:
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", p))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no free port range for the benchmark")
+
+
+# ------------------------------------------------------------------- floor
+
+def measure_floor(directory: str, n: int) -> dict:
+    path = os.path.join(directory, "fsync-probe")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    rec = os.urandom(300)
+
+    def fs():
+        os.write(fd, rec)
+        os.fdatasync(fd)
+        return True
+    fsync = timed(n, fs, "floor: append+fdatasync (300 B)")
+    os.close(fd)
+    os.unlink(path)
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+
+    def echo():
+        c, _ = srv.accept()
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while True:
+            b = c.recv(64)
+            if not b:
+                break
+            c.sendall(b)
+        c.close()
+    t = threading.Thread(target=echo, daemon=True)
+    t.start()
+    cl = socket.create_connection(srv.getsockname())
+    cl.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def rtt():
+        cl.sendall(b"x")
+        return cl.recv(64) == b"x"
+    loop = timed(n, rtt, "floor: loopback TCP round trip")
+    cl.close()
+    srv.close()
+    return {"fsync": fsync, "loopback": loop}
+
+
+# ------------------------------------------------------------------- vault
+
+class VaultBench:
+    def __init__(self, cfg: Config, nodes: int, tag: str):
+        self.cfg = cfg
+        self.dir = os.path.join(cfg.out, "work", tag)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        os.makedirs(self.dir)
+        self.fleet_path = init_fleet(self.dir, nodes, base_port=free_base(nodes))
+        self.fleet = FleetInfo.load(self.fleet_path)
+        self.cluster = LocalCluster(self.dir)
+        self.guess_users: list[bytes] = []
+        self.real_users: list[tuple[bytes, bytes]] = []
+        self._record: bytes | None = None
+        self._counter = itertools.count()
+        self._ke1s: list[bytes] = []
+
+    def start(self) -> float:
+        t0 = time.perf_counter()
+        self.cluster.start()
+        self.cluster.wait_leader(60)
+        self.cluster.wait_healthy(timeout=60)
+        return time.perf_counter() - t0
+
+    def stop(self) -> None:
+        self.cluster.stop()
+
+    def conn(self, i: int) -> KeepAlive:
+        return KeepAlive(self.fleet.nodes[i % len(self.fleet.nodes)].api)
+
+    def _register(self, c: KeepAlive, user: bytes, code: bytes) -> bytes:
+        reg, req = opaque.ClientRegistration.start(code, ksf=self.fleet.ksf)
+        st, out = c.post("/v1/enroll/start", {"user": user, "request": req})
+        assert st == 200, out
+        return reg.finish(out["response"], expected_server_public_key=
+                          self.fleet.opaque_server_public_key).record
+
+    def enroll_one(self, c: KeepAlive, user: bytes, record: bytes) -> bool:
+        upload = S.hpke_seal(self.fleet.enroll_public_key, b"bench secret " + user,
+                             P.upload_info(self.fleet.fleet_id, user))
+        st, _ = c.post("/v1/enroll/finish", {"user": user, "record": record, "upload": upload,
+                                              "max_attempts": ATTEMPTS_PER_BENCH_USER})
+        return st == 201
+
+    def prepare(self, guess_users: int, real_users: int) -> None:
+        c = self.conn(0)
+        # Guess-only users share one real OPAQUE record (the server cannot tell and does
+        # the same work); users that recover need their own registration (client Argon2id).
+        self._record = self._register(c, b"bench-template", b"template code")
+        users = [f"g{i}".encode() for i in range(guess_users)]
+
+        def enroll_range(k: int) -> None:
+            cc = self.conn(k)
+            for u in users[k::8]:
+                assert self.enroll_one(cc, u, self._record)
+            cc.close()
+        ts = [threading.Thread(target=enroll_range, args=(k,)) for k in range(8)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        self.guess_users = users
+        for i in range(real_users):
+            u, code = f"r{i}".encode(), f"code {i}".encode()
+            assert self.enroll_one(c, u, self._register(c, u, code))
+            self.real_users.append((u, code))
+        self._ke1s = [opaque.ClientLogin.start(b"a wrong code", ksf=self.fleet.ksf,
+                                               context=self.fleet.context)[1] for _ in range(256)]
+        c.close()
+
+    # -- workloads
+    def guess_op(self, i: int):
+        c = self.conn(i)
+        ke1s = self._ke1s
+
+        def op() -> bool:
+            n = next(self._counter)
+            user = self.guess_users[(n // (ATTEMPTS_PER_BENCH_USER - 5)) % len(self.guess_users)]
+            st, out = c.post("/v1/recover/start", {"user": user, "ke1": ke1s[n % len(ke1s)]})
+            return st == 200
+        return op
+
+    def guesses_left(self) -> int:
+        used = next(self._counter)
+        return len(self.guess_users) * (ATTEMPTS_PER_BENCH_USER - 5) - used
+
+    def recover_phases(self, c: KeepAlive, user: bytes, code: bytes) -> dict:
+        """A right-code recovery, each phase timed (seconds)."""
+        t0 = time.perf_counter()
+        login, ke1 = opaque.ClientLogin.start(code, ksf=self.fleet.ksf, context=self.fleet.context)
+        t1 = time.perf_counter()
+        st, out = c.post("/v1/recover/start", {"user": user, "ke1": ke1})
+        t2 = time.perf_counter()
+        if st != 200:
+            raise RuntimeError(f"recover/start: {st} {out}")
+        done = login.finish(out["ke2"])
+        t3 = time.perf_counter()
+        st, out2 = c.post("/v1/recover/finish", {"user": user, "token": out["token"],
+                                                 "ke3": done.ke3})
+        t4 = time.perf_counter()
+        if st != 200:
+            raise RuntimeError(f"recover/finish: {st} {out2}")
+        S.unseal(S.session_subkey(done.session_key, P.RELEASE_KEY), out2["secret_box"],
+                 P.release_ad(user, out["token"]))
+        t5 = time.perf_counter()
+        return {"client_start": t1 - t0, "start_rtt": t2 - t1, "client_finish": t3 - t2,
+                "finish_rtt": t4 - t3, "client_open": t5 - t4, "total": t5 - t0}
+
+    def node_rss(self) -> dict:
+        out = {}
+        for nid in self.cluster.ids:
+            pid = self.cluster.pid(nid)
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmRSS:"):
+                            out[nid] = int(line.split()[1]) * 1024
+            except OSError:
+                pass
+        return out
+
+
+def run_vault(cfg: Config, res: dict) -> None:
+    vb = VaultBench(cfg, cfg.nodes, f"vault{cfg.nodes}")
+    try:
+        _progress(cfg, f"vault: starting a {cfg.nodes}-node cluster")
+        vb.start()
+        n_guess_users = max(20, int(len(cfg.concurrency) * cfg.duration * 1500
+                                    / (ATTEMPTS_PER_BENCH_USER - 5)) + cfg.samples // 50)
+        _progress(cfg, f"vault: enrolling {n_guess_users} guess users and 4 recovering users")
+        vb.prepare(n_guess_users, 4)
+        c = vb.conn(0)
+        _progress(cfg, "vault: warm-up")
+        closed_loop("warmup", vb.guess_op, 4, min(2.0, cfg.duration))
+        out: dict = {"c1": {}, "curve": {}}
+        if "guess" in cfg.workloads:
+            _progress(cfg, f"vault: {cfg.samples} guesses at concurrency 1")
+            out["c1"]["guess"] = timed(cfg.samples, vb.guess_op(0), "vault guess commit")
+        if "enroll" in cfg.workloads:
+            _progress(cfg, f"vault: {cfg.samples // 2} enrollments at concurrency 1")
+            seq = itertools.count()
+            out["c1"]["enroll"] = timed(cfg.samples // 2, lambda: vb.enroll_one(
+                c, f"e{next(seq)}".encode(), vb._record), "vault enroll commit")
+        if "release" in cfg.workloads or "full_recovery" in cfg.workloads:
+            n = max(10, cfg.samples // 6)
+            _progress(cfg, f"vault: {n} right-code recoveries (client Argon2id included)")
+            release, full_server, full_total = (Result("vault key release commit", 1, "closed", 0),
+                                                Result("vault full recovery (server side)", 1,
+                                                       "closed", 0),
+                                                Result("vault full recovery (incl. client)", 1,
+                                                       "closed", 0))
+            t0 = time.perf_counter()
+            phases = []
+            for k in range(n):
+                u, code = vb.real_users[k % len(vb.real_users)]
+                ph = vb.recover_phases(c, u, code)
+                phases.append(ph)
+                release.hist.record_value(int(ph["finish_rtt"] * 1e6))
+                full_server.hist.record_value(int((ph["start_rtt"] + ph["finish_rtt"]) * 1e6))
+                full_total.hist.record_value(int(ph["total"] * 1e6))
+                for r in (release, full_server, full_total):
+                    r.ok += 1
+            for r in (release, full_server, full_total):
+                r.duration = time.perf_counter() - t0
+            out["c1"]["release"] = release
+            out["c1"]["full_recovery_server"] = full_server
+            out["c1"]["full_recovery_total"] = full_total
+            out["client_phases_ms"] = {k: round(1000 * sorted(p[k] for p in phases)[len(phases) // 2], 3)
+                                       for k in phases[0]}
+        if "guess" in cfg.workloads:
+            for conc in cfg.concurrency:
+                _progress(cfg, f"vault: guesses at concurrency {conc}: closed loop "
+                               f"{cfg.duration / 2:.1f}s, then open loop at "
+                               f"{int(cfg.open_fraction * 100)}% of it")
+                cl = closed_loop("vault guess", vb.guess_op, conc, cfg.duration / 2)
+                rate = max(1.0, cl.throughput * cfg.open_fraction)
+                ol = open_loop("vault guess", vb.guess_op, conc, rate, cfg.duration / 2)
+                out["curve"][conc] = {"closed": cl, "open": ol}
+                _progress(cfg, f"   {cl.throughput:.0f}/s max; at {rate:.0f}/s p50 "
+                               f"{ol.summary().get('p50_ms')} ms p99 {ol.summary().get('p99_ms')} ms")
+        if "guess" in cfg.workloads and cfg.target_rate:
+            conc = max(cfg.concurrency)
+            _progress(cfg, f"vault: target check, open loop at {cfg.target_rate:.0f} guesses/s, "
+                           f"concurrency {conc}")
+            out["target"] = open_loop(f"vault guess @ {cfg.target_rate:.0f}/s, c{conc}",
+                                      vb.guess_op, conc, cfg.target_rate, cfg.duration / 2)
+        out["rss_bytes"] = vb.node_rss()
+        st = vb.cluster.status(vb.cluster.leader() or vb.cluster.ids[0]) or {}
+        out["leader_journal_syncs"] = st.get("journal_syncs")
+        out["leader_commit_index"] = st.get("commit_index")
+        c.close()
+        res["vault"] = out
+    finally:
+        vb.stop()
+
+
+# ------------------------------------------------------------- raw pysyncobj
+
+def run_raw(cfg: Config, res: dict) -> None:
+    d = os.path.join(cfg.out, "work", "raw")
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    fleet = init_fleet(d, cfg.nodes, base_port=free_base(cfg.nodes))
+    cl = LocalCluster(d, node_cmd=[sys.executable, "-m", "vault_raft.bench.rawnode"])
+    info = FleetInfo.load(fleet)
+    try:
+        _progress(cfg, "raw pysyncobj: starting a counter cluster on the same replica stack")
+        cl.start()
+        wait_until(lambda: any((cl.status(n) or {}).get("role") == "leader"
+                               and (cl.status(n) or {}).get("healthy") for n in cl.ids),
+                   60, what="raw cluster leader")
+        wait_until(lambda: all((cl.status(n) or {}).get("healthy") for n in cl.ids), 60,
+                   what="raw cluster healthy")
+
+        def inc_op(i: int):
+            c = KeepAlive(info.nodes[i % len(info.nodes)].api)
+            key = f"k{i}".encode()
+            return lambda: c.post("/inc", {"key": key})[0] == 200
+        closed_loop("warmup", inc_op, 4, min(2.0, cfg.duration))
+        out = {"c1": {"increment": timed(cfg.samples, inc_op(0), "raw pysyncobj increment")},
+               "curve": {}}
+        for conc in cfg.concurrency:
+            _progress(cfg, f"raw pysyncobj: concurrency {conc}")
+            c1 = closed_loop("raw pysyncobj increment", inc_op, conc, cfg.duration / 2)
+            rate = max(1.0, c1.throughput * cfg.open_fraction)
+            out["curve"][conc] = {"closed": c1, "open": open_loop(
+                "raw pysyncobj increment", inc_op, conc, rate, cfg.duration / 2)}
+        res["pysyncobj"] = out
+    finally:
+        cl.stop()
+
+
+# ---------------------------------------------------------------------- etcd
+
+def run_etcd(cfg: Config, res: dict) -> None:
+    try:
+        binary = E.ensure_etcd(lambda m: _progress(cfg, m))
+    except E.EtcdUnavailable as exc:
+        _progress(cfg, f"etcd: skipped ({exc})")
+        res["etcd"] = {"unavailable": str(exc)}
+        return
+    d = os.path.join(cfg.out, "work", "etcd")
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    ec = E.EtcdCluster(d, free_base(3) + 200)
+    try:
+        _progress(cfg, "etcd: starting a 3-member cluster (default durable settings)")
+        ec.start(binary)
+
+        def ops(i: int) -> E.EtcdOps:
+            return E.EtcdOps(ec.endpoints[i % 3], f"bench/{i}".encode())
+        closed_loop("warmup", lambda i: ops(i).put, 4, min(2.0, cfg.duration))
+        out = {"c1": {"put": timed(cfg.samples, ops(0).put, "etcd put"),
+                      "cas_increment": timed(cfg.samples, ops(0).cas_increment,
+                                             "etcd CAS increment")},
+               "curve": {}, "version": _etcd_version(binary)}
+        for conc in cfg.concurrency:
+            _progress(cfg, f"etcd: CAS increments at concurrency {conc}")
+            c1 = closed_loop("etcd CAS increment", lambda i: ops(i).cas_increment, conc,
+                             cfg.duration / 2)
+            rate = max(1.0, c1.throughput * cfg.open_fraction)
+            out["curve"][conc] = {"closed": c1, "open": open_loop(
+                "etcd CAS increment", lambda i: ops(i).cas_increment, conc, rate,
+                cfg.duration / 2)}
+        res["etcd"] = out
+    except E.EtcdUnavailable as exc:
+        res["etcd"] = {"unavailable": str(exc)}
+    finally:
+        ec.stop()
+
+
+def _etcd_version(binary: str) -> str:
+    import subprocess
+    try:
+        return subprocess.run([binary, "--version"], capture_output=True, text=True,
+                              timeout=10).stdout.split("\n")[0]
+    except OSError:
+        return "unknown"
+
+
+# ---------------------------------------------------------- sizes and growth
+
+def run_sizes(cfg: Config, res: dict) -> None:
+    out = {}
+    for n in cfg.sizes:
+        vb = VaultBench(cfg, n, f"size{n}")
+        try:
+            _progress(cfg, f"cluster size {n}: start, then guesses at concurrency 1")
+            t_up = vb.start()
+            # warm-up (1 s, at most ~1500 guesses) plus the samples, 95 guesses per user
+            vb.prepare((cfg.samples + 1500) // (ATTEMPTS_PER_BENCH_USER - 5) + 2, 0)
+            closed_loop("warmup", vb.guess_op, 2, 1.0)
+            r = timed(cfg.samples, vb.guess_op(0), f"vault guess, {n} nodes")
+            out[n] = {"guess": r, "startup_s": round(t_up, 3)}
+        finally:
+            vb.stop()
+    res["sizes"] = out
+
+
+def _synthetic_state(n: int, record: bytes) -> M.VaultState:
+    st = M.VaultState()
+    version = b"\x00" * 16
+    sealed = b"\x01" + os.urandom(12) + os.urandom(48)
+    for i in range(n):
+        st.records[f"s{i}".encode()] = M.Record(status=M.ACTIVE, version=version,
+                                                opaque_record=record, sealed_secret=sealed,
+                                                max_attempts=ATTEMPTS_PER_BENCH_USER,
+                                                created_at=1, updated_at=1)
+    return st
+
+
+def run_growth(cfg: Config, res: dict) -> None:
+    out = {}
+    for n in cfg.growth:
+        vb = VaultBench(cfg, cfg.nodes, f"growth{n}")
+        try:
+            _progress(cfg, f"growth: {n} records: build the state and its snapshot")
+            rec_vb = vb
+            rec_vb.start()
+            c = vb.conn(0)
+            record = vb._register(c, b"tmpl", b"tmpl code")
+            c.close()
+            vb.stop()
+            t0 = time.perf_counter()
+            state = _synthetic_state(n, record)
+            t_build = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            blob = state.snapshot()
+            t_snap = time.perf_counter() - t0
+            del state
+            data = _snapshot_bytes(blob, [[NO_OP, 2, 0], [NO_OP, 1, 0]],
+                                   sorted(FleetInfo.load(vb.fleet_path).nodes[i].id
+                                          for i in range(cfg.nodes)))
+            del blob
+            for nid in vb.cluster.ids:
+                ddir = os.path.join(vb.cluster.node_dir(nid), "data")
+                shutil.rmtree(ddir, ignore_errors=True)
+                os.makedirs(ddir)
+                with open(os.path.join(ddir, "snapshot.bin"), "wb") as f:
+                    f.write(data)
+            size = len(data)
+            del data
+            _progress(cfg, f"growth: {n} records: restart from snapshot "
+                           f"({size / 1e6:.1f} MB) and measure")
+            t_restart = vb.start()
+            rss = vb.node_rss()
+            vb.guess_users = [f"s{i}".encode() for i in range(min(n, 1000))]
+            vb._ke1s = [opaque.ClientLogin.start(b"wrong", ksf=vb.fleet.ksf,
+                                                 context=vb.fleet.context)[1] for _ in range(32)]
+            guess = timed(cfg.samples, vb.guess_op(0), f"vault guess, {n} records")
+            out[n] = {"records": n, "snapshot_bytes": size,
+                      "snapshot_serialize_s": round(t_snap, 3), "build_s": round(t_build, 3),
+                      "restart_to_healthy_s": round(t_restart, 3),
+                      "rss_bytes_per_node": rss,
+                      "guess": guess}
+        finally:
+            vb.stop()
+            shutil.rmtree(vb.dir, ignore_errors=True)
+    base = min(out) if out else None
+    for n, v in out.items():
+        if base is not None and n != base:
+            d_rss = (sum(v["rss_bytes_per_node"].values()) -
+                     sum(out[base]["rss_bytes_per_node"].values())) / max(1, len(v["rss_bytes_per_node"]))
+            v["memory_per_record_bytes"] = round(d_rss / (n - base), 1)
+    res["growth"] = out
+
+
+# ------------------------------------------------------------------ the run
+
+def run(cfg: Config) -> dict:
+    os.makedirs(cfg.out, exist_ok=True)
+    res: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                 "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+                 "config": {k: v for k, v in cfg.__dict__.items() if k not in ("results",)}}
+    t0 = time.perf_counter()
+    if "floor" in cfg.compare:
+        _progress(cfg, "floor: fsync latency and loopback round trip")
+        work = os.path.join(cfg.out, "work")
+        os.makedirs(work, exist_ok=True)
+        res["floor"] = measure_floor(work, max(cfg.samples, 200))
+    run_vault(cfg, res)
+    if "pysyncobj" in cfg.compare:
+        run_raw(cfg, res)
+    if "etcd" in cfg.compare:
+        run_etcd(cfg, res)
+    if cfg.sizes:
+        run_sizes(cfg, res)
+    if cfg.growth:
+        run_growth(cfg, res)
+    res["elapsed_s"] = round(time.perf_counter() - t0, 1)
+    shutil.rmtree(os.path.join(cfg.out, "work"), ignore_errors=True)
+    return res
+
+
+def to_json(obj):
+    if isinstance(obj, Result):
+        return obj.summary()
+    if isinstance(obj, dict):
+        return {str(k): to_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_json(v) for v in obj]
+    return obj
+
+
+def write_json(res: dict, path: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(to_json(res), f, indent=2)
+    os.replace(tmp, path)
+
+
+__all__ = ["Config", "run", "write_json", "to_json"]
