@@ -376,7 +376,7 @@ def run_node(node_dir: str, settings: RaftSettings | None = None) -> int:
         except TypeError as exc:
             raise SystemExit(f"{node_dir}/node.json: bad raft setting: {exc}") from None
     replica = VaultReplica(cfg.raft_addr, list(cfg.partners), cfg.data_dir, ks.cluster_secret(),
-                           settings=settings)
+                           settings=settings, dial=dict(cfg.dial))
     try:
         asyncio.run(_serve(VaultService(cfg, ks, replica), cfg.api_host, cfg.api_port))
     finally:

@@ -84,6 +84,7 @@ class NodeConfig:
     api_port: int
     peer_ids: tuple[tuple[str, str], ...] = ()  # (raft address, node id) for every node
     raft: tuple[tuple[str, float], ...] = ()  # RaftSettings overrides (tests, tuning)
+    dial: tuple[tuple[str, str], ...] = ()  # peer raft address -> address to dial (chaos proxies)
 
     @classmethod
     def load(cls, node_dir: str) -> "NodeConfig":
@@ -94,7 +95,8 @@ class NodeConfig:
             return cls(d["node_id"], d["fleet_id"], os.path.abspath(node_dir), d["raft_addr"],
                        tuple(d["partners"]), d["api_host"], int(d["api_port"]),
                        tuple((str(a), str(n)) for a, n in d.get("peer_ids", {}).items()),
-                       tuple((str(k), float(v)) for k, v in d.get("raft", {}).items()))
+                       tuple((str(k), float(v)) for k, v in d.get("raft", {}).items()),
+                       tuple((str(k), str(v)) for k, v in d.get("dial", {}).items()))
         except FileNotFoundError:
             raise ConfigError(f"{path} not found: is {node_dir} a node directory "
                               "made by 'vault-raft fleet init'?") from None

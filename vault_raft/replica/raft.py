@@ -39,6 +39,8 @@ import pysyncobj.syncobj as _so
 import pysyncobj.tcp_connection as _tcp
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.config import FAIL_REASON
+from pysyncobj.monotonic import monotonic as monotonicTime
+from pysyncobj.tcp_connection import CONNECTION_STATE
 from pysyncobj.transport import TCPTransport
 from pysyncobj.version import VERSION as _PSO_VERSION
 
@@ -113,6 +115,25 @@ class _VaultTransport(TCPTransport):
         self._syncObj._persist_before_send(node, message)
         return super().send(node, message)
 
+    def _connectIfNecessarySingle(self, node):
+        """Dial the peer at a mapped address if one is configured (fault-injection
+        proxies); the peer still identifies us by the address we report."""
+        dial = getattr(self._syncObj, "_dial_map", None) or {}
+        target = dial.get(node.id)
+        if target is None:
+            return super()._connectIfNecessarySingle(node)
+        if node in self._connections and self._connections[node].state != CONNECTION_STATE.DISCONNECTED:
+            return True
+        if not self._shouldConnect(node):
+            return False
+        now = monotonicTime()
+        if node in self._lastConnectAttempt and \
+                now - self._lastConnectAttempt[node] < self._syncObj.conf.connectionRetryTime:
+            return False
+        self._lastConnectAttempt[node] = now
+        host, port = target.rsplit(":", 1)
+        return self._connections[node].connect(host, int(port))
+
     def _onIncomingMessageReceived(self, conn, message):
         key_exchanged = (not self._syncObj.encryptor) or conn.sendRandKey
         if key_exchanged and (message == "readonly" or isinstance(message, list)):
@@ -167,10 +188,11 @@ class DurableReplica(SyncObj):
 
     def __init__(self, self_addr: str, partners: list[str], data_dir: str, cluster_secret: str,
                  settings: RaftSettings | None = None, trace: Callable | None = None,
-                 auto_tick: bool = True, transport_class=None):
+                 auto_tick: bool = True, transport_class=None, dial: dict | None = None):
         s = settings or RaftSettings()
         os.makedirs(data_dir, exist_ok=True)
         self._trace = trace
+        self._dial_map = dict(dial or {})  # peer raft address -> address to dial
         self._state_lock = threading.Lock()
         self.snapshot_path = os.path.join(data_dir, "snapshot.bin")
         self.journal_path = _DurablePath(os.path.join(data_dir, "raft.journal"))
