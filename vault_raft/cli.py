@@ -265,8 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--keep", action="store_true", help="leave the cluster running")
     dm.set_defaults(fn=cmd_demo)
 
-    from . import benchcli
+    from . import benchcli, chaoscli
     benchcli.register(sub)
+    chaoscli.register(sub)
     return ap
 
 
