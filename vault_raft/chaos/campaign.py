@@ -485,6 +485,7 @@ def run_campaign(cfg: CampaignConfig) -> CampaignResult:
         finally:
             cluster.stop(timeout=10)
             net.close()
+    hist.close_pending()
     say("checking the history")
     verdicts = check_all(hist, limits, cfg.check_budget_s)
     files = write_outputs(cfg, hist, verdicts, nem.injected, plan)
@@ -494,7 +495,7 @@ def run_campaign(cfg: CampaignConfig) -> CampaignResult:
 def _counts(hist: History) -> dict:
     c = {"ok": 0, "fail": 0, "info": 0}
     for o in list(hist.ops):
-        if o.complete is not None or o.outcome == "info":
+        if o.outcome in c:
             c[o.outcome] += 1
     return c
 

@@ -35,7 +35,7 @@ class Op:
     user: str
     invoke: float
     complete: float | None = None
-    outcome: str = "info"
+    outcome: str = "pending"  # until finish(); "info" if it never finished
     value: Any = None
     node: str | None = None
     kind: str = "op"
@@ -82,6 +82,12 @@ class History:
 
     def end_fault(self, x: Fault) -> None:
         x.end = self.now()
+
+    def close_pending(self) -> None:
+        """Operations still pending when the run ends have unknown outcomes."""
+        for op in self.ops:
+            if op.outcome == "pending":
+                op.outcome, op.complete = "info", None
 
     def write(self, path: str) -> None:
         with open(path, "w") as fh:

@@ -1,0 +1,72 @@
+"""Deliberately broken vault nodes, for proving that the chaos checkers catch bugs.
+
+Started only by tests, as ``python tests/bugs/buggy_node.py --bug NAME --dir NODE_DIR``;
+nothing in the vault_raft package can load these variants.
+
+* ``ke2-before-commit``: answers KE2 from the node's local state and proposes
+  the counted attempt in the background, without waiting for the commit.
+* ``counter-in-memory``: counts attempts in a per-process dictionary instead of
+  the replicated state machine.
+"""
+import argparse
+import os
+import sys
+
+from vault_raft import node as N
+from vault_raft import protocol as P
+from vault_raft.core import machine as M
+from vault_raft.crypto import opaque
+
+
+def _answer(self, user, ke1, rec, left):
+    attempt_id, now = os.urandom(M.ID_LEN), N._now_ms()
+    state, ke2 = opaque.server_login_start(self.setup, rec.opaque_record, ke1, user,
+                                           context=self.context)
+    self.stats["ke2"] += 1
+    token = self.ks.seal_token(P.pack([user, attempt_id, rec.version,
+                                       now + N.TOKEN_LIFETIME_MS, state.to_bytes()]))
+    return attempt_id, now, {"ke2": ke2, "token": token, "attempts_left": left}
+
+
+def ke2_before_commit(original):
+    async def recover_start(self, body):
+        user = N._user(body)
+        ke1 = N._bin(body, "ke1", opaque.KE1_LEN)
+        rec = self.replica.read_state(lambda v: v.records.get(user))
+        if rec is None or rec.status != M.ACTIVE or rec.attempts_used >= rec.max_attempts:
+            return await original(self, body)
+        attempt_id, now, out = _answer(self, user, ke1, rec,
+                                       rec.max_attempts - rec.attempts_used - 1)
+        # BUG: the attempt is proposed, but the answer does not wait for the commit.
+        self.replica.propose(M.encode_command(M.BEGIN_ATTEMPT, user=user, attempt_id=attempt_id,
+                                              now=now), lambda res, err: None)
+        return out
+    return recover_start
+
+
+def counter_in_memory(original):
+    counts = {}
+
+    async def recover_start(self, body):
+        user = N._user(body)
+        ke1 = N._bin(body, "ke1", opaque.KE1_LEN)
+        rec = self.replica.read_state(lambda v: v.records.get(user))
+        if rec is None or rec.status != M.ACTIVE:
+            return await original(self, body)
+        used = counts.get(user, 0)  # BUG: a per-process counter, not a replicated one
+        if used >= rec.max_attempts:
+            raise N.ApiError(410, "this record was destroyed after too many wrong codes")
+        counts[user] = used + 1
+        return _answer(self, user, ke1, rec, rec.max_attempts - used - 1)[2]
+    return recover_start
+
+
+BUGS = {"ke2-before-commit": ke2_before_commit, "counter-in-memory": counter_in_memory}
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bug", required=True, choices=sorted(BUGS))
+    ap.add_argument("--dir", required=True)
+    a = ap.parse_args()
+    N.VaultService.recover_start = BUGS[a.bug](N.VaultService.recover_start)
+    sys.exit(N.run_node(a.dir))
