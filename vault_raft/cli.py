@@ -265,9 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--keep", action="store_true", help="leave the cluster running")
     dm.set_defaults(fn=cmd_demo)
 
-    from . import benchcli, chaoscli
+    from . import benchcli, chaoscli, simcli
     benchcli.register(sub)
     chaoscli.register(sub)
+    simcli.register(sub)
     return ap
 
 

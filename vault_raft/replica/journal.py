@@ -74,8 +74,39 @@ def _encode(command: bytes, idx: int, term: int) -> bytes:
     return struct.pack("<II", len(body), zlib.crc32(body)) + body
 
 
+def raft_add_position(entries: list, idx: int, term: int) -> tuple[str, int]:
+    """Raft's AppendEntries rule for one incoming entry (receiver step 3-4).
+
+    Returns ("skip", pos) if the log already holds this entry (same index and
+    term: by the log matching property, the same entry), ("cut", pos) if the
+    entry at that index conflicts (different term: drop it and all after it,
+    then append), or ("append", len) otherwise.
+    """
+    if entries:
+        first, last = entries[0][1], entries[-1][1]
+        if first <= idx <= last:
+            pos = idx - first
+            return ("skip", pos) if entries[pos][2] == term else ("cut", pos)
+    return "append", len(entries)
+
+
 class DurableJournal:
-    """pysyncobj ``Journal`` interface backed by an append-only, checksummed file."""
+    """pysyncobj ``Journal`` interface backed by an append-only, checksummed file.
+
+    **Raft-conformant truncation** (``RAFT_CONFORMANT_TRUNCATION``): pysyncobj
+    0.3.17's follower deletes every entry after ``prevLogIdx`` on each
+    append and re-adds what the message carries; a duplicated, delayed or
+    reordered (shorter) append therefore makes a follower drop entries it
+    already acknowledged, even applied ones -- and if log compaction runs in
+    between, the journal ends up empty and every later message fails.  Raft
+    says: delete only from the first entry whose term conflicts.  So
+    ``deleteEntriesFrom`` is a no-op here and ``add`` truncates on conflict
+    (see :func:`raft_add_position`).  Candidate upstream fix: the same rule in
+    ``SyncObj.__onMessageReceived``.  Tests switch it off to show the
+    upstream behaviour.
+    """
+
+    RAFT_CONFORMANT_TRUNCATION = True
 
     def __init__(self, path: str, trace: Callable[..., None] | None = None):
         self.path = path
@@ -166,6 +197,12 @@ class DurableJournal:
 
     # ------------------------------------------- pysyncobj Journal API
     def add(self, command: bytes, idx: int, term: int) -> None:
+        if self.RAFT_CONFORMANT_TRUNCATION:
+            action, pos = raft_add_position(self._entries, idx, term)
+            if action == "skip":
+                return
+            if action == "cut":
+                self._truncate(pos)
         rec = _encode(bytes(command), idx, term)
         os.write(self._fd, rec)
         self._entries.append((command, idx, term))
@@ -199,6 +236,11 @@ class DurableJournal:
             self.trace("clear")
 
     def deleteEntriesFrom(self, entryFrom: int) -> None:
+        if self.RAFT_CONFORMANT_TRUNCATION:
+            return  # truncation happens in add(), and only on a term conflict
+        self._truncate(entryFrom)
+
+    def _truncate(self, entryFrom: int) -> None:
         if entryFrom >= len(self._entries):
             return
         if entryFrom < 0:
@@ -219,6 +261,11 @@ class DurableJournal:
         directory; make that rename durable first, then rewrite the journal
         atomically, so a crash leaves either the old journal or the new one.
         """
+        if entryTo >= len(self._entries):
+            # Never compact to an empty log: pysyncobj needs its first entry.
+            log.error("journal %s: compaction past the log end (%d >= %d) skipped",
+                      self.path, entryTo, len(self._entries))
+            return
         keep = self._entries[entryTo:]
         fsync_dir(self.path)
         blob = HEADER + b"".join(_encode(bytes(c), i, t) for c, i, t in keep)
