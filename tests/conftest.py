@@ -25,30 +25,16 @@ def shared_dir():
 # ------------------------------------------------------------ real clusters
 import json  # noqa: E402
 import random  # noqa: E402
-import socket  # noqa: E402
 import sys  # noqa: E402
 
 from vault_raft.cluster import LocalCluster  # noqa: E402
+from vault_raft.cluster import free_base_port as _free_base_port  # noqa: E402
 from vault_raft.fleet.config import init_fleet  # noqa: E402
 
 
 def free_base_port(nodes: int) -> int:
-    """A base port whose 2*nodes ports are all free on 127.0.0.1."""
-    for _ in range(200):
-        base = random.randrange(20000, 40000, 10)
-        ports = [base + i for i in range(1, nodes + 1)] + \
-                [base + 100 + i for i in range(1, nodes + 1)]
-        ok = True
-        for p in ports:
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no free ports")
+    """Random, so that parallel or successive test runs do not collide."""
+    return _free_base_port(nodes, start=20000, stop=40000, step=10, rng=random.Random())
 
 
 def make_fleet(tmp_path, nodes=3, raft=None, max_attempts=10):

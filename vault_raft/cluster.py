@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import time
 from typing import Callable, Iterable
 
 from . import protocol as P
-from .fleet.config import FleetInfo
+from .fleet.config import FleetInfo, port_free
 
 import http.client
 import urllib.parse
@@ -25,6 +26,23 @@ import urllib.parse
 
 class ClusterError(Exception):
     pass
+
+
+def free_base_port(nodes: int, *, host: str = "127.0.0.1", extra: tuple[int, ...] = (),
+                   start: int = 7100, stop: int = 60000, step: int = 250,
+                   rng: random.Random | None = None) -> int:
+    """A base port for ``fleet init`` whose ports are all free on ``host``: Raft
+    ``base+1..base+nodes``, API ``base+101..base+100+nodes``, and ``base+e`` for
+    each offset in ``extra`` (e.g. a benchmark's etcd)."""
+    bases = list(range(start, stop, step))
+    if rng is not None:
+        rng.shuffle(bases)
+    for base in bases:
+        ports = [base + i for i in range(1, nodes + 1)] + \
+                [base + 100 + i for i in range(1, nodes + 1)] + [base + e for e in extra]
+        if all(port_free(host, p) for p in ports):
+            return base
+    raise ClusterError(f"no free range of ports for {nodes} nodes on {host}")
 
 
 def http_status(url: str, timeout: float = 1.0) -> dict | None:

@@ -4,30 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import time
 
 from . import client as C
-from .cluster import LocalCluster
+from .cluster import LocalCluster, free_base_port
 from .fleet.config import init_fleet
-
-
-def _free_base_port(host: str = "127.0.0.1", nodes: int = 3) -> int:
-    for base in range(7100, 30000, 250):
-        ok = True
-        for p in [base + i for i in range(1, nodes + 1)] + [base + 100 + i for i in range(1, nodes + 1)]:
-            with socket.socket() as s:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    s.bind((host, p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no free port range found")
 
 
 def _say(msg: str) -> None:
@@ -38,7 +21,7 @@ def run_demo(directory: str | None = None, keep: bool = False) -> int:
     tmp = directory is None
     directory = directory or tempfile.mkdtemp(prefix="vault-raft-demo-")
     _say(f"== 1. fleet init: 3 nodes in {directory}")
-    fleet = init_fleet(directory, 3, base_port=_free_base_port(), max_attempts=10)
+    fleet = init_fleet(directory, 3, base_port=free_base_port(3), max_attempts=10)
     cluster = LocalCluster(directory)
     try:
         _say("== 2. cluster up: each node is its own process (Raft on 127.0.0.1)")

@@ -19,6 +19,14 @@ Op = Callable[[], bool]
 PERCENTILES = (50, 90, 99, 99.9)
 
 
+def _attempt(op: Op) -> bool:
+    """Run one operation; an exception is a failed operation, not a crash of the load."""
+    try:
+        return bool(op())
+    except Exception:
+        return False
+
+
 def new_hist() -> HdrHistogram:
     return HdrHistogram(1, 120_000_000, 3)  # 1 us .. 120 s, 3 significant digits
 
@@ -81,10 +89,7 @@ def closed_loop(name: str, make_op: Callable[[int], Op], concurrency: int,
             t0 = time.perf_counter()
             if t0 >= stop_at:
                 break
-            try:
-                good = op()
-            except Exception:
-                good = False
+            good = _attempt(op)
             t1 = time.perf_counter()
             if good:
                 ok += 1
@@ -127,10 +132,7 @@ def open_loop(name: str, make_op: Callable[[int], Op], concurrency: int, rate: f
             now = time.perf_counter()
             if intended > now:
                 time.sleep(intended - now)
-            try:
-                good = op()
-            except Exception:
-                good = False
+            good = _attempt(op)
             t1 = time.perf_counter()
             if good:
                 ok += 1
@@ -159,11 +161,7 @@ def timed(n: int, op: Op, name: str) -> Result:
     t_start = time.perf_counter()
     for _ in range(n):
         t0 = time.perf_counter()
-        try:
-            good = op()
-        except Exception:
-            good = False
-        if good:
+        if _attempt(op):
             res.ok += 1
             res.hist.record_value(max(1, int((time.perf_counter() - t0) * 1e6)))
         else:

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from .. import protocol as P
-from ..cluster import LocalCluster, wait_until
+from ..cluster import LocalCluster, free_base_port, wait_until
 from ..core import machine as M
 from ..crypto import opaque
 from ..crypto import seal as S
@@ -54,20 +54,8 @@ def _progress(cfg: Config, msg: str) -> None:
 
 
 def free_base(n: int) -> int:
-    for base in range(24000, 60000, 300):
-        ports = [base + i for i in range(1, n + 1)] + [base + 100 + i for i in range(1, n + 1)]
-        ports += [base + 200 + i for i in range(0, 3)] + [base + 250 + i for i in range(0, 3)]
-        ok = True
-        for p in ports:
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no free port range for the benchmark")
+    # the vault's (or raw cluster's) ports, plus etcd's clients at +200 and peers at +250
+    return free_base_port(n, start=24000, step=300, extra=(200, 201, 202, 250, 251, 252))
 
 
 # ------------------------------------------------------------------- floor

@@ -13,7 +13,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import sys
 import threading
 import time
@@ -21,7 +20,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 
 from .. import protocol as P
-from ..cluster import LocalCluster, wait_until
+from ..cluster import LocalCluster, free_base_port, wait_until
 from ..crypto import opaque
 from ..crypto import seal as S
 from ..crypto.errors import OpaqueError
@@ -354,21 +353,6 @@ class CampaignResult:
         return all(v.ok for v in self.verdicts)
 
 
-def _free_port_base(n: int) -> int:
-    for base in range(31000, 60000, 211):
-        ok = True
-        for p in [base + i for i in range(1, n + 1)] + [base + 100 + i for i in range(1, n + 1)]:
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no free ports")
-
-
 def _wire_proxies(directory: str, net: ProxyNet) -> None:
     cfgs = {}
     for nid in sorted(os.listdir(directory)):
@@ -394,7 +378,7 @@ def run_campaign(cfg: CampaignConfig) -> CampaignResult:
     os.makedirs(cfg.out, exist_ok=True)
     fleet_dir = os.path.join(cfg.out, "fleet")
     shutil.rmtree(fleet_dir, ignore_errors=True)
-    init_fleet(fleet_dir, cfg.nodes, base_port=_free_port_base(cfg.nodes))
+    init_fleet(fleet_dir, cfg.nodes, base_port=free_base_port(cfg.nodes, start=31000, step=211))
     net = ProxyNet(cfg.seed)
     _wire_proxies(fleet_dir, net)
     cluster = LocalCluster(fleet_dir, node_cmd=cfg.node_cmd, env=cfg.node_env)

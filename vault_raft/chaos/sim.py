@@ -179,7 +179,7 @@ class SimNet:
         self.mode = mode
         self.last_at: dict[tuple[str, str], float] = {}
         self.broken: dict[frozenset, float] = {}  # link -> time it reconnects
-        self.transports: dict[str, "SimTransport"] = {}
+        self.transports: dict[str, Transport] = {}
         self.queue: list = []
         self.seq = 0
         self.blocked: set[tuple[str, str]] = set()

@@ -112,7 +112,8 @@ class NodeConfig:
         return os.path.join(self.dir, "data")
 
 
-def _port_free(host: str, port: int) -> bool:
+def port_free(host: str, port: int) -> bool:
+    """Can ``host:port`` be bound right now?"""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -148,7 +149,7 @@ def init_fleet(directory: str, nodes: int, host: str = "127.0.0.1", base_port: i
                           "(remove the directory first)")
     if check_ports:
         busy = [p for i in range(1, nodes + 1) for p in (base_port + i, base_port + 100 + i)
-                if not _port_free(host, p)]
+                if not port_free(host, p)]
         if busy:
             raise ConfigError(f"ports already in use on {host}: {busy}; choose another "
                               "--base-port")
