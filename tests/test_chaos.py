@@ -41,13 +41,17 @@ def test_schedule_is_a_function_of_the_seed():
     assert all(f.end <= 59 and f.start >= 3 for f in a)
 
 
-@pytest.mark.parametrize("bug,nemesis", [("ke2-before-commit", ("partition",)),
-                                         ("counter-in-memory", ())])
-def test_checkers_catch_a_planted_bug(tmp_path, bug, nemesis):
+@pytest.mark.parametrize("bug,nemesis,checker", [
+    ("ke2-before-commit", ("partition",), "guess_limit"),
+    ("counter-in-memory", (), "guess_limit"),
+    ("ack-without-commit", (), "no_lost_writes"),
+    ("stale-secret", (), "released_secret"),
+])
+def test_checkers_catch_a_planted_bug(tmp_path, bug, nemesis, checker):
     res = run_campaign(CampaignConfig(
-        out=str(tmp_path), nodes=3, duration=12, nemesis=nemesis, seed=3, owners=1,
-        attackers=6, victims=3, victim_limit=4, quiet=True,
+        out=str(tmp_path), nodes=3, duration=12, nemesis=nemesis, seed=3, owners=2,
+        attackers=6, victims=3, victim_limit=4, quiet=True, final_timeout=6,
         node_cmd=[sys.executable, os.path.join(HERE, "bugs", "buggy_node.py"), "--bug", bug]))
     failed = {v.name for v in res.verdicts if v.status == "fail"}
-    assert "guess_limit" in failed, [(v.name, v.status, v.problems[:3]) for v in res.verdicts]
+    assert checker in failed, [(v.name, v.status, v.problems[:3]) for v in res.verdicts]
     assert not res.ok

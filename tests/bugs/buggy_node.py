@@ -7,6 +7,10 @@ nothing in the vault_raft package can load these variants.
   the counted attempt in the background, without waiting for the commit.
 * ``counter-in-memory``: counts attempts in a per-process dictionary instead of
   the replicated state machine.
+* ``ack-without-commit``: acknowledges an enrollment of an owner without
+  committing it.
+* ``stale-secret``: releases the first secret it ever released for a user,
+  even after the owner changed it.
 """
 import argparse
 import os
@@ -61,12 +65,42 @@ def counter_in_memory(original):
     return recover_start
 
 
-BUGS = {"ke2-before-commit": ke2_before_commit, "counter-in-memory": counter_in_memory}
+def ack_without_commit(original):
+    async def enroll_finish(self, body):
+        user = N._user(body)
+        if user.startswith(b"owner-"):
+            return 201, {"enrolled": True, "max_attempts": body.get("max_attempts", 10)}
+        return await original(self, body)
+    return enroll_finish
+
+
+def stale_secret(original):
+    first = {}
+
+    def unseal(ks_unseal):
+        def wrapper(user, version, blob):
+            secret = ks_unseal(user, version, blob)
+            return first.setdefault(user, secret)  # BUG: caches the first secret forever
+        return wrapper
+
+    async def recover_finish(self, body):
+        if not getattr(self.ks, "_bugged", False):
+            self.ks.unseal_secret = unseal(self.ks.unseal_secret)
+            self.ks._bugged = True
+        return await original(self, body)
+    return recover_finish
+
+
+BUGS = {"ke2-before-commit": ("recover_start", ke2_before_commit),
+        "counter-in-memory": ("recover_start", counter_in_memory),
+        "ack-without-commit": ("enroll_finish", ack_without_commit),
+        "stale-secret": ("recover_finish", stale_secret)}
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--bug", required=True, choices=sorted(BUGS))
     ap.add_argument("--dir", required=True)
     a = ap.parse_args()
-    N.VaultService.recover_start = BUGS[a.bug](N.VaultService.recover_start)
+    method, patch = BUGS[a.bug]
+    setattr(N.VaultService, method, patch(getattr(N.VaultService, method)))
     sys.exit(N.run_node(a.dir))

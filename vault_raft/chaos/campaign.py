@@ -47,6 +47,7 @@ class CampaignConfig:
     node_env: dict | None = None
     quiet: bool = False
     check_budget_s: float = 20.0
+    final_timeout: float = 30.0  # per owner: time to get one successful recovery after healing
     extra: dict = field(default_factory=dict)
 
 
@@ -453,7 +454,7 @@ def run_campaign(cfg: CampaignConfig) -> CampaignResult:
         cluster.wait_healthy(timeout=60)
         final = Actor("final", fleet, hist, random.Random(cfg.seed + 7), urls, timeout=10)
         for user, code in owners:
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + cfg.final_timeout
             while time.monotonic() < deadline:
                 got = final.begin(user, code)
                 if got and final.complete(user, *got, f="final"):
@@ -461,7 +462,8 @@ def run_campaign(cfg: CampaignConfig) -> CampaignResult:
                 time.sleep(0.3)
             else:
                 op = hist.invoke("final", "final", user)
-                hist.finish(op, "fail", {"error": "no successful final recovery in 30s"})
+                hist.finish(op, "fail", {"error": "no successful final recovery in "
+                                                  f"{cfg.final_timeout:.0f}s"})
     finally:
         stop.set()
         try:
