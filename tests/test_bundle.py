@@ -1,0 +1,147 @@
+"""Bundle verification: a good bundle passes; each attack fails with its own error."""
+import copy
+
+import pytest
+
+from vault_raft.fleet import bundle as B
+from vault_raft.fleet import merkle as M
+
+NOW = 1_800_000_000
+
+
+class Witness:
+    """A minimal in-memory witness for these tests: signs statements and tree heads."""
+
+    def __init__(self):
+        self.sk, self.pk = B.new_signing_key()
+        self.leaves: list[bytes] = []
+        self.statements: list[bytes] = []
+
+    def cosign(self, op_sk, bundle: B.Bundle, since: int = 0) -> B.SignedBundle:
+        canon = bundle.canonical()
+        st = B.statement(bundle, NOW)
+        self.statements.append(st)
+        self.leaves.append(M.hash_leaf(st))
+        return self.serve(op_sk.sign(canon), canon, len(self.leaves) - 1, since)
+
+    def serve(self, op_sig, canon, index, since=0, leaves=None) -> B.SignedBundle:
+        leaves = self.leaves if leaves is None else leaves
+        size = len(leaves)
+        sth = B.tree_head(size, M.root(leaves), NOW)
+        st = self.statements[index]
+        return B.SignedBundle(canon, op_sig, st, self.sk.sign(st), index,
+                              M.inclusion_proof(leaves, index), sth, self.sk.sign(sth),
+                              M.consistency_proof(leaves, since) if since else [])
+
+
+def _bundle(epoch=1, fleet="f1", nb=NOW - 10, na=NOW + 3600, key=b"k" * 32):
+    return B.Bundle(fleet, epoch, {"opaque_server": key, "enroll": b"e" * 32},
+                    ("http://127.0.0.1:7201",), nb, na)
+
+
+@pytest.fixture
+def world():
+    op_sk, op_pk = B.new_signing_key()
+    return op_sk, op_pk, Witness(), B.TrustState()
+
+
+def test_good_bundles_and_rotation(world, tmp_path):
+    op_sk, op_pk, w, state = world
+    b1 = _bundle()
+    assert B.verify(w.cosign(op_sk, b1), op_pk, w.pk, state, NOW) == b1
+    p = str(tmp_path / "trust.json")
+    state.save(p)
+    state = B.TrustState.load(p)
+    b2 = B.Bundle("f1", 2, {"opaque_server": b"n" * 32}, ("http://x",), NOW - 1, NOW + 10,
+                  b1.digest)
+    assert B.verify(w.cosign(op_sk, b2, since=state.tree_size), op_pk, w.pk, state, NOW).epoch == 2
+
+
+def test_bad_operator_signature(world):
+    op_sk, op_pk, w, state = world
+    sb = w.cosign(B.new_signing_key()[0], _bundle())
+    with pytest.raises(B.BadOperatorSignature):
+        B.verify(sb, op_pk, w.pk, state, NOW)
+
+
+def test_bad_witness_signature(world):
+    op_sk, op_pk, w, state = world
+    sb = w.cosign(op_sk, _bundle())
+    with pytest.raises(B.BadWitnessSignature):
+        B.verify(sb, op_pk, B.new_signing_key()[1], state, NOW)
+    sb2 = copy.copy(sb)
+    sb2.statement = B.statement(_bundle(key=b"z" * 32), NOW)
+    sb2.witness_sig = w.sk.sign(sb2.statement)
+    with pytest.raises(B.BadWitnessSignature, match="another bundle"):
+        B.verify(sb2, op_pk, w.pk, state, NOW)
+
+
+def test_expired_bundle(world):
+    op_sk, op_pk, w, state = world
+    sb = w.cosign(op_sk, _bundle(na=NOW - 1))
+    with pytest.raises(B.BundleExpired):
+        B.verify(sb, op_pk, w.pk, state, NOW)
+
+
+def test_bundle_missing_from_the_log(world):
+    op_sk, op_pk, w, state = world
+    w.cosign(op_sk, _bundle(fleet="other"))
+    sb = w.cosign(op_sk, _bundle())
+    # the witness serves a tree head that does not contain the statement
+    leaves_without = w.leaves[:-1]
+    sb.sth = B.tree_head(len(leaves_without), M.root(leaves_without), NOW)
+    sb.sth_sig = w.sk.sign(sb.sth)
+    sb.leaf_index = 0
+    sb.inclusion = M.inclusion_proof(leaves_without, 0)
+    with pytest.raises(B.NotInLog):
+        B.verify(sb, op_pk, w.pk, state, NOW)
+
+
+def test_forked_log(world):
+    op_sk, op_pk, w, state = world
+    B.verify(w.cosign(op_sk, _bundle(fleet="a")), op_pk, w.pk, state, NOW)
+    B.verify(w.cosign(op_sk, _bundle(fleet="b"), since=state.tree_size), op_pk, w.pk, state, NOW)
+    # a second view of the log in which history was rewritten
+    fork = Witness()
+    fork.sk, fork.pk = w.sk, w.pk
+    fork.cosign(op_sk, _bundle(fleet="a", key=b"evil" * 8))
+    fork.cosign(op_sk, _bundle(fleet="b"))
+    sb = fork.cosign(op_sk, _bundle(fleet="c"))
+    sb.consistency = M.consistency_proof(fork.leaves, state.tree_size)
+    with pytest.raises(B.ForkedLog):
+        B.verify(sb, op_pk, w.pk, state, NOW)
+
+
+def test_rollback_to_an_older_tree_head(world):
+    op_sk, op_pk, w, state = world
+    first = w.cosign(op_sk, _bundle(fleet="a"))
+    B.verify(first, op_pk, w.pk, state, NOW)
+    B.verify(w.cosign(op_sk, _bundle(fleet="b"), since=state.tree_size), op_pk, w.pk, state, NOW)
+    with pytest.raises(B.ForkedLog, match="rollback"):
+        B.verify(first, op_pk, w.pk, state, NOW)
+
+
+def test_replayed_older_bundle(world):
+    op_sk, op_pk, w, state = world
+    old = _bundle(epoch=1)
+    B.verify(w.cosign(op_sk, old), op_pk, w.pk, state, NOW)
+    B.verify(w.cosign(op_sk, _bundle(epoch=2), since=state.tree_size), op_pk, w.pk, state, NOW)
+    replay = w.serve(op_sk.sign(old.canonical()), old.canonical(), 0, since=state.tree_size)
+    with pytest.raises(B.ReplayedBundle):
+        B.verify(replay, op_pk, w.pk, state, NOW)
+
+
+def test_two_bundles_for_one_epoch(world):
+    op_sk, op_pk, w, state = world
+    B.verify(w.cosign(op_sk, _bundle(epoch=3)), op_pk, w.pk, state, NOW)
+    sb = w.cosign(op_sk, _bundle(epoch=3, key=b"q" * 32), since=state.tree_size)
+    with pytest.raises(B.ForkedLog, match="two different bundles"):
+        B.verify(sb, op_pk, w.pk, state, NOW)
+
+
+def test_malformed_bundle(world):
+    op_sk, op_pk, w, state = world
+    sb = w.cosign(op_sk, _bundle())
+    sb.bundle = sb.bundle + b"\x00"
+    with pytest.raises(B.BundleMalformed):
+        B.verify(sb, op_pk, w.pk, state, NOW)
