@@ -1,13 +1,12 @@
-"""``vault-raft``: the command line.
+"""vault-raft: a guess-limited key vault whose records live in a Raft cluster.
 
-Exit codes (a contract; scripts may rely on them)::
+exit codes (a contract; scripts may rely on them):
+  0 success    3 wrong recovery code    4 no such record / destroyed
+  5 unavailable (no majority reachable in time)    2 usage    1 anything else
 
-    0 success    3 wrong recovery code    4 no such record / destroyed
-    5 unavailable (no majority reachable in time)    2 usage    1 anything else
-
-Recovery codes are read from ``VAULT_RECOVERY_CODE``, else from standard
-input (one per line), else from a prompt -- never from the command line,
-where other users of the machine could read them.
+Recovery codes are read from VAULT_RECOVERY_CODE, else from standard input
+(one per line), else from a prompt -- never from the command line, where
+other users of the machine could read them.
 """
 
 from __future__ import annotations
