@@ -8,7 +8,7 @@
   Its election timeouts come from a seeded ``random.Random``.
 * A seeded **in-memory network** (:class:`SimNet`) that can drop, delay,
   duplicate, reorder and partition messages (one-way or both ways).  Every
-  message is pickled and unpickled, as on the wire.
+  message is deep-copied, so no node shares objects with another.
 * A **journal that loses its unsynced tail** when a node crashes
   (:class:`SimJournal`, same contract as :class:`DurableJournal`): only what
   ``sync()`` made durable, and term/vote (synchronous), survive.
@@ -24,8 +24,8 @@ pins it).
 
 from __future__ import annotations
 
+import copy
 import os
-import pickle
 import random
 import shutil
 import tempfile
@@ -201,7 +201,6 @@ class SimNet:
                 self.broken[link] = self.clock.now + self.rng.uniform(0.05, 0.5)
                 self.queue = [m for m in self.queue if frozenset((m[2], m[3])) != link]
             return
-        data = pickle.dumps(msg)
         copies = 2 if self.mode == "datagram" and self.rng.random() < self.dup else 1
         for _ in range(copies):
             self.seq += 1
@@ -209,11 +208,12 @@ class SimNet:
             if self.mode == "tcp":  # FIFO per link
                 at = max(at, self.last_at.get((src, dst), 0.0))
                 self.last_at[(src, dst)] = at
-            self.queue.append((at, self.seq, src, dst, data))
+            self.queue.append((at, self.seq, src, dst, copy.deepcopy(msg)))
 
     def due(self, paused: set[str]) -> list:
         now = self.clock.now
-        ready = sorted(m for m in self.queue if m[0] <= now and m[3] not in paused)
+        ready = sorted((m for m in self.queue if m[0] <= now and m[3] not in paused),
+                       key=lambda m: (m[0], m[1]))
         if ready:
             taken = {m[1] for m in ready}
             self.queue = [m for m in self.queue if m[1] not in taken]
@@ -248,10 +248,10 @@ def make_transport(net: SimNet):
             net.send(self.id, node.id, message)
             return True
 
-        def receive(self, src: str, data: bytes) -> None:
+        def receive(self, src: str, message) -> None:
             node = self.nodes.get(src)
             if node is not None and frozenset((self.id, src)) in net.connected:
-                self._onMessageReceived(node, pickle.loads(data))
+                self._onMessageReceived(node, message)
 
         def destroy(self):
             if net.transports.get(self.id) is self:
