@@ -1,28 +1,37 @@
 """The pysyncobj replica that carries the vault state machine.
 
-What this adapter changes in pysyncobj 0.3.17, and why (each is narrow and
-guarded by the version check below):
+What this adapter changes in pysyncobj 0.3.17, and why (each change is narrow, and
+the version check below refuses any other pysyncobj):
 
 * **Persist, then send.**  pysyncobj obtains its journal from
   ``pysyncobj.syncobj.createJournal``; for journal paths of type
-  :class:`_DurablePath` we return a :class:`DurableJournal`.  Every message
-  pysyncobj sends goes through ``Transport.send``; our transport calls
-  ``journal.sync()`` first.  So appends are written immediately and synced
-  once per send round (group commit), before any ack, vote or replication
-  that depends on them; term/vote changes are fsynced in ``setCurrentTerm``.
-* **No pickle on disk that we choose.**  Snapshots go through pysyncobj's
-  ``serializer``/``deserializer`` hooks as msgpack with a SHA-256 trailer
-  (``useFork`` is off, so the snapshot is taken synchronously on the Raft
-  thread, consistent with the applied index).  pysyncobj still pickles each
-  log entry's (method id, args) tuple; our only argument is a msgpack byte
-  string.  Peers are authenticated by the cluster secret (Fernet on every
-  frame, checked *before* unpickling), so only fleet members can put bytes
-  into that pickle; issue 7 replaces this transport with mutual TLS.
+  :class:`_DurablePath` we return a :class:`DurableJournal` (checksummed,
+  fsynced, Raft-conformant truncation).  Every message goes through
+  ``Transport.send``: acks, votes and vote requests are preceded by
+  ``journal.sync()``; the leader's own appends are synced at the start of
+  each tick, before it counts itself toward a commit (Raft thesis 10.2.1),
+  so its disk write overlaps replication.  Term and vote are fsynced in
+  ``setCurrentTerm``.
+* **Group commit.**  Batching is off (a command leaves at once), but while
+  the tick thread drains the command queue the per-command append rounds are
+  deferred and sent once: N queued commands, one message per follower.
+* **Snapshots without pickle.**  pysyncobj's ``serializer``/``deserializer``
+  hooks write msgpack with a SHA-256 trailer (``useFork`` off: the snapshot
+  is taken on the Raft thread, consistent with the applied index).  On load the
+  journal is aligned to the snapshot so a crash between snapshot and
+  compaction loses nothing.
+* **Authenticated frames.**  pysyncobj's ``password`` asks for our
+  :class:`FrameCipher` (AES-256-GCM-SIV, key from HKDF of the cluster secret)
+  instead of PBKDF2 + Fernet; the tag is checked before pysyncobj unpickles.
+  pysyncobj still pickles messages and each log entry's (method id, args);
+  our only argument is a msgpack byte string, and only holders of the cluster
+  secret can put bytes into that pickle.  Frames are zlib "stored", not
+  compressed (CPU, and no compress-then-encrypt length leak).
 * **No side doors.**  Utility messages (add/remove/transfer/set_version/
   status) and ``readonly`` connections on the Raft port are refused.
 * Timeouts tuned for a vault: an isolated leader steps down after
-  ``leader_fallback`` seconds, batching is off (a command is sent at once;
-  under load pysyncobj still packs every queued entry into one append).
+  ``leader_fallback`` seconds; peers may be dialled through a mapped address
+  (fault-injection proxies).
 """
 
 from __future__ import annotations
