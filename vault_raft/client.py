@@ -244,13 +244,3 @@ class Client:
         rec = self.recover(u, code)
         self._manage(u, rec, "delete", b"")
         return rec
-
-    def status(self, url: str) -> dict:
-        u = urllib.parse.urlsplit(url)
-        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=self.request_timeout)
-        try:
-            conn.request("GET", "/v1/status")
-            resp = conn.getresponse()
-            return P.unpack(resp.read())
-        finally:
-            conn.close()

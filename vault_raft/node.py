@@ -324,7 +324,7 @@ async def _body(request: web.Request) -> dict:
 def build_app(service: VaultService) -> web.Application:
     app = web.Application(middlewares=[_errors], client_max_size=P.MAX_BODY)
 
-    def post(path, fn, created=False):
+    def post(path, fn):
         async def handler(request):
             out = await fn(await _body(request))
             if isinstance(out, tuple):

@@ -417,8 +417,7 @@ def run_growth(cfg: Config, res: dict) -> None:
         vb = VaultBench(cfg, cfg.nodes, f"growth{n}")
         try:
             _progress(cfg, f"growth: {n} records: build the state and its snapshot")
-            rec_vb = vb
-            rec_vb.start()
+            vb.start()
             c = vb.conn(0)
             record = vb._register(c, b"tmpl", b"tmpl code")
             c.close()

@@ -184,7 +184,7 @@ def step(state: tuple, op: Op) -> list[tuple]:
     return [state]  # writes of the secret do not touch the counters
 
 
-def _final_as_pair(ops: list[Op]) -> list[Op]:
+def _final_as_complete(ops: list[Op]) -> list[Op]:
     """The final read after healing is a begin (recorded as such) followed by a
     release recorded as ``final``: for the model it is a ``complete``."""
     out = []
@@ -245,7 +245,7 @@ def linearizable(h: History, budget_s: float = 10.0) -> Verdict:
     problems, unknown = [], []
     per = budget_s / max(1, len(by_user))
     for user, ops in sorted(by_user.items()):
-        status, detail = linearizable_record(_final_as_pair(ops), max(per, 0.5))
+        status, detail = linearizable_record(_final_as_complete(ops), max(per, 0.5))
         if status == "fail":
             problems.append(f"{user}: {detail}")
         elif status == "unknown":

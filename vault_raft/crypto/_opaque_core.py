@@ -121,27 +121,31 @@ def _randomized_password(password: bytes, blind_scalar: bytes, evaluated: bytes,
     return _extract(b"", oprf_output + stretched)
 
 
-def _store(randomized_password: bytes, server_pk: bytes, server_identity: bytes | None,
-           client_identity: bytes | None, envelope_nonce: bytes):
-    masking_key = _expand(randomized_password, b"MaskingKey", Nh)
+def _envelope(randomized_password: bytes, envelope_nonce: bytes, server_pk: bytes,
+              server_identity: bytes | None, client_identity: bytes | None):
+    """What Store and Recover (section 4.1) both derive: the expected auth tag,
+    the export key and the client key pair."""
     auth_key = _expand(randomized_password, envelope_nonce + b"AuthKey", Nh)
     export_key = _expand(randomized_password, envelope_nonce + b"ExportKey", Nh)
     seed = _expand(randomized_password, envelope_nonce + b"PrivateKey", Nseed)
-    _, client_pk = derive_dh_key_pair(seed)
+    client_sk, client_pk = derive_dh_key_pair(seed)
     cleartext = _cleartext_credentials(server_pk, client_pk, server_identity, client_identity)
-    auth_tag = _mac(auth_key, envelope_nonce + cleartext)
+    return _mac(auth_key, envelope_nonce + cleartext), export_key, client_sk, client_pk
+
+
+def _store(randomized_password: bytes, server_pk: bytes, server_identity: bytes | None,
+           client_identity: bytes | None, envelope_nonce: bytes):
+    masking_key = _expand(randomized_password, b"MaskingKey", Nh)
+    auth_tag, export_key, _, client_pk = _envelope(randomized_password, envelope_nonce,
+                                                   server_pk, server_identity, client_identity)
     return envelope_nonce + auth_tag, client_pk, masking_key, export_key
 
 
 def _recover(randomized_password: bytes, server_pk: bytes, envelope: bytes,
              server_identity: bytes | None, client_identity: bytes | None):
     envelope_nonce, auth_tag = envelope[:Nn], envelope[Nn:]
-    auth_key = _expand(randomized_password, envelope_nonce + b"AuthKey", Nh)
-    export_key = _expand(randomized_password, envelope_nonce + b"ExportKey", Nh)
-    seed = _expand(randomized_password, envelope_nonce + b"PrivateKey", Nseed)
-    client_sk, client_pk = derive_dh_key_pair(seed)
-    cleartext = _cleartext_credentials(server_pk, client_pk, server_identity, client_identity)
-    expected = _mac(auth_key, envelope_nonce + cleartext)
+    expected, export_key, client_sk, client_pk = _envelope(
+        randomized_password, envelope_nonce, server_pk, server_identity, client_identity)
     if not constant_time.bytes_eq(expected, auth_tag):
         raise OpaqueError("envelope recovery failed (wrong password or altered response)")
     return client_sk, client_pk, export_key

@@ -59,10 +59,6 @@ def unseal(key: bytes, blob: bytes, ad: bytes) -> bytes:
         raise SealError("sealed blob failed authentication") from None
 
 
-def sealed_len(plaintext_len: int) -> int:
-    return 1 + _NONCE + plaintext_len + 16
-
-
 def hpke_keypair() -> tuple[bytes, bytes]:
     """(private, public) X25519 raw bytes."""
     sk = X25519PrivateKey.generate()
