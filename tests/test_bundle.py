@@ -34,9 +34,13 @@ class Witness:
                               M.consistency_proof(leaves, since) if since else [])
 
 
+def _entry(key=b"k" * 32, fleet_id="fa", role="current"):
+    return B.FleetEntry(fleet_id, role, key, b"e" * 32, (("kind", "identity"),), 10,
+                        ("http://127.0.0.1:7201",))
+
+
 def _bundle(epoch=1, fleet="f1", nb=NOW - 10, na=NOW + 3600, key=b"k" * 32):
-    return B.Bundle(fleet, epoch, {"opaque_server": key, "enroll": b"e" * 32},
-                    ("http://127.0.0.1:7201",), nb, na)
+    return B.Bundle(fleet, epoch, (_entry(key),), nb, na)
 
 
 @pytest.fixture
@@ -52,8 +56,8 @@ def test_good_bundles_and_rotation(world, tmp_path):
     p = str(tmp_path / "trust.json")
     state.save(p)
     state = B.TrustState.load(p)
-    b2 = B.Bundle("f1", 2, {"opaque_server": b"n" * 32}, ("http://x",), NOW - 1, NOW + 10,
-                  b1.digest)
+    b2 = B.Bundle("f1", 2, (_entry(b"n" * 32, "fb"), _entry(fleet_id="fa", role="retiring")),
+                  NOW - 1, NOW + 10, b1.digest)
     assert B.verify(w.cosign(op_sk, b2, since=state.tree_size), op_pk, w.pk, state, NOW).epoch == 2
 
 

@@ -8,8 +8,8 @@ NOW = 1_800_000_000
 
 
 def _bundle(epoch, fleet="f1", key=b"k" * 32, prev=bytes(32)):
-    return B.Bundle(fleet, epoch, {"opaque_server": key}, ("http://127.0.0.1:1",), NOW - 5,
-                    NOW + 100, prev)
+    entry = B.FleetEntry("fa", "current", key, b"e" * 32, (), 10, ("http://127.0.0.1:1",))
+    return B.Bundle(fleet, epoch, (entry,), NOW - 5, NOW + 100, prev)
 
 
 def _signed(w: WitnessLog, op_sk, b: B.Bundle, state: B.TrustState) -> B.SignedBundle:
@@ -30,8 +30,15 @@ def test_rules_and_restart(tmp_path):
     state = B.TrustState()
     b1 = _bundle(1)
     B.verify(_signed(w, op_sk, b1, state), op_pk, w.public_key, state, NOW)
-    with pytest.raises(WitnessRefused, match="already published"):
-        w.cosign(b1.canonical(), op_sk.sign(b1.canonical()), op_pk, NOW)
+    # a retry of the same bundle gets the same co-signature, and logs nothing new
+    size = len(w.leaves)
+    assert w.cosign(b1.canonical(), op_sk.sign(b1.canonical()), op_pk, NOW + 5)[2] == 0
+    assert len(w.leaves) == size
+    with pytest.raises(WitnessRefused, match="another operator"):
+        other_op = B.new_signing_key()[0]
+        b2 = _bundle(2)
+        w.cosign(b2.canonical(), other_op.sign(b2.canonical()),
+                 other_op.public_key().public_bytes_raw(), NOW)
     with pytest.raises(WitnessRefused, match="exactly one"):
         b3 = _bundle(3)
         w.cosign(b3.canonical(), op_sk.sign(b3.canonical()), op_pk, NOW)
@@ -48,7 +55,8 @@ def test_rules_and_restart(tmp_path):
     w2 = WitnessLog(path, wsk)
     assert w2.tree_head(NOW)[0] == root_before
     with pytest.raises(WitnessRefused):
-        w2.cosign(b1.canonical(), op_sk.sign(b1.canonical()), op_pk, NOW)
+        b1b = _bundle(1, key=b"y" * 32)
+        w2.cosign(b1b.canonical(), op_sk.sign(b1b.canonical()), op_pk, NOW)
     B.verify(_signed(w2, op_sk, _bundle(2, prev=b1.digest), state), op_pk, w2.public_key, state,
              NOW)
     w2.close()

@@ -2,7 +2,13 @@
 
 exit codes (a contract; scripts may rely on them):
   0 success    3 wrong recovery code    4 no such record / destroyed
-  5 unavailable (no majority reachable in time)    2 usage    1 anything else
+  5 unavailable (no majority reachable in time)
+  6 the fleet's signed bundle did not verify (nothing was sent)
+  2 usage    1 anything else
+
+Users' commands trust the fleet through --client client.json (the operator's and
+witness's public keys; the fleet's keys come from a verified, witnessed bundle).
+--fleet fleet.json pins a fleet's keys instead: for the operator's own tools.
 
 Recovery codes are read from VAULT_RECOVERY_CODE, else from standard input
 (one per line), else from a prompt -- never from the command line, where
@@ -20,7 +26,12 @@ import sys
 from . import client as C
 from .cluster import ClusterError, LocalCluster
 from .fleet.config import ConfigError, init_fleet
+from .fleet.bundle import TrustError
 from .fleet.keystore import KeystoreError
+from .fleet.operator import OperatorError
+from .fleet.witness import WitnessLogCorrupt
+from .trustcli import TrustCommandError
+from .witness_server import WitnessConfigError
 from .replica.journal import JournalCorrupt
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_WRONG, EXIT_NORECORD, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4, 5
@@ -130,7 +141,9 @@ def cmd_cluster(a) -> int:
     return 0 if cl.leader() else EXIT_UNAVAILABLE
 
 
-def _client(a) -> C.Client:
+def _client(a) -> C.Client | C.TrustedClient:
+    if a.client:
+        return C.TrustedClient(a.client, a.state, timeout=a.timeout)
     return C.Client(a.fleet, timeout=a.timeout)
 
 
@@ -196,7 +209,11 @@ def _user_arg(p):
 
 
 def _fleet_arg(p):
-    p.add_argument("--fleet", required=True, help="path of the fleet's fleet.json")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--client", help="client.json: trust the fleet through its signed bundle")
+    g.add_argument("--fleet", help="fleet.json: pin this fleet's keys (operator tools)")
+    p.add_argument("--state", default=None, help="with --client: the trust state file "
+                   "(default: next to client.json)")
     p.add_argument("--timeout", type=float, default=10.0,
                    help="seconds to find a majority before giving up (exit 5)")
 
@@ -206,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    fleet = sub.add_parser("fleet", help="create and manage fleets")
+    from . import benchcli, chaoscli, simcli, trustcli
+    fleet = sub.add_parser("fleet", help="create, publish, rotate and verify fleets")
     fsub = fleet.add_subparsers(dest="fleet_cmd", required=True, metavar="ACTION")
     fi = fsub.add_parser("init", help="create node directories, keys and fleet.json")
     fi.add_argument("--dir", required=True)
@@ -217,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     fi.add_argument("--max-attempts", type=int, default=10,
                     help="default guess limit for new records")
     fi.set_defaults(fn=cmd_fleet_init)
+    trustcli.register(sub, fsub)
 
     node = sub.add_parser("node", help="run one node in the foreground (SIGTERM stops it)")
     node.add_argument("--dir", required=True, help="the node directory, e.g. FLEET/n1")
@@ -264,7 +283,6 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--keep", action="store_true", help="leave the cluster running")
     dm.set_defaults(fn=cmd_demo)
 
-    from . import benchcli, chaoscli, simcli
     benchcli.register(sub)
     chaoscli.register(sub)
     simcli.register(sub)
@@ -288,6 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, KeystoreError) as exc:
         print(f"vault-raft: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except TrustError as exc:
+        print(f"vault-raft: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        return C.Untrusted.exit_code
+    except (OperatorError, WitnessConfigError, TrustCommandError, WitnessLogCorrupt) as exc:
+        print(f"vault-raft: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     except (ClusterError, JournalCorrupt) as exc:
         print(f"vault-raft: {exc}", file=sys.stderr)
         return EXIT_ERROR

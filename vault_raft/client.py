@@ -1,30 +1,43 @@
 """The Python client: enroll, recover, change and delete, with typed errors.
 
 The recovery code never leaves this process: it is the OPAQUE password.
-The client trusts the fleet through ``fleet.json`` (fleet id, OPAQUE server
-public key, enrollment HPKE key, KSF parameters): both OPAQUE flows pin the
-server key, so a node holding other keys is refused.
+
+:class:`TrustedClient` is what end users run: configured with ``client.json``
+(a namespace, the operator's and the witness's public keys, bootstrap
+endpoints) and a small state file, it fetches the fleet's signed bundle from a
+node and verifies it (:func:`vault_raft.fleet.bundle.verify`) *before* it
+sends anything derived from the recovery code; it follows rotations to a new
+fleet (see ``docs/trust.md``).  :class:`Client` talks to one fleet whose keys
+it is given (``fleet.json`` pins them: the operator's own tools use it).  Both
+OPAQUE flows pin the server key, so a node holding other keys is refused.
 
 Every exception carries the CLI exit code that reports it::
 
     VaultError (1) > WrongCode (3), NoRecord (4), Unavailable (5),
-                     AlreadyEnrolled (1), InvalidInput (2), ServerError (1)
+                     Untrusted (6), AlreadyEnrolled (1), InvalidInput (2), ServerError (1)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
+import json
+import logging
+import os
 import random
 import socket
 import time
-import urllib.parse
 from dataclasses import dataclass
 
 from . import protocol as P
+from . import wire
 from .crypto import opaque
 from .crypto import seal as S
 from .crypto.errors import OpaqueError, SealError
-from .fleet.config import FleetInfo
+from .fleet import bundle as B
+from .fleet.config import ConfigError, FleetInfo
+
+log = logging.getLogger("vault_raft.client")
 
 
 class VaultError(Exception):
@@ -62,6 +75,17 @@ class ServerError(VaultError):
     exit_code = 1
 
 
+class Untrusted(VaultError):
+    """The fleet could not be authenticated through its signed bundle; nothing
+    derived from the recovery code was sent.  ``reason`` is the specific
+    :class:`~vault_raft.fleet.bundle.TrustError` subclass."""
+    exit_code = 6
+
+    def __init__(self, message: str, reason: type = B.TrustError):
+        super().__init__(message)
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class Recovery:
     secret: bytes
@@ -69,6 +93,8 @@ class Recovery:
     max_attempts: int
     token: bytes
     session_key: bytes
+    fleet_id: str = ""
+    migrated_from: str | None = None  # the retiring fleet this recovery moved the user from
 
 
 def _user(user: str | bytes) -> bytes:
@@ -97,21 +123,10 @@ class Client:
 
     # ------------------------------------------------------------ transport
     def _post_once(self, url: str, path: str, body: dict) -> tuple[int, dict]:
-        u = urllib.parse.urlsplit(url)
-        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=self.request_timeout)
         try:
-            conn.request("POST", path, body=P.pack(body), headers={"Content-Type": P.CONTENT_TYPE})
-            resp = conn.getresponse()
-            data = resp.read()
-        finally:
-            conn.close()
-        try:
-            out = P.unpack(data)
-        except Exception:
-            out = None
-        if not isinstance(out, dict):
-            raise ServerError(f"{url}{path}: HTTP {resp.status} with a malformed body")
-        return resp.status, out
+            return wire.call(url, "POST", path, body, self.request_timeout)
+        except wire.WireError as exc:
+            raise ServerError(str(exc)) from None
 
     def post(self, path: str, body: dict, *, retry_timeouts: bool = True) -> tuple[int, dict]:
         """POST to some node; fail over on refusal or "no majority here".
@@ -216,7 +231,7 @@ class Client:
         except (SealError, KeyError) as exc:
             raise ServerError(f"released secret did not decrypt: {exc}") from None
         return Recovery(secret, int(out["failed_attempts"]), int(out["max_attempts"]), token,
-                        done.session_key)
+                        done.session_key, self.fleet.fleet_id)
 
     def _manage(self, u: bytes, rec: Recovery, op: str, payload: bytes) -> None:
         proof = S.mac(S.session_subkey(rec.session_key, P.MANAGE_KEY),
@@ -244,3 +259,177 @@ class Client:
         rec = self.recover(u, code)
         self._manage(u, rec, "delete", b"")
         return rec
+
+
+# ------------------------------------------------------------ trusted client
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """``client.json``: everything a client is configured with."""
+    namespace: str
+    operator_key: bytes
+    witness_key: bytes
+    endpoints: tuple[str, ...]
+
+    @classmethod
+    def load(cls, path: str) -> "ClientConfig":
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"client config {path} not found (the operator's "
+                              "'vault-raft operator init' writes one)") from None
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"client config {path} unreadable: {exc}") from None
+        try:
+            if d["version"] != 1:
+                raise ConfigError(f"client config {path}: unsupported version {d['version']}")
+            c = cls(str(d["namespace"]), bytes.fromhex(d["operator_key"]),
+                    bytes.fromhex(d["witness_key"]), tuple(str(e) for e in d["endpoints"]))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"client config {path} is malformed: {exc}") from None
+        if len(c.operator_key) != 32 or len(c.witness_key) != 32:
+            raise ConfigError(f"client config {path}: keys must be 32 bytes")
+        return c
+
+
+def default_state_path(config_path: str) -> str:
+    base = os.path.splitext(os.path.abspath(config_path))[0]
+    return base + ".trust-state.json"
+
+
+class TrustedClient:
+    """A client that trusts a fleet only through its verified bundle."""
+
+    def __init__(self, config: ClientConfig | str, state_path: str | None = None, *,
+                 timeout: float = 10.0, request_timeout: float = 5.0,
+                 clock=time.time):
+        if isinstance(config, str):
+            state_path = state_path or default_state_path(config)
+            config = ClientConfig.load(config)
+        if state_path is None:
+            raise InvalidInput("a trust state path is needed to remember the log seen")
+        self.config, self.state_path = config, state_path
+        self.timeout, self.request_timeout, self.clock = timeout, request_timeout, clock
+        self._clients: dict[B.FleetEntry, Client] = {}
+        self.bundle: B.Bundle | None = None
+
+    # ------------------------------------------------------------- trust
+    def verify_fleet(self) -> B.Bundle:
+        """Fetch the bundle from some node and verify it; raise Untrusted if it
+        fails, Unavailable if no node answers."""
+        try:
+            state = B.TrustState.load(self.state_path)
+        except B.TrustError as exc:
+            raise Untrusted(str(exc)) from None
+        urls = list(dict.fromkeys(state.endpoints + list(self.config.endpoints)))
+        if not urls:
+            raise Untrusted("no endpoints to fetch the fleet's bundle from")
+        stale, last = None, "no node answered"
+        for url in urls:
+            try:
+                status, out = wire.call(url, "GET", f"/v1/trust?since={state.tree_size}",
+                                        timeout=self.request_timeout)
+            except (OSError, http.client.HTTPException, wire.WireError) as exc:
+                last = f"{url}: {exc.__class__.__name__}"
+                continue
+            if status != 200:
+                last = f"{url}: HTTP {status} {out.get('message')}"
+                continue
+            trial = B.TrustState(state.tree_size, state.tree_root, dict(state.epochs),
+                                 list(state.endpoints))
+            try:
+                bundle = B.verify(B.SignedBundle.from_wire(out), self.config.operator_key,
+                                  self.config.witness_key, trial, int(self.clock()))
+            except B.ReplayedBundle as exc:  # a node of a fleet retired since: try others
+                stale = stale or (exc, url)
+                continue
+            except B.TrustError as exc:
+                raise Untrusted(f"fleet bundle from {url} rejected: "
+                                f"{exc.__class__.__name__}: {exc}", type(exc)) from None
+            if bundle.namespace != self.config.namespace:
+                raise Untrusted(f"{url} serves namespace {bundle.namespace!r}, not "
+                                f"{self.config.namespace!r}", B.BundleMalformed)
+            trial.endpoints = [e for f in bundle.fleets for e in f.endpoints]
+            if trial != state:
+                trial.save(self.state_path)
+            self.bundle = bundle
+            return bundle
+        if stale is not None:
+            exc, url = stale
+            raise Untrusted(f"fleet bundle from {url} rejected: ReplayedBundle: {exc}",
+                            B.ReplayedBundle)
+        raise Unavailable(f"could not fetch the fleet's bundle ({last})")
+
+    def _client(self, entry: B.FleetEntry) -> Client:
+        key = entry
+        if key not in self._clients:
+            try:
+                info = FleetInfo.from_entry(entry)
+            except ConfigError as exc:
+                raise Untrusted(str(exc), B.BundleMalformed) from None
+            self._clients[key] = Client(info, timeout=self.timeout,
+                                        request_timeout=self.request_timeout)
+        return self._clients[key]
+
+    # -------------------------------------------------------- operations
+    def enroll(self, user, code, secret: bytes, max_attempts: int | None = None) -> int:
+        u, c = _user(user), _code(code)
+        return self._client(self.verify_fleet().current).enroll(u, c, secret, max_attempts)
+
+    def _recover(self, u: bytes, c: bytes) -> tuple[Recovery, Client]:
+        """Recover on the current fleet, else on a retiring one -- and then move
+        the user to the current fleet (re-enroll, then delete the old record)."""
+        bundle = self.verify_fleet()
+        cur = self._client(bundle.current)
+        try:
+            return cur.recover(u, c), cur
+        except WrongCode as exc:  # not enrolled here (fake answer) or a wrong code
+            if not bundle.retiring:
+                raise
+            left = [exc.attempts_left]
+        for entry in bundle.retiring:
+            old = self._client(entry)
+            try:
+                rec = old.recover(u, c)
+            except WrongCode as exc:
+                left.append(exc.attempts_left)
+                continue
+            try:
+                cur.enroll(u, c, rec.secret, rec.max_attempts)
+            except AlreadyEnrolled:  # another device of this user moved it meanwhile?
+                try:
+                    cur.recover(u, c)
+                except WrongCode:
+                    raise VaultError(f"recovered on retiring fleet {entry.fleet_id}, but the "
+                                     "current fleet holds another record for this user") from None
+            try:
+                old._manage(u, rec, "delete", b"")
+            except VaultError as exc:  # the old fleet is destroyed when it retires anyway
+                log.warning("migrated %r but could not delete it on %s: %s", u,
+                            entry.fleet_id, exc)
+            log.info("moved %r from fleet %s to %s", u, entry.fleet_id, bundle.current.fleet_id)
+            return dataclasses.replace(rec, migrated_from=entry.fleet_id), cur
+        raise WrongCode(min(left))
+
+    def recover(self, user, code) -> Recovery:
+        return self._recover(_user(user), _code(code))[0]
+
+    def _manage(self, user, code, op: str, make_payload) -> Recovery:
+        u, c = _user(user), _code(code)
+        rec, cli = self._recover(u, c)
+        if rec.migrated_from is not None:
+            rec = cli.recover(u, c)  # a session on the fleet the record now lives on
+        cli._manage(u, rec, op, make_payload(cli, u))
+        return rec
+
+    def change_secret(self, user, code, new_secret: bytes) -> Recovery:
+        return self._manage(user, code, "change_secret",
+                            lambda cli, u: cli._upload(u, new_secret, b"change_secret"))
+
+    def change_code(self, user, code, new_code) -> Recovery:
+        new = _code(new_code)
+        return self._manage(user, code, "change_code", lambda cli, u: cli._register(u, new))
+
+    def delete(self, user, code) -> Recovery:
+        return self._manage(user, code, "delete", lambda cli, u: b"")

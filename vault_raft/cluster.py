@@ -17,11 +17,10 @@ import sys
 import time
 from typing import Callable, Iterable
 
-from . import protocol as P
+from . import wire
 from .fleet.config import FleetInfo, port_free
 
 import http.client
-import urllib.parse
 
 
 class ClusterError(Exception):
@@ -47,19 +46,11 @@ def free_base_port(nodes: int, *, host: str = "127.0.0.1", extra: tuple[int, ...
 
 def http_status(url: str, timeout: float = 1.0) -> dict | None:
     """GET /v1/status of one node; None if it does not answer."""
-    u = urllib.parse.urlsplit(url)
     try:
-        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
-        try:
-            conn.request("GET", "/v1/status")
-            resp = conn.getresponse()
-            if resp.status != 200:
-                return None
-            return P.unpack(resp.read())
-        finally:
-            conn.close()
-    except (OSError, http.client.HTTPException, ValueError):
+        status, out = wire.call(url, "GET", "/v1/status", timeout=timeout)
+    except (OSError, http.client.HTTPException, wire.WireError):
         return None
+    return out if status == 200 else None
 
 
 def wait_until(cond: Callable[[], object], timeout: float, interval: float = 0.05,

@@ -8,21 +8,51 @@ import sys
 import tempfile
 import time
 
+import signal
+import subprocess
+
 from . import client as C
-from .cluster import LocalCluster, free_base_port
+from . import wire
+from .cluster import ClusterError, LocalCluster, free_base_port, wait_until
 from .fleet.config import init_fleet
+from .fleet.operator import Operator, init_operator
+from .witness_server import init_witness
 
 
 def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
+def _start_witness(directory: str) -> tuple[subprocess.Popen, str, bytes]:
+    port = free_base_port(1, start=7000) + 1
+    pk = init_witness(os.path.join(directory, "witness"), port=port)
+    log = open(os.path.join(directory, "witness", "witness.out"), "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "vault_raft", "witness", "serve", "--dir",
+                             os.path.join(directory, "witness")], stdout=log, stderr=log,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    log.close()
+    url = f"http://127.0.0.1:{port}"
+
+    def up():
+        if proc.poll() is not None:
+            raise ClusterError(f"the witness exited; see {directory}/witness/witness.out")
+        try:
+            return wire.call(url, "GET", "/v1/status", timeout=0.5)[0] == 200
+        except OSError:
+            return False
+    wait_until(up, 20, what="the witness to answer")
+    return proc, url, pk
+
+
 def run_demo(directory: str | None = None, keep: bool = False) -> int:
     tmp = directory is None
     directory = directory or tempfile.mkdtemp(prefix="vault-raft-demo-")
-    _say(f"== 1. fleet init: 3 nodes in {directory}")
-    fleet = init_fleet(directory, 3, base_port=free_base_port(3), max_attempts=10)
-    cluster = LocalCluster(directory)
+    fleet_dir = os.path.join(directory, "fleet")
+    _say(f"== 1. fleet init: 3 nodes in {fleet_dir}")
+    init_fleet(fleet_dir, 3, base_port=free_base_port(3), max_attempts=10)
+    cluster = LocalCluster(fleet_dir)
+    clusters = [cluster]
+    witness = None
     try:
         _say("== 2. cluster up: each node is its own process (Raft on 127.0.0.1)")
         cluster.start()
@@ -31,9 +61,17 @@ def run_demo(directory: str | None = None, keep: bool = False) -> int:
         _say(f"   leader {leader} elected after {time.monotonic() - t0:.1f}s")
         cluster.wait_healthy(timeout=30)
         _say(cluster.table())
-        cli = C.Client(fleet)
+        _say("\n== 3. trust: a witness process; the operator publishes a signed bundle")
+        witness, wurl, wpk = _start_witness(directory)
+        client_json = init_operator(os.path.join(directory, "operator"), "demo", wurl, wpk)
+        bundle = Operator(os.path.join(directory, "operator")).publish(fleet_dir)
+        _say(f"   witness {wurl} (pid {witness.pid}) co-signed and logged epoch {bundle.epoch}")
+        _say(f"   clients hold only {client_json}: operator + witness public keys")
+        cli = C.TrustedClient(client_json)
+        cli.verify_fleet()
+        _say("   client verified both signatures, validity, log inclusion; fleet keys trusted")
         alice_secret = os.urandom(32)
-        _say("\n== 3. enroll alice (max 3 attempts) and bob (default 10)")
+        _say("\n   enroll alice (max 3 attempts) and bob (default 10)")
         cli.enroll("alice", "correct horse battery staple", alice_secret, max_attempts=3)
         cli.enroll("bob", "bob's own code", b"bob's backup key")
         _say("   enrolled: OPAQUE record + secret sealed under the fleet key, majority-committed")
@@ -67,13 +105,40 @@ def run_demo(directory: str | None = None, keep: bool = False) -> int:
         cluster.wait_healthy(timeout=30)
         _say(f"   {leader} restarted and caught up:")
         _say(cluster.table())
+        _say("\n== 7. rotation: a new fleet with new keys takes over")
+        new_dir = os.path.join(directory, "fleet2")
+        init_fleet(new_dir, 3, base_port=free_base_port(3), max_attempts=10)
+        new_cluster = LocalCluster(new_dir)
+        clusters.append(new_cluster)
+        new_cluster.start()
+        new_cluster.wait_leader(30)
+        new_cluster.wait_healthy(timeout=30)
+        b = Operator(os.path.join(directory, "operator")).rotate(new_dir)
+        _say(f"   epoch {b.epoch}: fleet {b.current.fleet_id} current, "
+             f"{b.retiring[0].fleet_id} retiring (co-signed by the witness)")
+        rec = cli.recover("bob", "bob's own code")
+        _say(f"   bob recovers {rec.secret!r} and is moved: re-enrolled on "
+             f"{b.current.fleet_id}, his record on {rec.migrated_from} deleted")
+        rec = cli.recover("bob", "bob's own code")
+        _say(f"   next recovery is served by fleet {rec.fleet_id} directly")
         _say("\ndemo finished: every guess above was a majority commit before any answer.")
         return 0
     finally:
         if keep:
-            _say(f"cluster left running; stop it with: vault-raft cluster down --dir {directory}")
+            for cl in clusters:
+                _say(f"cluster left running; stop it with: vault-raft cluster down --dir {cl.dir}")
+            if witness is not None:
+                _say(f"witness left running as pid {witness.pid}")
         else:
-            cluster.stop()
+            for cl in clusters:
+                cl.stop()
+            if witness is not None:
+                witness.send_signal(signal.SIGTERM)
+                try:
+                    witness.wait(10)
+                except subprocess.TimeoutExpired:
+                    witness.kill()
+                    witness.wait(5)
             if tmp:
                 shutil.rmtree(directory, ignore_errors=True)
 

@@ -18,17 +18,22 @@ import asyncio
 import logging
 import os
 import signal
+import threading
 import time
 from typing import Any
 
 from aiohttp import web
 
 from . import protocol as P
+from . import wire
 from .core import machine as M
 from .crypto import group, opaque
 from .crypto import seal as S
 from .crypto.errors import OpaqueError, SealError
+from .fleet import bundle as B
 from .fleet.config import NodeConfig, opaque_context
+from .fleet.mirror import LogMirror
+from .fleet.operator import TRUST_FILE, OperatorError, fetch_log, load_trust_file
 from .fleet.keystore import FileKeystore, Keystore
 from .openapi import OPENAPI
 from .replica.raft import FAIL_NAMES, RaftSettings, VaultReplica
@@ -283,6 +288,86 @@ class VaultService:
         }
 
 
+# ------------------------------------------------------------ fleet trust
+
+class TrustService:
+    """Serves the bundle the operator published to this node (``trust.bin``)
+    with proofs computed from a verified copy of the witness's log, which a
+    background task keeps up to date.  Nothing here is trusted by clients:
+    they verify every signature and proof themselves."""
+
+    REFRESH_S = 5.0
+
+    def __init__(self, node_dir: str):
+        self.path = os.path.join(node_dir, TRUST_FILE)
+        self._mtime: float | None = None
+        self.trust: dict | None = None
+        self.mirror: LogMirror | None = None
+        self._fetching = threading.Lock()  # one witness fetch at a time
+        self._swap = threading.Lock()  # guards (trust, mirror): held only briefly
+
+    def _reload(self) -> None:
+        try:
+            mtime = os.stat(self.path).st_mtime_ns
+        except FileNotFoundError:
+            return
+        if mtime == self._mtime:
+            return
+        trust = load_trust_file(self.path)
+        mirror = LogMirror(trust["witness_key"], trust["statements"], trust["sth"],
+                           trust["sth_sig"])
+        with self._swap:
+            if self.mirror is not None and self.mirror.witness_pk == mirror.witness_pk \
+                    and self.mirror.size > mirror.size:
+                mirror = self.mirror  # ours is newer, so it includes the bundle's statement
+            self.trust, self.mirror, self._mtime = trust, mirror, mtime
+        log.info("serving bundle from %s (log size %d)", self.path, mirror.size)
+
+    def refresh(self) -> None:
+        """Blocking: reload the file, then fetch what the witness added."""
+        with self._fetching:
+            self._reload()
+            with self._swap:
+                trust, mirror = self.trust, self.mirror
+            if trust is None:
+                return
+            fresh = fetch_log(trust["witness"], trust["witness_key"], mirror.copy(), timeout=2.0)
+            with self._swap:
+                if self.mirror is mirror:
+                    self.mirror = fresh
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.refresh)
+            except (OSError, OperatorError, B.TrustError, wire.WireError) as exc:
+                log.debug("witness log refresh failed: %s", exc)
+            await asyncio.sleep(self.REFRESH_S)
+
+    async def answer(self, since: int) -> dict:
+        await asyncio.to_thread(self._reload)
+        if self.trust is None:
+            raise ApiError(404, "no bundle has been published to this node yet")
+        if since > self.mirror.size:  # the client saw more of the log than we hold
+            try:
+                await asyncio.to_thread(self.refresh)
+            except (OSError, OperatorError, B.TrustError, wire.WireError) as exc:
+                log.warning("witness log refresh failed: %s", exc)
+        with self._swap:
+            trust, mirror = self.trust, self.mirror
+        signed = dict(trust["signed"])
+        signed["inclusion"], signed["consistency"] = mirror.proofs(signed["leaf_index"], since)
+        signed["sth"], signed["sth_sig"] = mirror.sth, mirror.sth_sig
+        return signed
+
+    async def deployment(self, fleet_id: str) -> dict:
+        await asyncio.to_thread(self._reload)
+        dep = (self.trust or {}).get("deployments", {}).get(fleet_id)
+        if dep is None:
+            raise ApiError(404, f"no deployment record for fleet {fleet_id!r} here")
+        return dep
+
+
 # ------------------------------------------------------------------ HTTP
 
 def _reply(status: int, obj: dict) -> web.Response:
@@ -321,7 +406,7 @@ async def _body(request: web.Request) -> dict:
     return body
 
 
-def build_app(service: VaultService) -> web.Application:
+def build_app(service: VaultService, trust: TrustService | None = None) -> web.Application:
     app = web.Application(middlewares=[_errors], client_max_size=P.MAX_BODY)
 
     def post(path, fn):
@@ -344,14 +429,34 @@ def build_app(service: VaultService) -> web.Application:
     async def openapi(request):
         return web.json_response(OPENAPI)
 
+    async def get_trust(request):
+        if trust is None:
+            raise ApiError(404, "this node serves no bundle")
+        try:
+            since = int(request.query.get("since", "0"))
+            if since < 0:
+                raise ValueError
+        except ValueError:
+            raise ApiError(400, "since must be an integer >= 0") from None
+        return _reply(200, await trust.answer(since))
+
+    async def get_deployment(request):
+        if trust is None:
+            raise ApiError(404, "this node serves no bundle")
+        return _reply(200, await trust.deployment(request.query.get("fleet", "")))
+
     app.router.add_get("/v1/status", status)
+    app.router.add_get("/v1/trust", get_trust)
+    app.router.add_get("/v1/deployment", get_deployment)
     app.router.add_get("/openapi.json", openapi)
     return app
 
 
 async def _serve(service: VaultService, host: str, port: int) -> None:
-    runner = web.AppRunner(build_app(service), access_log=None)
+    trust = TrustService(service.cfg.dir)
+    runner = web.AppRunner(build_app(service, trust), access_log=None)
     await runner.setup()
+    refresher = asyncio.create_task(trust.run())
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
     stop = asyncio.Event()
@@ -361,6 +466,7 @@ async def _serve(service: VaultService, host: str, port: int) -> None:
     log.info("node %s serving the API on http://%s:%d", service.cfg.node_id, host, port)
     await stop.wait()
     log.info("node %s stopping", service.cfg.node_id)
+    refresher.cancel()
     await runner.cleanup()
 
 

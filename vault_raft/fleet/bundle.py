@@ -76,31 +76,80 @@ def _pack(obj) -> bytes:
 
 
 @dataclass(frozen=True)
-class Bundle:
+class FleetEntry:
+    """One fleet named by a bundle: what a client needs to use it.
+
+    ``role`` is ``"current"`` (enroll and recover here) or ``"retiring"``
+    (recover only, then move to the current fleet: see ``docs/trust.md``).
+    ``deployment`` is the SHA-256 of the fleet's deployment record (zero if
+    none was published), so the record is logged through the bundle.
+    """
     fleet_id: str
-    epoch: int
-    keys: dict  # name -> public key bytes (opaque_server, enroll, ...)
+    role: str
+    opaque_server_key: bytes
+    enroll_key: bytes
+    ksf: tuple  # sorted (name, value) pairs of KSF.to_dict()
+    max_attempts: int
     endpoints: tuple
+    deployment: bytes = bytes(32)
+
+    def to_list(self) -> list:
+        return [self.fleet_id, self.role, self.opaque_server_key, self.enroll_key,
+                [list(kv) for kv in self.ksf], self.max_attempts, list(self.endpoints),
+                self.deployment]
+
+    @classmethod
+    def from_list(cls, x) -> "FleetEntry":
+        fid, role, osk, ek, ksf, m, eps, dep = x
+        if role not in ROLES or not isinstance(m, int) or not eps:
+            raise ValueError("fleet entry")
+        for k in (osk, ek, dep):
+            if not isinstance(k, bytes) or len(k) != 32:
+                raise ValueError("fleet entry keys must be 32 bytes")
+        return cls(str(fid), role, osk, ek, tuple((str(k), v) for k, v in ksf), m,
+                   tuple(map(str, eps)), dep)
+
+
+ROLES = ("current", "retiring")
+
+
+@dataclass(frozen=True)
+class Bundle:
+    namespace: str  # the service; epochs count per namespace
+    epoch: int
+    fleets: tuple  # FleetEntry, exactly one "current"
     not_before: int  # unix seconds
     not_after: int
     prev_hash: bytes = bytes(32)
 
     def canonical(self) -> bytes:
-        return _pack([BUNDLE_V, self.fleet_id, self.epoch, sorted(self.keys.items()),
-                      list(self.endpoints), self.not_before, self.not_after, self.prev_hash])
+        return _pack([BUNDLE_V, self.namespace, self.epoch, [f.to_list() for f in self.fleets],
+                      self.not_before, self.not_after, self.prev_hash])
 
     @property
     def digest(self) -> bytes:
         return hashlib.sha256(self.canonical()).digest()
 
+    @property
+    def current(self) -> FleetEntry:
+        return next(f for f in self.fleets if f.role == "current")
+
+    @property
+    def retiring(self) -> tuple:
+        return tuple(f for f in self.fleets if f.role == "retiring")
+
     @classmethod
     def from_canonical(cls, data: bytes) -> "Bundle":
         try:
-            v, fid, epoch, keys, eps, nb, na, prev = msgpack.unpackb(data, raw=False)
+            v, ns, epoch, fleets, nb, na, prev = msgpack.unpackb(data, raw=False)
             if v != BUNDLE_V or not isinstance(epoch, int) or epoch < 1:
                 raise ValueError("version/epoch")
-            b = cls(str(fid), epoch, {str(k): bytes(x) for k, x in keys}, tuple(map(str, eps)),
+            b = cls(str(ns), epoch, tuple(FleetEntry.from_list(f) for f in fleets),
                     int(nb), int(na), bytes(prev))
+            if sum(f.role == "current" for f in b.fleets) != 1:
+                raise ValueError("a bundle names exactly one current fleet")
+            if len({f.fleet_id for f in b.fleets}) != len(b.fleets):
+                raise ValueError("a fleet is listed twice")
             if b.canonical() != data:
                 raise ValueError("not canonical")
             return b
@@ -109,11 +158,17 @@ class Bundle:
 
 
 def statement(bundle: Bundle, timestamp: int) -> bytes:
-    return _pack([STATEMENT_V, bundle.fleet_id, timestamp, bundle.epoch, bundle.digest])
+    return _pack([STATEMENT_V, bundle.namespace, timestamp, bundle.epoch, bundle.digest])
 
 
 def tree_head(size: int, root: bytes, timestamp: int) -> bytes:
     return _pack([STH_V, size, root, timestamp])
+
+
+_WIRE = (("bundle", bytes), ("operator_sig", bytes), ("statement", bytes),
+         ("witness_sig", bytes), ("leaf_index", int), ("inclusion", list), ("sth", bytes),
+         ("sth_sig", bytes), ("consistency", list))
+MAX_PROOF = 64  # hashes in a proof: enough for a log of 2**32 entries, twice
 
 
 @dataclass
@@ -126,7 +181,26 @@ class SignedBundle:
     inclusion: list  # inclusion proof of hash_leaf(statement)
     sth: bytes  # tree_head(...)
     sth_sig: bytes
-    consistency: list = field(default_factory=list)  # from the client's last size to sth size
+    consistency: list = field(default_factory=list)  # between the client's last size and sth's
+
+    def to_wire(self) -> dict:
+        return {k: getattr(self, k) for k, _ in _WIRE}
+
+    @classmethod
+    def from_wire(cls, d) -> "SignedBundle":
+        """Type-check a decoded msgpack map from the network."""
+        if not isinstance(d, dict):
+            raise BundleMalformed("trust response is not a map")
+        vals = []
+        for k, t in _WIRE:
+            v = d.get(k)
+            if not isinstance(v, t) or isinstance(v, bool):
+                raise BundleMalformed(f"trust response: {k} missing or not {t.__name__}")
+            if t is list and (len(v) > MAX_PROOF or
+                              not all(isinstance(h, bytes) and len(h) == 32 for h in v)):
+                raise BundleMalformed(f"trust response: {k} is not a list of hashes")
+            vals.append(v)
+        return cls(*vals)
 
 
 def _verify_sig(pk: bytes, sig: bytes, msg: bytes, err: type[TrustError], what: str) -> None:
@@ -138,16 +212,18 @@ def _verify_sig(pk: bytes, sig: bytes, msg: bytes, err: type[TrustError], what: 
 
 @dataclass
 class TrustState:
-    """What a client remembers between runs (kept on disk)."""
+    """What a client remembers between runs (kept on disk): the largest tree
+    head it verified, and per namespace the newest epoch it accepted."""
     tree_size: int = 0
     tree_root: bytes = merkle.EMPTY_ROOT
-    epochs: dict = field(default_factory=dict)  # fleet id -> [epoch, digest hex]
+    epochs: dict = field(default_factory=dict)  # namespace -> [epoch, digest hex]
+    endpoints: list = field(default_factory=list)  # a hint: where the last bundle was found
 
     def save(self, path: str) -> None:
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
             json.dump({"tree_size": self.tree_size, "tree_root": self.tree_root.hex(),
-                       "epochs": self.epochs}, f)
+                       "epochs": self.epochs, "endpoints": self.endpoints}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -157,9 +233,52 @@ class TrustState:
         try:
             with open(path) as f:
                 d = json.load(f)
+            return cls(int(d["tree_size"]), bytes.fromhex(d["tree_root"]), dict(d["epochs"]),
+                       [str(e) for e in d.get("endpoints", [])])
         except FileNotFoundError:
             return cls()
-        return cls(int(d["tree_size"]), bytes.fromhex(d["tree_root"]), dict(d["epochs"]))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise TrustError(f"trust state {path} is unreadable ({exc}); refusing to start "
+                             "over from nothing, which would forget the log seen so far") from None
+
+
+def parse_tree_head(sth: bytes) -> tuple[int, bytes, int]:
+    try:
+        tag, size, root, ts = msgpack.unpackb(sth, raw=False)
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError):
+        raise BundleMalformed("tree head does not decode") from None
+    if tag != STH_V or not isinstance(size, int) or size < 0 or not isinstance(root, bytes) \
+            or len(root) != 32 or not isinstance(ts, int):
+        raise BundleMalformed("tree head has the wrong shape")
+    return size, root, ts
+
+
+def check_tree_head(sth: bytes, sth_sig: bytes, consistency: list, witness_pk: bytes,
+                    state: TrustState) -> tuple[int, bytes]:
+    """Verify a signed tree head and its consistency with the one seen before.
+
+    A larger head must extend the one seen (proof from the old size); a
+    smaller one (a node whose copy of the log lags) must be a prefix of it
+    (proof from the new size); the client never moves back to it.  Returns
+    (size, root) of the verified head without changing ``state``."""
+    _verify_sig(witness_pk, sth_sig, sth, BadWitnessSignature, "witness tree head")
+    size, root, _ = parse_tree_head(sth)
+    old_size, old_root = state.tree_size, state.tree_root
+    if old_size == 0 or size == old_size:
+        if size == old_size and root != old_root:
+            raise ForkedLog(f"two different tree heads for size {size}")
+        return size, root
+    if size > old_size:
+        ok = merkle.verify_consistency(old_size, size, old_root, root, list(consistency))
+    else:
+        ok = size > 0 and merkle.verify_consistency(size, old_size, root, old_root,
+                                                    list(consistency))
+    if not ok:
+        if size < old_size:
+            raise ForkedLog(f"tree head of size {size} is older than the {old_size} already "
+                            "seen and not proven a prefix of it (rollback)")
+        raise ForkedLog("the witness's log is not consistent with the tree head seen before")
+    return size, root
 
 
 def verify(sb: SignedBundle, operator_pk: bytes, witness_pk: bytes, state: TrustState,
@@ -172,35 +291,25 @@ def verify(sb: SignedBundle, operator_pk: bytes, witness_pk: bytes, state: Trust
         v, ns, ts, epoch, digest = msgpack.unpackb(sb.statement, raw=False)
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError):
         raise BundleMalformed("witness statement does not decode") from None
-    if (v, ns, epoch, digest) != (STATEMENT_V, bundle.fleet_id, bundle.epoch, bundle.digest):
+    if (v, ns, epoch, digest) != (STATEMENT_V, bundle.namespace, bundle.epoch, bundle.digest):
         raise BadWitnessSignature("the witness statement is about another bundle")
     if not bundle.not_before <= now <= bundle.not_after:
-        raise BundleExpired(f"bundle valid {bundle.not_before}..{bundle.not_after}, now {now}")
-    _verify_sig(witness_pk, sb.sth_sig, sb.sth, BadWitnessSignature, "witness tree head")
-    try:
-        tag, size, root, _ = msgpack.unpackb(sb.sth, raw=False)
-    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError):
-        raise BundleMalformed("tree head does not decode") from None
-    if tag != STH_V or not isinstance(size, int) or not isinstance(root, bytes):
-        raise BundleMalformed("tree head has the wrong shape")
+        raise BundleExpired(f"bundle epoch {bundle.epoch} is valid from {bundle.not_before} to "
+                            f"{bundle.not_after} (unix time); now is {now}")
+    size, root = check_tree_head(sb.sth, sb.sth_sig, sb.consistency, witness_pk, state)
     if not merkle.verify_inclusion(merkle.hash_leaf(sb.statement), sb.leaf_index, size,
                                    list(sb.inclusion), root):
         raise NotInLog("the witness's log does not include this bundle's statement")
-    if size < state.tree_size:
-        raise ForkedLog(f"tree head of size {size} is older than the {state.tree_size} "
-                        "already seen (rollback)")
-    if state.tree_size and not merkle.verify_consistency(state.tree_size, size, state.tree_root,
-                                                         root, list(sb.consistency)):
-        raise ForkedLog("the witness's log is not consistent with the tree head seen before")
-    seen = state.epochs.get(bundle.fleet_id)
+    seen = state.epochs.get(bundle.namespace)
     if seen is not None:
         if bundle.epoch < seen[0]:
             raise ReplayedBundle(f"epoch {bundle.epoch} is older than epoch {seen[0]} "
                                  "already accepted")
         if bundle.epoch == seen[0] and bundle.digest.hex() != seen[1]:
             raise ForkedLog(f"two different bundles for epoch {bundle.epoch}")
-    state.tree_size, state.tree_root = size, root
-    state.epochs[bundle.fleet_id] = [bundle.epoch, bundle.digest.hex()]
+    if size > state.tree_size:
+        state.tree_size, state.tree_root = size, root
+    state.epochs[bundle.namespace] = [bundle.epoch, bundle.digest.hex()]
     return bundle
 
 

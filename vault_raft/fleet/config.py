@@ -8,7 +8,13 @@
      "nodes": [{"id": "n1", "api": "http://127.0.0.1:7201"}, ...]}
 
 ``DIR/nK/node.json`` (one per node) names its Raft address, its peers and
-its API address; ``DIR/nK/keystore.bin`` (mode 0600) holds the fleet keys.
+its API address; ``DIR/nK/keystore.bin`` (mode 0600) holds the fleet keys and
+the node's own identity key; ``DIR/node-statements.bin`` holds every node's
+signed statement of its keys (deployment evidence, see :mod:`.deployment`).
+
+``fleet.json`` *pins* the fleet's keys: it is for the operator's own tools on
+the machine that made the fleet (bench, chaos, tests).  End-user clients trust
+a fleet through a signed bundle instead (:mod:`.bundle`, ``client.json``).
 """
 
 from __future__ import annotations
@@ -16,13 +22,18 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from dataclasses import dataclass
+
+import msgpack
 
 from ..crypto.ksf import DEFAULT_KSF, KSF
 from ..crypto.errors import OpaqueError
+from ..replica.journal import atomic_write
 from .keystore import FileKeystore
 
 FLEET_VERSION = 1
+STATEMENTS_FILE = "node-statements.bin"  # each node's signed key statement (deployment evidence)
 MAX_NODES = 9
 
 
@@ -49,6 +60,24 @@ class FleetInfo:
     ksf: KSF
     default_max_attempts: int
     nodes: tuple[NodeInfo, ...]
+
+    def to_entry(self, role: str, deployment: bytes = bytes(32)):
+        from .bundle import FleetEntry
+        return FleetEntry(self.fleet_id, role, self.opaque_server_public_key,
+                          self.enroll_public_key, tuple(sorted(self.ksf.to_dict().items())),
+                          self.default_max_attempts, tuple(n.api for n in self.nodes), deployment)
+
+    @classmethod
+    def from_entry(cls, entry) -> "FleetInfo":
+        """The fleet a *verified* bundle entry describes."""
+        try:
+            ksf = KSF.from_dict(dict(entry.ksf))
+        except OpaqueError as exc:
+            raise ConfigError(f"bundle entry {entry.fleet_id}: bad KSF: {exc}") from None
+        return cls(entry.fleet_id, opaque_context(entry.fleet_id), entry.opaque_server_key,
+                   entry.enroll_key, ksf, entry.max_attempts,
+                   tuple(NodeInfo(f"{entry.fleet_id}/{i}", url)
+                         for i, url in enumerate(entry.endpoints, start=1)))
 
     @classmethod
     def load(cls, path: str) -> "FleetInfo":
@@ -157,12 +186,14 @@ def init_fleet(directory: str, nodes: int, host: str = "127.0.0.1", base_port: i
     ks = FileKeystore.generate(fleet_id)
     raft = [f"{host}:{base_port + i}" for i in range(1, nodes + 1)]
     os.makedirs(directory, exist_ok=True)
-    node_entries = []
+    node_entries, statements, created = [], [], int(time.time())
     for i in range(1, nodes + 1):
         nid = f"n{i}"
         ndir = os.path.join(directory, nid)
         os.makedirs(ndir, mode=0o700, exist_ok=True)
-        ks.save(os.path.join(ndir, "keystore.bin"))
+        node_ks = ks.for_node(nid)
+        node_ks.save(os.path.join(ndir, "keystore.bin"))
+        statements.append(list(node_ks.key_statement(created)))
         cfg = {"node_id": nid, "fleet_id": fleet_id, "raft_addr": raft[i - 1],
                "partners": [a for a in raft if a != raft[i - 1]],
                "api_host": host, "api_port": base_port + 100 + i,
@@ -180,6 +211,8 @@ def init_fleet(directory: str, nodes: int, host: str = "127.0.0.1", base_port: i
         "default_max_attempts": max_attempts,
         "nodes": node_entries,
     }
+    atomic_write(os.path.join(directory, STATEMENTS_FILE),
+                 msgpack.packb(statements, use_bin_type=True))
     tmp = fleet_json + ".tmp"
     with open(tmp, "w") as f:
         json.dump(fleet, f, indent=2)

@@ -1,8 +1,9 @@
 """The witness: an independent co-signer with an append-only Merkle log.
 
-It co-signs a fleet-key bundle only if the bundle keeps the rules, per fleet
-namespace: epochs rise by exactly one, a digest is never reused, and an epoch
-is never published twice.  Every co-signed statement is appended to an RFC
+It co-signs a fleet-key bundle only if the bundle keeps the rules, per
+namespace: epochs rise by exactly one, a digest is never reused, an epoch is
+never published twice, and every epoch is signed by the operator key that
+published epoch 1 of the namespace (so nobody else can burn its epochs).  Every co-signed statement is appended to an RFC
 9162 log (:mod:`.merkle`).  The log is a file of length-prefixed, checksummed
 records, each appended and fsynced before the co-signature is returned.  On
 start the witness replays the file and refuses to run on a damaged one rather
@@ -41,7 +42,7 @@ class WitnessLog:
         self.public_key = signing_key.public_key().public_bytes_raw()
         self.statements: list[bytes] = []
         self.leaves: list[bytes] = []
-        self.fleets: dict[str, dict] = {}  # namespace -> {"epoch": n, "digests": set()}
+        self.fleets: dict[str, dict] = {}  # namespace -> {"epoch", "digests", "operator"}
         self._lock = threading.Lock()
         self._load()
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -65,9 +66,13 @@ class WitnessLog:
             self._apply(body)
             off += _REC.size + length
 
-    def _apply(self, st: bytes) -> None:
-        _, ns, _, epoch, digest = msgpack.unpackb(st, raw=False)
-        f = self.fleets.setdefault(ns, {"epoch": 0, "digests": set()})
+    def _apply(self, rec: bytes) -> None:
+        try:
+            st, operator_pk = msgpack.unpackb(rec, raw=False)
+            _, ns, _, epoch, digest = msgpack.unpackb(st, raw=False)
+        except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError):
+            raise WitnessLogCorrupt(f"{self.path}: a record does not decode") from None
+        f = self.fleets.setdefault(ns, {"epoch": 0, "digests": set(), "operator": operator_pk})
         f["epoch"] = epoch
         f["digests"].add(bytes(digest))
         self.statements.append(st)
@@ -79,26 +84,48 @@ class WitnessLog:
         bundle = B.Bundle.from_canonical(bundle_bytes)
         B._verify_sig(operator_pk, operator_sig, bundle_bytes, B.BadOperatorSignature, "operator")
         with self._lock:
-            f = self.fleets.get(bundle.fleet_id, {"epoch": 0, "digests": set()})
+            f = self.fleets.get(bundle.namespace, {"epoch": 0, "digests": set(),
+                                                   "operator": operator_pk})
+            if f["operator"] != operator_pk:
+                raise WitnessRefused(f"namespace {bundle.namespace} belongs to another "
+                                     "operator key")
             if bundle.digest in f["digests"]:
+                # the same bundle again (a retry after a lost answer): same answer
+                for i, st in enumerate(self.statements):
+                    if self._about(st) == (bundle.namespace, bundle.epoch, bundle.digest):
+                        return st, self.sk.sign(st), i
                 raise WitnessRefused("this bundle digest was already published")
             if bundle.epoch <= f["epoch"]:
                 raise WitnessRefused(f"epoch {bundle.epoch} was already published for "
-                                     f"{bundle.fleet_id}")
+                                     f"{bundle.namespace}")
             if bundle.epoch != f["epoch"] + 1:
                 raise WitnessRefused(f"epochs rise by exactly one: expected {f['epoch'] + 1}, "
                                      f"got {bundle.epoch}")
             st = B.statement(bundle, timestamp)
-            rec = _REC.pack(len(st), zlib.crc32(st)) + st
-            os.write(self._fd, rec)
+            body = msgpack.packb([st, operator_pk], use_bin_type=True)
+            os.write(self._fd, _REC.pack(len(body), zlib.crc32(body)) + body)
             os.fsync(self._fd)  # durable before anyone sees the co-signature
-            self._apply(st)
+            self._apply(body)
             return st, self.sk.sign(st), len(self.leaves) - 1
+
+    @staticmethod
+    def _about(st: bytes) -> tuple:
+        _, ns, _, epoch, digest = msgpack.unpackb(st, raw=False)
+        return ns, epoch, bytes(digest)
 
     def tree_head(self, timestamp: int) -> tuple[bytes, bytes]:
         with self._lock:
             sth = B.tree_head(len(self.leaves), merkle.root(self.leaves), timestamp)
         return sth, self.sk.sign(sth)
+
+    def page(self, start: int, limit: int, timestamp: int) -> tuple[list[bytes], bytes, bytes]:
+        """Statements ``start..start+limit`` and a signed tree head for the size
+        they end at (so a reader can check them against it)."""
+        with self._lock:
+            end = min(len(self.leaves), start + limit) if start < len(self.leaves) \
+                else len(self.leaves)
+            sth = B.tree_head(end, merkle.root(self.leaves[:end]), timestamp)
+            return self.statements[start:end], sth, self.sk.sign(sth)
 
     def inclusion(self, index: int, size: int) -> list[bytes]:
         with self._lock:

@@ -1,0 +1,182 @@
+"""Fleet trust end to end, with real processes: the witness, two local clusters,
+the operator's commands and clients (issue 6, acceptance 3), plus deployment
+evidence and the monitor."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import msgpack
+import pytest
+
+from vault_raft import client as C
+from vault_raft.cluster import wait_until
+from vault_raft.crypto.ksf import IDENTITY_KSF
+from vault_raft.fleet import deployment as D
+from vault_raft.fleet.config import FleetInfo
+from vault_raft.fleet.operator import DEPLOYMENT_FILE
+
+from conftest import free_base_port, vault_cli
+
+
+@pytest.fixture
+def witness(tmp_path):
+    """A witness process on a free port; killed by PID at teardown."""
+    d = str(tmp_path / "witness")
+    port = free_base_port(1) + 1
+    r = vault_cli("witness", "init", "--dir", d, "--port", str(port))
+    assert r.returncode == 0, r.stderr
+    log = open(tmp_path / "witness.out", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "vault_raft", "witness", "serve", "--dir", d],
+                            stdout=log, stderr=log, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        from vault_raft import wire
+        wait_until(lambda: _answers(wire, url), 20, what="the witness to answer")
+        yield url, d, proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
+
+
+def _answers(wire, url):
+    try:
+        return wire.call(url, "GET", "/v1/status", timeout=0.5)[0] == 200
+    except OSError:
+        return False
+
+
+def _fast(fleet_dir):
+    """Identity KSF in fleet.json: these tests are about trust, not Argon2id cost."""
+    p = os.path.join(fleet_dir, "fleet.json")
+    d = json.load(open(p))
+    d["ksf"] = IDENTITY_KSF.to_dict()
+    json.dump(d, open(p, "w"))
+
+
+def test_publish_verify_deployment_and_audit_commands(tmp_path, witness, cluster_factory):
+    url, wdir, _ = witness
+    fa = cluster_factory(3)
+    op = str(tmp_path / "op")
+    r = vault_cli("operator", "init", "--dir", op, "--namespace", "acme", "--witness", url,
+                  "--witness-key", f"@{wdir}/witness.pub")
+    assert r.returncode == 0, r.stderr
+    client = os.path.join(op, "client.json")
+    assert vault_cli("fleet", "verify", "--client", client).returncode == 6  # nothing published
+    r = vault_cli("fleet", "publish", "--fleet", fa.dir, "--operator", op)
+    assert r.returncode == 0, r.stderr
+    assert "epoch 1" in r.stdout
+    r = vault_cli("fleet", "verify", "--client", client)
+    assert r.returncode == 0 and "epoch 1" in r.stdout, r.stderr
+    r = vault_cli("fleet", "verify-deployment", "--client", client)
+    assert r.returncode == 0 and "OK, 3 nodes" in r.stdout, r.stdout + r.stderr
+    # the users' commands work through client.json
+    secret = tmp_path / "s.bin"
+    secret.write_bytes(b"backup key")
+    r = vault_cli("enroll", "--client", client, "--user", "u", "--secret-file", str(secret),
+                  env={"VAULT_RECOVERY_CODE": "code"})
+    assert r.returncode == 0, r.stderr
+    r = vault_cli("recover", "--client", client, "--user", "u", "--out", "-",
+                  env={"VAULT_RECOVERY_CODE": "code"})
+    assert r.returncode == 0 and r.stdout == "backup key", r.stderr
+    state = str(tmp_path / "audit.json")
+    r = vault_cli("audit", "verify", "--witness", url, "--witness-key", f"@{wdir}/witness.pub",
+                  "--state", state)
+    assert r.returncode == 0 and "epoch   1" in r.stdout and "audit passed" in r.stdout, r.stdout
+    # a second publish of the same fleet: epoch 2, and the monitor sees both
+    assert vault_cli("fleet", "publish", "--fleet", fa.dir, "--operator", op).returncode == 0
+    r = vault_cli("audit", "verify", "--witness", url, "--witness-key", f"@{wdir}/witness.pub",
+                  "--state", state)
+    assert r.returncode == 0 and "epoch   2" in r.stdout, r.stdout
+    # a wrong witness key: the monitor fails
+    r = vault_cli("audit", "verify", "--witness", url, "--witness-key", "00" * 32,
+                  "--state", str(tmp_path / "a2.json"))
+    assert r.returncode == 1 and "FAIL" in r.stdout
+    # the record the nodes serve is the one the bundle commits to
+    dep = msgpack.unpackb(open(os.path.join(fa.dir, DEPLOYMENT_FILE), "rb").read())
+    tc = C.TrustedClient(client, str(tmp_path / "t.json"))
+    D.verify(dep["record"], dep["operator_sig"], tc.config.operator_key, tc.verify_fleet().current)
+
+
+def test_rotation_while_clients_keep_recovering(tmp_path, witness, cluster_factory):
+    url, wdir, _ = witness
+    fa = cluster_factory(3, start=False)
+    fb = cluster_factory(3, start=False)
+    for cl in (fa, fb):
+        _fast(cl.dir)
+        cl.start()
+    for cl in (fa, fb):
+        cl.wait_leader(30)
+        cl.wait_healthy(timeout=30)
+    op = str(tmp_path / "op")
+    assert vault_cli("operator", "init", "--dir", op, "--namespace", "acme", "--witness", url,
+                     "--witness-key", f"@{wdir}/witness.pub").returncode == 0
+    assert vault_cli("fleet", "publish", "--fleet", fa.dir, "--operator", op).returncode == 0
+    client = os.path.join(op, "client.json")
+    users = {f"user{i}": (f"code-{i}", os.urandom(16)) for i in range(6)}
+    setup = C.TrustedClient(client, str(tmp_path / "setup.json"))
+    for u, (code, secret) in users.items():
+        setup.enroll(u, code, secret)
+
+    rotated = threading.Event()
+    stop = threading.Event()
+    log, errors = [], []
+
+    def worker(k, mine):
+        tc = C.TrustedClient(client, str(tmp_path / f"state{k}.json"), timeout=15)
+        rng = random.Random(k)
+        while not stop.is_set():
+            u = rng.choice(mine)
+            t0, after = time.monotonic(), rotated.is_set()
+            try:
+                rec = tc.recover(u, users[u][0])
+            except C.Unavailable:
+                continue
+            except Exception as exc:  # noqa: BLE001 -- reported below
+                errors.append(f"{u}: {exc!r}")
+                return
+            log.append((u, after, rec.fleet_id, rec.migrated_from, rec.secret, t0))
+
+    names = sorted(users)
+    threads = [threading.Thread(target=worker, args=(k, names[k::3])) for k in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: len(log) >= 6 or errors, 60, what="recoveries before the rotation")
+        r = vault_cli("fleet", "rotate", "--to", fb.dir, "--operator", op)
+        assert r.returncode == 0, r.stderr
+        assert "retiring" in r.stdout
+        rotated.set()
+
+        def all_recovered_after():
+            return errors or {u for u, after, *_ in log if after} >= set(users)
+        wait_until(all_recovered_after, 120, what="every user to recover after the rotation")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert not errors, errors
+    fa_id = FleetInfo.load(os.path.join(fa.dir, "fleet.json")).fleet_id
+    fb_id = FleetInfo.load(os.path.join(fb.dir, "fleet.json")).fleet_id
+    for u, after, fleet_id, migrated_from, secret, _ in log:
+        assert secret == users[u][1]  # always the enrolled secret
+        if after:  # from the new fleet, or moved to it by this very recovery
+            assert fleet_id == fb_id or migrated_from == fa_id
+    assert {u for u, _, _, m, *_ in log if m} == set(users)  # each user moved exactly once
+    assert len([1 for *_, m, _, _ in log if m]) == len(users)
+    # every user now lives on the new fleet, and the old fleet's records are gone
+    new = C.Client(os.path.join(fb.dir, "fleet.json"))
+    old = C.Client(os.path.join(fa.dir, "fleet.json"))
+    for u, (code, secret) in users.items():
+        assert new.recover(u, code).secret == secret
+        with pytest.raises(C.WrongCode):  # deleted: the fleet answers like for a stranger
+            old.recover(u, code)

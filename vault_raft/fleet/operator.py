@@ -1,0 +1,239 @@
+"""The operator's side of fleet trust: publish and rotate signed bundles.
+
+An operator directory (``vault-raft operator init``) holds the operator's
+Ed25519 key (0600), ``operator.json`` (namespace, witness URL and key,
+validity), ``published.json`` (the last epoch, its digest, which fleets it
+named, and a bundle in flight) and ``client.json`` -- what end-user clients
+are given: the namespace, the operator's and the witness's public keys and
+bootstrap endpoints.  Nothing in ``client.json`` is secret or fleet-specific
+enough to need a client update on rotation.
+
+``publish`` builds the next epoch's bundle, has the witness co-sign and log
+it, then writes ``trust.bin`` (the signed bundle, a verified copy of the
+witness's log, and each fleet's deployment record) into every node directory
+of every fleet the bundle names.  Nodes serve it to clients.  The bundle in
+flight is saved before the witness is asked, so a publish interrupted after
+the witness logged it is finished by running ``publish`` again (the witness
+returns the same co-signature for the same bundle).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+from typing import Callable
+
+import msgpack
+
+from .. import wire
+from ..replica.journal import atomic_write
+from . import bundle as B
+from . import deployment as D
+from .config import STATEMENTS_FILE, ConfigError, FleetInfo
+from .keystore import load_signing_key, new_signing_key_file
+from .mirror import LogMirror
+
+TRUST_FILE = "trust.bin"
+DEPLOYMENT_FILE = "deployment.bin"
+CLIENT_VERSION = 1
+
+
+class OperatorError(Exception):
+    """Publishing failed (the message says where and whether to retry)."""
+
+
+def _write_json(path: str, obj) -> None:
+    atomic_write(path, json.dumps(obj, indent=2).encode())
+
+
+def _read_json(path: str, what: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise OperatorError(f"{what} {path} not found") from None
+    except (OSError, ValueError) as exc:
+        raise OperatorError(f"{what} {path} unreadable: {exc}") from None
+
+
+def init_operator(directory: str, namespace: str, witness: str, witness_key: bytes,
+                  validity_days: float = 30.0) -> str:
+    """Create an operator directory; returns the path of ``client.json``."""
+    if not namespace or len(namespace) > 128 or not namespace.isprintable():
+        raise OperatorError("--namespace must be 1..128 printable characters")
+    if len(witness_key) != 32:
+        raise OperatorError("--witness-key must be the witness's 32-byte public key in hex")
+    if not witness.startswith("http://"):
+        raise OperatorError("--witness must be an http://host:port URL")
+    if not 0 < validity_days <= 366:
+        raise OperatorError("--validity-days must be in (0, 366]")
+    cfg_path = os.path.join(directory, "operator.json")
+    if os.path.exists(cfg_path):
+        raise OperatorError(f"{cfg_path} exists: refusing to overwrite an operator")
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    pk = new_signing_key_file(os.path.join(directory, "operator.key"))
+    _write_json(cfg_path, {"namespace": namespace, "witness": witness,
+                           "witness_key": witness_key.hex(), "operator_key": pk.hex(),
+                           "validity_days": validity_days})
+    client = os.path.join(directory, "client.json")
+    _write_json(client, client_config(namespace, pk, witness_key, []))
+    return client
+
+
+def client_config(namespace: str, operator_pk: bytes, witness_pk: bytes,
+                  endpoints: list[str]) -> dict:
+    return {"version": CLIENT_VERSION, "namespace": namespace,
+            "operator_key": operator_pk.hex(), "witness_key": witness_pk.hex(),
+            "endpoints": endpoints}
+
+
+def fetch_log(witness: str, witness_pk: bytes, mirror: LogMirror | None = None,
+              timeout: float = 5.0) -> LogMirror:
+    """Bring a verified copy of the witness's log up to date."""
+    mirror = mirror or LogMirror(witness_pk)
+
+    def page(start: int) -> dict:
+        status, out = wire.call(witness, "GET", f"/v1/log?start={start}", timeout=timeout)
+        if status != 200:
+            raise OperatorError(f"witness {witness}: HTTP {status}: {out.get('message')}")
+        return out
+    mirror.update(page)
+    return mirror
+
+
+class Operator:
+    def __init__(self, directory: str):
+        self.dir = os.path.abspath(directory)
+        cfg = _read_json(os.path.join(self.dir, "operator.json"), "operator config")
+        try:
+            self.namespace = str(cfg["namespace"])
+            self.witness = str(cfg["witness"])
+            self.witness_key = bytes.fromhex(cfg["witness_key"])
+            self.validity = float(cfg["validity_days"]) * 86400
+        except (KeyError, ValueError, TypeError) as exc:
+            raise OperatorError(f"{self.dir}/operator.json is malformed: {exc}") from None
+        self.sk = load_signing_key(os.path.join(self.dir, "operator.key"), "operator key")
+        self.pk = self.sk.public_key().public_bytes_raw()
+        self.state_path = os.path.join(self.dir, "published.json")
+        try:
+            with open(self.state_path) as f:
+                self.state = json.load(f)
+        except FileNotFoundError:
+            self.state = {"epoch": 0, "digest": bytes(32).hex(), "current": None,
+                          "retiring": [], "pending": None}
+
+    @property
+    def client_path(self) -> str:
+        return os.path.join(self.dir, "client.json")
+
+    # -------------------------------------------------------------- fleets
+    def _deployment(self, fleet_dir: str, info: FleetInfo) -> dict:
+        try:
+            with open(os.path.join(fleet_dir, STATEMENTS_FILE), "rb") as f:
+                statements = [tuple(x) for x in msgpack.unpackb(f.read(), raw=False)]
+        except (OSError, ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError) as exc:
+            raise OperatorError(f"{fleet_dir}: node statements unreadable ({exc})") from None
+        record, sig = D.assemble(info.fleet_id, statements, self.sk)
+        dep = {"record": record, "operator_sig": sig}
+        atomic_write(os.path.join(fleet_dir, DEPLOYMENT_FILE),
+                     msgpack.packb(dep, use_bin_type=True))
+        return dep
+
+    def _fleet(self, fleet_dir: str) -> tuple[str, FleetInfo]:
+        d = os.path.abspath(fleet_dir)
+        try:
+            return d, FleetInfo.load(os.path.join(d, "fleet.json"))
+        except ConfigError as exc:
+            raise OperatorError(str(exc)) from None
+
+    # ------------------------------------------------------------ publish
+    def publish(self, current: str, retiring: list[str] = (), now: int | None = None,
+                progress: Callable[[str], None] = lambda m: None) -> B.Bundle:
+        """Publish the next epoch naming ``current`` (and ``retiring`` fleets)."""
+        now = int(time.time()) if now is None else now
+        cur_dir, cur = self._fleet(current)
+        ret = [self._fleet(r) for r in retiring]
+        if cur_dir in {d for d, _ in ret}:
+            raise OperatorError("a fleet cannot be current and retiring at once")
+        deployments = {}
+        entries = []
+        for (d, info), role in [((cur_dir, cur), "current")] + [(x, "retiring") for x in ret]:
+            dep = self._deployment(d, info)
+            deployments[info.fleet_id] = dep
+            entries.append(info.to_entry(role, D.digest(dep["record"])))
+        pending = self.state.get("pending")
+        if pending and pending["fleets"] == [cur_dir] + [d for d, _ in ret]:
+            canon = bytes.fromhex(pending["bundle"])  # finish the interrupted publish
+            bundle = B.Bundle.from_canonical(canon)
+        else:
+            bundle = B.Bundle(self.namespace, self.state["epoch"] + 1, tuple(entries), now - 300,
+                              int(now + self.validity), bytes.fromhex(self.state["digest"]))
+            canon = bundle.canonical()
+            self.state["pending"] = {"bundle": canon.hex(), "fleets": [cur_dir] + [d for d, _ in ret]}
+            _write_json(self.state_path, self.state)
+        sig = self.sk.sign(canon)
+        progress(f"witness {self.witness}: co-signing {self.namespace} epoch {bundle.epoch}")
+        try:
+            status, out = wire.call(self.witness, "POST", "/v1/cosign",
+                                    {"bundle": canon, "operator_sig": sig,
+                                     "operator_key": self.pk})
+        except (OSError, wire.WireError) as exc:
+            raise OperatorError(f"witness {self.witness} unreachable ({exc}); run the same "
+                                "command again to finish this publish") from None
+        if status != 200:
+            if status == 409:
+                self.state["pending"] = None
+                _write_json(self.state_path, self.state)
+            raise OperatorError(f"the witness refused epoch {bundle.epoch}: "
+                                f"{out.get('message')}")
+        mirror = fetch_log(self.witness, self.witness_key)
+        signed = B.SignedBundle(canon, sig, out["statement"], out["witness_sig"],
+                                out["leaf_index"], [], mirror.sth, mirror.sth_sig)
+        # check what we publish exactly as a client will
+        signed.inclusion, _ = mirror.proofs(signed.leaf_index, 0)
+        B.verify(signed, self.pk, self.witness_key, B.TrustState(), now)
+        trust = {"signed": signed.to_wire(), "witness": self.witness,
+                 "witness_key": self.witness_key, "statements": mirror.statements,
+                 "sth": mirror.sth, "sth_sig": mirror.sth_sig, "deployments": deployments}
+        blob = msgpack.packb(trust, use_bin_type=True)
+        written = 0
+        for d in [cur_dir] + [d for d, _ in ret]:
+            for node_json in sorted(glob.glob(os.path.join(d, "*", "node.json"))):
+                atomic_write(os.path.join(os.path.dirname(node_json), TRUST_FILE), blob)
+                written += 1
+        progress(f"trust file written to {written} node directories")
+        self.state.update(epoch=bundle.epoch, digest=bundle.digest.hex(), current=cur_dir,
+                          retiring=[d for d, _ in ret], pending=None)
+        _write_json(self.state_path, self.state)
+        endpoints = [e for entry in bundle.fleets for e in entry.endpoints]
+        _write_json(self.client_path, client_config(self.namespace, self.pk, self.witness_key,
+                                                    endpoints))
+        return bundle
+
+    def rotate(self, new_fleet: str, now: int | None = None,
+               progress: Callable[[str], None] = lambda m: None) -> B.Bundle:
+        """Make ``new_fleet`` current; the fleet current so far starts retiring."""
+        old = self.state.get("current")
+        if old is None:
+            raise OperatorError("nothing published yet: use 'fleet publish' first")
+        if os.path.abspath(new_fleet) == old:
+            raise OperatorError(f"{new_fleet} is already the current fleet")
+        retiring = [old] + [r for r in self.state.get("retiring", [])
+                            if r != os.path.abspath(new_fleet)]
+        return self.publish(new_fleet, retiring, now, progress)
+
+
+def load_trust_file(path: str) -> dict | None:
+    """A node's ``trust.bin`` (None if nothing was published to it yet)."""
+    try:
+        with open(path, "rb") as f:
+            d = msgpack.unpackb(f.read(), raw=False, strict_map_key=False)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError) as exc:
+        raise OperatorError(f"{path} unreadable: {exc}") from None
+    if not isinstance(d, dict) or "signed" not in d:
+        raise OperatorError(f"{path} is not a trust file")
+    return d
