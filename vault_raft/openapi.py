@@ -63,5 +63,22 @@ OPENAPI = {
                           "401": _resp("no valid proof", _ERR), **_COMMON}}},
         "/v1/status": {"get": {"summary": "Role, term, commit index, leader, health",
                                "responses": {"200": _resp("status", {})}}},
+        "/v1/trust": {"get": {
+            "summary": "The published fleet bundle with witness proofs (clients verify all)",
+            "parameters": [{"name": "since", "in": "query", "schema": {"type": "integer"},
+                            "description": "tree size the client saw last: the consistency "
+                                           "proof is between it and the served tree head"}],
+            "responses": {"200": _resp("signed bundle", {
+                k: _BIN for k in ("bundle", "operator_sig", "statement", "witness_sig", "sth",
+                                  "sth_sig")} | {"leaf_index": {"type": "integer"},
+                                                 "inclusion": {"type": "array", "items": _BIN},
+                                                 "consistency": {"type": "array",
+                                                                 "items": _BIN}}),
+                          "404": _resp("nothing published to this node yet", _ERR)}}},
+        "/v1/deployment": {"get": {
+            "summary": "A fleet's operator-signed deployment record (node key statements)",
+            "parameters": [{"name": "fleet", "in": "query", "schema": {"type": "string"}}],
+            "responses": {"200": _resp("record", {"record": _BIN, "operator_sig": _BIN}),
+                          "404": _resp("no record for that fleet here", _ERR)}}},
     },
 }
