@@ -170,6 +170,9 @@ def cmd_recover(a) -> int:
     _warn_failed(rec)
     print(f"recovered the secret of {a.user}" + (f" into {a.out}" if a.out != "-" else ""),
           file=sys.stderr)
+    if rec.migrated_from:
+        print(f"moved {a.user} from retiring fleet {rec.migrated_from} to the current fleet",
+              file=sys.stderr)
     return 0
 
 
