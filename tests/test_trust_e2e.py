@@ -96,6 +96,13 @@ def test_publish_verify_deployment_and_audit_commands(tmp_path, witness, cluster
     r = vault_cli("audit", "verify", "--witness", url, "--witness-key", f"@{wdir}/witness.pub",
                   "--state", state)
     assert r.returncode == 0 and "epoch   2" in r.stdout, r.stdout
+    # the witness refuses another operator key for this namespace (the rule, over HTTP)
+    op2 = str(tmp_path / "op2")
+    assert vault_cli("operator", "init", "--dir", op2, "--namespace", "acme", "--witness", url,
+                     "--witness-key", f"@{wdir}/witness.pub").returncode == 0
+    r = vault_cli("fleet", "publish", "--fleet", fa.dir, "--operator", op2)
+    assert r.returncode == 1 and "another operator key" in r.stderr, r.stderr
+    assert vault_cli("fleet", "verify", "--client", client).returncode == 0  # still epoch 2
     # a wrong witness key: the monitor fails
     r = vault_cli("audit", "verify", "--witness", url, "--witness-key", "00" * 32,
                   "--state", str(tmp_path / "a2.json"))

@@ -136,10 +136,7 @@ class Operator:
         except (OSError, ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError) as exc:
             raise OperatorError(f"{fleet_dir}: node statements unreadable ({exc})") from None
         record, sig = D.assemble(info.fleet_id, statements, self.sk)
-        dep = {"record": record, "operator_sig": sig}
-        atomic_write(os.path.join(fleet_dir, DEPLOYMENT_FILE),
-                     msgpack.packb(dep, use_bin_type=True))
-        return dep
+        return {"record": record, "operator_sig": sig}
 
     def _fleet(self, fleet_dir: str) -> tuple[str, FleetInfo]:
         d = os.path.abspath(fleet_dir)
@@ -198,8 +195,11 @@ class Operator:
                  "witness_key": self.witness_key, "statements": mirror.statements,
                  "sth": mirror.sth, "sth_sig": mirror.sth_sig, "deployments": deployments}
         blob = msgpack.packb(trust, use_bin_type=True)
+        # nothing is written into fleet directories before the witness has logged the bundle
         written = 0
-        for d in [cur_dir] + [d for d, _ in ret]:
+        for d, info in [(cur_dir, cur)] + ret:
+            atomic_write(os.path.join(d, DEPLOYMENT_FILE),
+                         msgpack.packb(deployments[info.fleet_id], use_bin_type=True))
             for node_json in sorted(glob.glob(os.path.join(d, "*", "node.json"))):
                 atomic_write(os.path.join(os.path.dirname(node_json), TRUST_FILE), blob)
                 written += 1
