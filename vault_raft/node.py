@@ -31,7 +31,7 @@ from .crypto import group, opaque
 from .crypto import seal as S
 from .crypto.errors import OpaqueError, SealError
 from .fleet import bundle as B
-from .fleet.config import NodeConfig, opaque_context
+from .fleet.config import ConfigError, NodeConfig, opaque_context
 from .fleet.mirror import LogMirror
 from .fleet.operator import TRUST_FILE, OperatorError, fetch_log, load_trust_file
 from .fleet.keystore import FileKeystore, Keystore
@@ -481,8 +481,12 @@ def run_node(node_dir: str, settings: RaftSettings | None = None) -> int:
             settings = RaftSettings(**dict(cfg.raft))
         except TypeError as exc:
             raise SystemExit(f"{node_dir}/node.json: bad raft setting: {exc}") from None
+    try:
+        tls = cfg.tls_config()
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
     replica = VaultReplica(cfg.raft_addr, list(cfg.partners), cfg.data_dir, ks.cluster_secret(),
-                           settings=settings, dial=dict(cfg.dial))
+                           settings=settings, dial=dict(cfg.dial), tls=tls)
     try:
         asyncio.run(_serve(VaultService(cfg, ks, replica), cfg.api_host, cfg.api_port))
     finally:

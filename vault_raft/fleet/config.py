@@ -114,6 +114,7 @@ class NodeConfig:
     peer_ids: tuple[tuple[str, str], ...] = ()  # (raft address, node id) for every node
     raft: tuple[tuple[str, float], ...] = ()  # RaftSettings overrides (tests, tuning)
     dial: tuple[tuple[str, str], ...] = ()  # peer raft address -> address to dial (chaos proxies)
+    transport: str = "plain"  # "mtls" (fleet init's default) or pysyncobj's TCP ("plain")
 
     @classmethod
     def load(cls, node_dir: str) -> "NodeConfig":
@@ -125,7 +126,8 @@ class NodeConfig:
                        tuple(d["partners"]), d["api_host"], int(d["api_port"]),
                        tuple((str(a), str(n)) for a, n in d.get("peer_ids", {}).items()),
                        tuple((str(k), float(v)) for k, v in d.get("raft", {}).items()),
-                       tuple((str(k), str(v)) for k, v in d.get("dial", {}).items()))
+                       tuple((str(k), str(v)) for k, v in d.get("dial", {}).items()),
+                       str(d.get("transport", "plain")))
         except FileNotFoundError:
             raise ConfigError(f"{path} not found: is {node_dir} a node directory "
                               "made by 'vault-raft fleet init'?") from None
@@ -139,6 +141,20 @@ class NodeConfig:
     @property
     def data_dir(self) -> str:
         return os.path.join(self.dir, "data")
+
+    def tls_config(self):
+        """The mTLS transport's config, or None for the plain transport."""
+        if self.transport == "plain":
+            return None
+        if self.transport != "mtls":
+            raise ConfigError(f"{self.dir}/node.json: transport must be mtls or plain")
+        from ..replica.tls import TlsConfig
+        paths = [os.path.join(self.dir, f) for f in ("ca.crt", "tls.crt", "tls.key")]
+        missing = [p for p in paths if not os.path.exists(p)]
+        if missing:
+            raise ConfigError(f"{self.dir}: TLS files missing: {missing}")
+        return TlsConfig(self.fleet_id, self.node_id, *paths,
+                         {nid: addr for addr, nid in self.peer_ids})
 
 
 def port_free(host: str, port: int) -> bool:
@@ -182,10 +198,14 @@ def init_fleet(directory: str, nodes: int, host: str = "127.0.0.1", base_port: i
         if busy:
             raise ConfigError(f"ports already in use on {host}: {busy}; choose another "
                               "--base-port")
+    from ..replica.tls import issue_node_cert, make_ca
     fleet_id = os.urandom(8).hex()
     ks = FileKeystore.generate(fleet_id)
+    ca_key, ca_cert = make_ca(fleet_id)
     raft = [f"{host}:{base_port + i}" for i in range(1, nodes + 1)]
     os.makedirs(directory, exist_ok=True)
+    atomic_write(os.path.join(directory, "ca.key"), ca_key)  # the operator's: issues node certs
+    atomic_write(os.path.join(directory, "ca.crt"), ca_cert)
     node_entries, statements, created = [], [], int(time.time())
     for i in range(1, nodes + 1):
         nid = f"n{i}"
@@ -194,10 +214,15 @@ def init_fleet(directory: str, nodes: int, host: str = "127.0.0.1", base_port: i
         node_ks = ks.for_node(nid)
         node_ks.save(os.path.join(ndir, "keystore.bin"))
         statements.append(list(node_ks.key_statement(created)))
+        key_pem, cert_pem = issue_node_cert(ca_key, ca_cert, fleet_id, nid, raft[i - 1])
+        atomic_write(os.path.join(ndir, "tls.key"), key_pem)
+        atomic_write(os.path.join(ndir, "tls.crt"), cert_pem)
+        atomic_write(os.path.join(ndir, "ca.crt"), ca_cert)
         cfg = {"node_id": nid, "fleet_id": fleet_id, "raft_addr": raft[i - 1],
                "partners": [a for a in raft if a != raft[i - 1]],
                "api_host": host, "api_port": base_port + 100 + i,
-               "peer_ids": {a: f"n{j}" for j, a in enumerate(raft, start=1)}}
+               "peer_ids": {a: f"n{j}" for j, a in enumerate(raft, start=1)},
+               "transport": "mtls"}
         with open(os.path.join(ndir, "node.json"), "w") as f:
             json.dump(cfg, f, indent=2)
         node_entries.append({"id": nid, "api": f"http://{host}:{base_port + 100 + i}"})

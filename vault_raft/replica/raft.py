@@ -56,6 +56,7 @@ from pysyncobj.version import VERSION as _PSO_VERSION
 from ..core.machine import VaultState
 from ..crypto.seal import FrameCipher
 from .journal import DurableJournal, JournalCorrupt, atomic_write, fsync_dir
+from .tls import MtlsTransport, TlsConfig
 
 log = logging.getLogger("vault_raft.replica")
 
@@ -203,7 +204,7 @@ class DurableReplica(SyncObj):
     def __init__(self, self_addr: str, partners: list[str], data_dir: str, cluster_secret: str,
                  settings: RaftSettings | None = None, trace: Callable | None = None,
                  auto_tick: bool = True, transport_class=None, dial: dict | None = None,
-                 journal_factory: Callable | None = None):
+                 journal_factory: Callable | None = None, tls: TlsConfig | None = None):
         s = settings or RaftSettings()
         os.makedirs(data_dir, exist_ok=True)
         self._trace = trace
@@ -218,8 +219,13 @@ class DurableReplica(SyncObj):
                 self._check_state(read_snapshot(self.snapshot_path)["state"])
             except ValueError as exc:
                 raise JournalCorrupt(f"{self.snapshot_path}: {exc}") from None
+        self._tls_config = tls
+        if tls is not None and transport_class is None:
+            transport_class = MtlsTransport
         conf = SyncObjConf(
-            password=_ClusterSecret(cluster_secret),
+            # with mTLS the channel is authenticated and encrypted; the frame
+            # cipher is for pysyncobj's own TCP transport only
+            password=None if tls is not None else _ClusterSecret(cluster_secret),
             autoTick=auto_tick,
             journalFile=self.journal_path,
             fullDumpFile=self.snapshot_path,

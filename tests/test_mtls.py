@@ -1,0 +1,283 @@
+"""The Raft port under mutual TLS (issue 7, acceptance 1 and 2).
+
+A real replica (n1 of a 3-node fleet, alone, so it stays a candidate) listens
+with :class:`MtlsTransport`.  Test clients connect with or without fleet
+certificates; a positive control shows that a genuine fleet certificate does
+get a message delivered and answered, so each refusal below is meaningful.
+"""
+import os
+import pickle
+import socket
+import ssl
+import struct
+import time
+
+import msgpack
+import pysyncobj.utility as U
+import pytest
+
+from vault_raft.replica import wire
+from vault_raft.replica.raft import RaftSettings, VaultReplica
+from vault_raft.replica.tls import TlsConfig, issue_node_cert, make_ca
+
+from conftest import free_base_port
+
+FLEET = "f00dfeed"
+
+
+def _write(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+    return str(path)
+
+
+@pytest.fixture
+def pki(tmp_path):
+    base = free_base_port(3)
+    addrs = {f"n{i}": f"127.0.0.1:{base + i}" for i in (1, 2, 3)}
+    ca_key, ca_cert = make_ca(FLEET)
+    ca = _write(tmp_path / "ca.crt", ca_cert)
+    files = {}
+    for nid, addr in addrs.items():
+        k, c = issue_node_cert(ca_key, ca_cert, FLEET, nid, addr)
+        files[nid] = (_write(tmp_path / f"{nid}.key", k), _write(tmp_path / f"{nid}.crt", c))
+    return {"addrs": addrs, "ca": ca, "files": files, "ca_key": ca_key, "ca_cert": ca_cert,
+            "tmp": tmp_path}
+
+
+@pytest.fixture
+def n1(pki):
+    cfg = TlsConfig(FLEET, "n1", pki["ca"], pki["files"]["n1"][1], pki["files"]["n1"][0],
+                    pki["addrs"])
+    addrs = pki["addrs"]
+    rep = VaultReplica(addrs["n1"], [addrs["n2"], addrs["n3"]], str(pki["tmp"] / "n1data"),
+                       "unused", settings=RaftSettings(), tls=cfg)
+    deadline = time.monotonic() + 10
+    while not rep.status():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    yield rep
+    rep.destroy_synchronous()
+
+
+def _tls_client(pki, cert=None, key=None, ca=None):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(ca or pki["ca"])
+    if cert:
+        ctx.load_cert_chain(cert, key)
+    host, port = pki["addrs"]["n1"].rsplit(":", 1)
+    raw = socket.create_connection((host, int(port)), timeout=5)
+    return ctx.wrap_socket(raw)
+
+
+def _read_frame(s, timeout=5.0):
+    """One frame, or None when the node closed the connection."""
+    s.settimeout(timeout)
+    buf = b""
+    try:
+        while len(buf) < 4:
+            chunk = s.recv(4 - len(buf))
+            if not chunk:
+                return None
+            buf += chunk
+        n = struct.unpack(">I", buf)[0]
+        body = b""
+        while len(body) < n:
+            chunk = s.recv(n - len(body))
+            if not chunk:
+                return None
+            body += chunk
+    except (ssl.SSLError, ConnectionError):
+        return None
+    return wire.decode(body)
+
+
+def _closed(s, timeout=5.0) -> bool:
+    """The node closes the connection (nothing more arrives but the close)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg = _read_frame(s, deadline - time.monotonic())
+        if msg is None:
+            return True
+    return False
+
+
+def _vote_request(term):
+    return wire.encode({"type": "request_vote", "term": term, "last_log_index": 10 ** 6,
+                        "last_log_term": 10 ** 6})
+
+
+def _as_node(pki, nid):
+    key, cert = pki["files"][nid][0], pki["files"][nid][1]
+    return _tls_client(pki, cert, key)
+
+
+def _answer_to(s, term):
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        msg = _read_frame(s, deadline - time.monotonic())
+        if msg is None:
+            return None
+        if msg["type"] == "response_vote" and msg["term"] == term:
+            return msg
+    return None
+
+
+def test_positive_control_a_fleet_certificate_gets_its_message_answered(pki, n1):
+    s = _as_node(pki, "n2")
+    s.sendall(_vote_request(99))
+    assert _answer_to(s, 99) is not None  # delivered to Raft, answered on this connection
+    assert n1.status()["term"] == 99
+    s.close()
+
+
+def test_a_peer_without_a_fleet_certificate_cannot_connect(pki, n1):
+    # 1. no client certificate at all
+    with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+        s = _tls_client(pki)
+        s.sendall(_vote_request(50))
+        if _read_frame(s) is None:
+            raise ConnectionError("closed")
+    # 2. a certificate from another CA, naming a fleet node and its address
+    other_key, other_ca = make_ca(FLEET)
+    k, c = issue_node_cert(other_key, other_ca, FLEET, "n2", pki["addrs"]["n2"])
+    tmp = pki["tmp"]
+    with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+        s = _tls_client(pki, _write(tmp / "x.crt", c), _write(tmp / "x.key", k))
+        s.sendall(_vote_request(50))
+        if _read_frame(s) is None:
+            raise ConnectionError("closed")
+    # 3. plain TCP speaking pysyncobj's own protocol
+    host, port = pki["addrs"]["n1"].rsplit(":", 1)
+    raw = socket.create_connection((host, int(port)), timeout=5)
+    raw.sendall(struct.pack("i", 12) + b"127.0.0.1:1\x00")
+    raw.settimeout(5)
+    try:
+        raw.recv(100)  # a TLS alert or a close: either way the bytes never reach Raft
+    except (ConnectionError, socket.timeout):
+        pass
+    raw.close()
+    assert n1.status()["term"] < 50  # none of these reached Raft
+
+
+def test_a_certificate_cannot_claim_another_nodes_address(pki, n1):
+    # The CA issued "n2" a certificate for n3's address (a mis-issue): refused,
+    # because the fleet config places n2 elsewhere.
+    k, c = issue_node_cert(pki["ca_key"], pki["ca_cert"], FLEET, "n2", pki["addrs"]["n3"])
+    tmp = pki["tmp"]
+    s = _tls_client(pki, _write(tmp / "m.crt", c), _write(tmp / "m.key", k))
+    s.sendall(_vote_request(77))
+    assert _closed(s)
+    assert n1.status()["term"] < 77
+    # A genuine n2 certificate is n2, whatever the peer might claim: the answer
+    # goes back to the connection the certificate authenticated.
+    s = _as_node(pki, "n2")
+    s.sendall(_vote_request(78))
+    assert _answer_to(s, 78) is not None
+
+
+def test_oversized_and_malformed_frames_are_dropped(pki, n1):
+    s = _as_node(pki, "n3")
+    s.sendall(struct.pack(">I", 0x7FFFFFFF))  # 2 GiB announced, nothing follows
+    assert _closed(s, 3.0)  # closed on the header alone: nothing was buffered for it
+    for bad in (b"\xc1" * 10,  # not msgpack
+                msgpack.packb({"type": "request_vote", "term": "x"}),  # wrong type
+                msgpack.packb({"type": "add", "node": "127.0.0.1:1"}),  # not on this wire
+                msgpack.packb({"type": "request_vote", "term": 1, "last_log_index": 1,
+                               "last_log_term": 1, "extra": 1})):  # unknown field
+        s = _as_node(pki, "n3")
+        s.sendall(struct.pack(">I", len(bad)) + bad)
+        assert _closed(s), bad
+    s = _as_node(pki, "n2")  # the node is unharmed
+    s.sendall(_vote_request(55))
+    assert _answer_to(s, 55) is not None
+
+
+class _Marker:
+    path = ""
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_pickle_payload_is_never_unpickled(pki, n1):
+    marker = pki["tmp"] / "PWNED"
+    _Marker.path = str(marker)
+    evil = pickle.dumps(_Marker(), 2)
+    # 1. a pickle as a whole frame
+    s = _as_node(pki, "n2")
+    s.sendall(struct.pack(">I", len(evil)) + evil)
+    assert _closed(s)
+    # 2. a pickle inside a log entry of an otherwise valid append_entries
+    entry = bytes([0]) + pickle.dumps((0, (_Marker(),)), 2)
+    body = msgpack.packb({"type": "append_entries", "term": 200, "commit_index": 5,
+                          "prevLogIdx": 0, "prevLogTerm": 0, "entries": [[entry, 1, 200]]},
+                         use_bin_type=True)
+    s = _as_node(pki, "n2")
+    s.sendall(struct.pack(">I", len(body)) + body)
+    assert _closed(s)
+    # 3. a snapshot-style large-entry transmission (pysyncobj would unpickle it)
+    body = msgpack.packb({"type": "append_entries", "term": 201, "commit_index": 5,
+                          "prevLogIdx": 0, "prevLogTerm": 0, "transmission": "finish",
+                          "data": evil}, use_bin_type=True)
+    s = _as_node(pki, "n2")
+    s.sendall(struct.pack(">I", len(body)) + body)
+    assert _closed(s)
+    time.sleep(0.2)
+    assert not marker.exists()
+    assert n1.status()["term"] < 200
+
+
+def test_pysyncobj_utility_and_readonly_paths_are_unreachable(pki, n1):
+    """pysyncobj's status/add/remove/transfer utility and readonly connections
+    speak its own protocol; on the mTLS port they cannot even start."""
+    util = U.TcpUtility(password=None, timeout=3)
+    for cmd in (["status"], ["add", "127.0.0.1:1"], ["transfer", pki["addrs"]["n2"]]):
+        with pytest.raises(U.UtilityException):
+            util.executeCommand(pki["addrs"]["n1"], cmd)
+    assert n1.status()["term"] < 1000
+
+
+def test_the_entry_check_accepts_exactly_what_the_replica_writes():
+    ok = bytes([0]) + pickle.dumps((3, (b"command",)), 2)
+    assert wire.check_entry(ok) and wire.check_entry(bytes([1]))
+    for bad in (bytes([0]) + pickle.dumps((3, ("str",)), 2),
+                bytes([0]) + pickle.dumps((3, (b"a", b"b")), 2),
+                bytes([2]) + pickle.dumps(["add", "x", None], 2),  # membership change
+                bytes([0]) + pickle.dumps((3, (b"x",)), 4),  # other protocol: not ours
+                bytes([0]) + b"garbage"):
+        assert not wire.check_entry(bad)
+
+
+def test_a_three_node_mtls_cluster_commits(pki):
+    reps = []
+    try:
+        for nid in ("n1", "n2", "n3"):
+            cfg = TlsConfig(FLEET, nid, pki["ca"], pki["files"][nid][1], pki["files"][nid][0],
+                            pki["addrs"])
+            others = [a for n, a in pki["addrs"].items() if n != nid]
+            reps.append(VaultReplica(pki["addrs"][nid], others, str(pki["tmp"] / f"{nid}d"),
+                                     "unused", settings=RaftSettings(), tls=cfg))
+        from vault_raft.core import machine as M
+        deadline = time.monotonic() + 20
+        while not any(r.can_serve() for r in reps):
+            assert time.monotonic() < deadline, "no leader over mTLS"
+            time.sleep(0.05)
+        results = []
+        leader = next(r for r in reps if r.can_serve())
+        leader.propose(M.encode_command(M.BEGIN_ATTEMPT, user=b"u", attempt_id=os.urandom(16),
+                                        now=1), lambda res, err: results.append(err))
+        while not results:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert results == [0]
+        while not all(r.status()["last_applied"] >= leader.status()["last_applied"]
+                      for r in reps):
+            assert time.monotonic() < deadline, "followers did not apply over mTLS"
+            time.sleep(0.05)
+    finally:
+        for r in reps:
+            r.destroy_synchronous()

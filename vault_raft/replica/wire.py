@@ -1,0 +1,157 @@
+"""The Raft wire format: msgpack frames with a strict schema, and no pickle.
+
+pysyncobj's own transport pickles every message; a peer that can put bytes on
+the Raft port could then run code.  Our transport (:mod:`.tls`) sends each
+message as ``4-byte big-endian length || msgpack map``.  The length is checked
+against :data:`MAX_FRAME` before the body is buffered; the body is decoded with
+msgpack's size limits and then checked against the schema of its message type
+(:data:`SCHEMA`): unknown types, unknown or missing fields and wrong types are
+refused, and the connection is dropped.
+
+What pickle remains: pysyncobj stores each log entry's command as
+``type byte || pickle((method id, args))`` and unpickles it when it applies the
+entry.  Those bytes arrive inside ``append_entries``; :func:`check_entry` lets
+through only the two shapes our replica produces -- a no-op, or a call of one
+replicated method with a single ``bytes`` argument -- and checks them with an
+unpickler that can build nothing but tuples, ints and bytes (``find_class``
+admits only ``_codecs.encode``, which protocol 2 uses for bytes), then insists
+that re-pickling gives the same bytes.  pysyncobj's large-entry "transmission"
+path (it pickles an entry and the follower unpickles it) is refused outright:
+our commands are far below the batch size that would trigger it.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import struct
+
+import msgpack
+
+MAX_FRAME = 1 << 20  # 1 MiB: an append batch (64 KiB) or a snapshot chunk, with room
+MAX_ENTRIES = 4096
+_LEN = struct.Struct(">I")
+
+_REGULAR, _NO_OP = 0, 1
+PING = {"type": "_ping"}  # transport keepalive; never reaches pysyncobj
+
+
+class FrameError(Exception):
+    """A frame that breaks the wire format; the connection is dropped."""
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _bool(v) -> bool:
+    return isinstance(v, bool)
+
+
+def _bytes(v) -> bool:
+    return isinstance(v, bytes)
+
+
+def _entries(v) -> bool:
+    return isinstance(v, list) and len(v) <= MAX_ENTRIES and all(
+        isinstance(e, list) and len(e) == 3 and _bytes(e[0]) and _int(e[1]) and _int(e[2])
+        and check_entry(e[0]) for e in v)
+
+
+def _serialized(v) -> bool:
+    return v is None or (isinstance(v, list) and len(v) == 3 and _bytes(v[0])
+                         and _bool(v[1]) and _bool(v[2]))
+
+
+# type -> (required fields, optional fields); each field -> predicate
+SCHEMA = {
+    "request_vote": ({"term": _int, "last_log_index": _int, "last_log_term": _int}, {}),
+    "response_vote": ({"term": _int}, {}),
+    "timeout_now": ({"term": _int}, {}),
+    "append_entries": ({"term": _int, "commit_index": _int},
+                       {"prevLogIdx": _int, "prevLogTerm": _int, "entries": _entries,
+                        "serialized": _serialized}),
+    "next_node_idx": ({"next_node_idx": _int, "reset": _bool, "success": _bool}, {}),
+    "apply_command": ({"command": _bytes}, {"request_id": _int}),
+    "apply_command_response": ({"request_id": _int},
+                               {"log_idx": _int, "log_term": _int, "error": _int}),
+    "_ping": ({}, {}),
+}
+
+
+class _OnlyCallBytes(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) == ("_codecs", "encode"):
+            import _codecs
+            return _codecs.encode
+        raise FrameError(f"log entry pickle refers to {module}.{name}")
+
+
+def check_entry(command: bytes) -> bool:
+    """Is ``command`` a log entry our replica could have produced?"""
+    if command == bytes([_NO_OP]):
+        return True
+    if len(command) < 2 or command[0] != _REGULAR:
+        return False
+    body = command[1:]
+    try:
+        obj = _OnlyCallBytes(io.BytesIO(body)).load()
+    except FrameError:
+        return False
+    except Exception:  # noqa: BLE001 -- any malformed pickle is simply refused
+        return False
+    if not (isinstance(obj, tuple) and len(obj) == 2 and _int(obj[0])
+            and isinstance(obj[1], tuple) and len(obj[1]) == 1 and _bytes(obj[1][0])):
+        return False
+    return pickle.dumps(obj, 2) == body
+
+
+def encode(message: dict) -> bytes:
+    """A frame for ``message`` (the receiver checks the schema; here only the type)."""
+    if not isinstance(message, dict) or message.get("type") not in SCHEMA:
+        raise FrameError(f"message type {message!r:.40} is not sent on this wire")
+    if "transmission" in message:
+        raise FrameError("pysyncobj's pickled large-entry transmission is not supported")
+    body = msgpack.packb(message, use_bin_type=True)
+    if len(body) > MAX_FRAME:
+        raise FrameError(f"message of {len(body)} bytes exceeds the frame limit")
+    return _LEN.pack(len(body)) + body
+
+
+def frame_length(header: bytes) -> int:
+    """The body length a 4-byte header announces; FrameError if over the limit."""
+    (n,) = _LEN.unpack(header)
+    if n > MAX_FRAME or n == 0:
+        raise FrameError(f"frame of {n} bytes announced (limit {MAX_FRAME})")
+    return n
+
+
+def decode(body: bytes) -> dict:
+    try:
+        msg = msgpack.unpackb(body, raw=False, strict_map_key=True, max_bin_len=MAX_FRAME,
+                              max_str_len=256, max_array_len=MAX_ENTRIES, max_map_len=16,
+                              max_ext_len=0)
+    except Exception as exc:  # noqa: BLE001 -- msgpack raises several types
+        raise FrameError(f"frame is not msgpack: {exc.__class__.__name__}") from None
+    check(msg)
+    return msg
+
+
+def check(msg) -> None:
+    if not isinstance(msg, dict):
+        raise FrameError("a message is a map")
+    kind = msg.get("type")
+    if kind not in SCHEMA:
+        raise FrameError(f"message type {kind!r} is not allowed")
+    required, optional = SCHEMA[kind]
+    for k, v in msg.items():
+        if k == "type":
+            continue
+        pred = required.get(k) or optional.get(k)
+        if pred is None:
+            raise FrameError(f"{kind}: field {k!r} is not allowed")
+        if not pred(v):
+            raise FrameError(f"{kind}: field {k!r} has the wrong type or shape")
+    missing = [k for k in required if k not in msg]
+    if missing:
+        raise FrameError(f"{kind}: missing {missing}")
