@@ -15,6 +15,8 @@ def register(sub) -> None:
     p.add_argument("--owners", type=int, default=4)
     p.add_argument("--attackers", type=int, default=4)
     p.add_argument("--out", default="runs/chaos", help="history, verdict and picture go here")
+    p.add_argument("--no-pre-vote", action="store_true",
+                   help="nodes elect as pysyncobj does (to measure what pre-vote changes)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=run)
 
@@ -33,8 +35,10 @@ def run(a) -> int:
         return 2
     res = run_campaign(CampaignConfig(out=a.out, nodes=a.nodes, duration=a.duration,
                                       nemesis=kinds, seed=a.seed, owners=a.owners,
-                                      attackers=a.attackers, quiet=a.quiet))
-    print(f"\noperations: {res.ops['ok']} ok, {res.ops['fail']} failed, {res.ops['info']} unknown")
+                                      attackers=a.attackers, quiet=a.quiet,
+                                      raft={"pre_vote": 0} if a.no_pre_vote else {}))
+    print(f"\noperations: {res.ops['ok']} ok, {res.ops['fail']} failed, {res.ops['info']} unknown"
+          f"; final Raft term {res.final_term}")
     print("faults injected: " + (", ".join(f"{k} x{v}" for k, v in sorted(res.injected.items()))
                                  or "none"))
     print(f"\n{'checker':18} {'result':8} detail")

@@ -137,6 +137,10 @@ def cmd_cluster(a) -> int:
         cl.stop()
         print("stopped", file=sys.stderr)
         return 0
+    if a.action == "transfer":
+        before = cl.leader()
+        print(f"leader: {before} -> {cl.transfer(a.to, a.timeout)}", file=sys.stderr)
+        return 0
     print(cl.as_json() if a.json else cl.table())
     return 0 if cl.leader() else EXIT_UNAVAILABLE
 
@@ -245,7 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     node.set_defaults(fn=cmd_node)
 
     cl = sub.add_parser("cluster", help="start/stop/inspect every node of a local fleet")
-    cl.add_argument("action", choices=["up", "down", "status"])
+    cl.add_argument("action", choices=["up", "down", "status", "transfer"],
+                    help="status and transfer use the signed admin path (FLEET/admin.key)")
+    cl.add_argument("--to", default=None, help="transfer: the node to lead (default: the most "
+                    "caught-up follower)")
     cl.add_argument("--dir", required=True, help="the fleet directory")
     cl.add_argument("--timeout", type=float, default=30.0)
     cl.add_argument("--json", action="store_true", help="status as JSON")

@@ -18,7 +18,9 @@ import time
 from typing import Callable, Iterable
 
 from . import wire
-from .fleet.config import FleetInfo, port_free
+from .admin import sign_request
+from .fleet.config import ADMIN_KEY_FILE, FleetInfo, port_free
+from .fleet.keystore import load_signing_key
 
 import http.client
 
@@ -74,6 +76,9 @@ class LocalCluster:
         self.ids = [n.id for n in self.fleet.nodes]
         self.api = {n.id: n.api for n in self.fleet.nodes}
         self.node_cmd = node_cmd or [sys.executable, "-m", "vault_raft", "node"]
+        admin_key = os.path.join(self.dir, ADMIN_KEY_FILE)
+        self._admin_sk = load_signing_key(admin_key, "admin key") \
+            if os.path.exists(admin_key) else None
         self.env = env
         self._procs: dict[str, subprocess.Popen] = {}
 
@@ -184,7 +189,42 @@ class LocalCluster:
 
     # ----------------------------------------------------------- status
     def status(self, nid: str, timeout: float = 1.0) -> dict | None:
-        return http_status(self.api[nid], timeout)
+        """A node's status: the detailed one through the signed admin path when
+        this fleet directory holds the admin key, else the public one."""
+        if self._admin_sk is None:
+            return http_status(self.api[nid], timeout)
+        try:
+            code, out = self.admin(nid, "status", timeout=timeout)
+        except (OSError, http.client.HTTPException):
+            return None
+        except wire.WireError:  # a node program without the admin path (the bench's raw
+            return http_status(self.api[nid], timeout)  # counter answers 404 in plain text)
+        return out if code == 200 else None
+
+    def admin(self, nid: str, op: str, args: dict | None = None,
+              timeout: float = 5.0) -> tuple[int, dict]:
+        """A signed admin request to one node (needs FLEET/admin.key)."""
+        if self._admin_sk is None:
+            raise ClusterError(f"{self.dir}/{ADMIN_KEY_FILE} not found: admin requests need "
+                               "the fleet's admin key")
+        body = sign_request(self._admin_sk, self.fleet.fleet_id, nid, op, args)
+        return wire.call(self.api[nid], "POST", "/v1/admin", body, timeout=timeout)
+
+    def transfer(self, to: str | None = None, timeout: float = 10.0) -> str:
+        """Hand leadership to ``to`` (or the best follower); returns the new leader."""
+        leader = self.leader()
+        if leader is None:
+            raise ClusterError("no leader to transfer from")
+        if to is not None and to not in self.api:
+            raise ClusterError(f"no node {to!r} in this fleet")
+        if to == leader:
+            return leader
+        code, out = self.admin(leader, "transfer", {"to": to} if to else {}, timeout=timeout)
+        if code != 200:
+            raise ClusterError(f"{leader} refused the transfer: {out.get('message')}")
+        if not out.get("transferred"):
+            raise ClusterError(f"leadership did not move from {leader} in time")
+        return out["leader"]
 
     def leader(self, ids: Iterable[str] | None = None) -> str | None:
         """A node that says it is leader and healthy, as agreed by a healthy follower view."""

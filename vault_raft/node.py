@@ -26,6 +26,7 @@ from aiohttp import web
 
 from . import protocol as P
 from . import wire
+from .admin import AdminAuthError, AdminVerifier
 from .core import machine as M
 from .crypto import group, opaque
 from .crypto import seal as S
@@ -108,6 +109,7 @@ class VaultService:
         self.commit_timeout = commit_timeout
         self.fake_attempts_left = fake_attempts_left
         self.peer_ids = dict(cfg.peer_ids)
+        self.admin_auth = AdminVerifier(cfg.admin_key, keystore.fleet_id, cfg.node_id)
         self.stats = {"commits": 0, "unavailable": 0, "ke2": 0}
 
     # ------------------------------------------------------------- commit
@@ -270,10 +272,12 @@ class VaultService:
         return {"done": res["code"]}
 
     # ---------------------------------------------------------- status
-    def status(self) -> dict:
+    def status(self, detail: bool = False) -> dict:
+        """Health for anyone; with ``detail`` (admin only) record counts,
+        journal and request statistics as well."""
         st = self.replica.status()
         leader = st.get("leader")
-        return {
+        out = {
             "node_id": self.cfg.node_id,
             "fleet_id": self.ks.fleet_id,
             "role": st.get("role"),
@@ -282,10 +286,44 @@ class VaultService:
             "last_applied": st.get("last_applied"),
             "leader": self.peer_ids.get(leader, leader) if leader else None,
             "healthy": self.replica.can_serve(),
-            "records": st.get("records"),
-            "journal_syncs": st.get("journal_syncs"),
-            "stats": dict(self.stats),
         }
+        if detail:
+            out.update(records=st.get("records"), journal_syncs=st.get("journal_syncs"),
+                       synced_index=st.get("synced_index"), log_len=st.get("log_len"),
+                       transport=self.cfg.transport, stats=dict(self.stats))
+        return out
+
+    # ----------------------------------------------------------- admin
+    async def admin(self, body: dict) -> dict:
+        try:
+            op, args = self.admin_auth.verify(body, _now_ms())
+        except AdminAuthError as exc:
+            raise ApiError(401, str(exc)) from None
+        if op == "status":
+            return self.status(detail=True)
+        # transfer: hand leadership to args["to"] (a node id) or the best follower
+        to = args.get("to")
+        by_id = {nid: addr for addr, nid in self.cfg.peer_ids}
+        if to is not None and (to not in by_id or to == self.cfg.node_id):
+            raise ApiError(400, f"to must be another node of this fleet: {sorted(by_id)}")
+        before = self.replica.status().get("leader")
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+
+        def done(res, err):  # Raft thread
+            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(err))
+        self.replica.transfer_leadership(by_id.get(to) if to else None, done)
+        err = await asyncio.wait_for(fut, 5.0)
+        if err not in (0, None):
+            raise ApiError(409, f"transfer refused: {FAIL_NAMES.get(err, err)} (this node must "
+                                "lead, and the target must be connected and caught up)")
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            leader = self.replica.status().get("leader")
+            if leader and leader != before:
+                return {"transferred": True, "leader": self.peer_ids.get(leader, leader)}
+            await asyncio.sleep(0.05)
+        return {"transferred": False, "leader": self.peer_ids.get(before, before)}
 
 
 # ------------------------------------------------------------ fleet trust
@@ -422,6 +460,7 @@ def build_app(service: VaultService, trust: TrustService | None = None) -> web.A
     post("/v1/recover/start", service.recover_start)
     post("/v1/recover/finish", service.recover_finish)
     post("/v1/manage", service.manage)
+    post("/v1/admin", service.admin)
 
     async def status(request):
         return _reply(200, service.status())

@@ -63,6 +63,14 @@ OPENAPI = {
                           "401": _resp("no valid proof", _ERR), **_COMMON}}},
         "/v1/status": {"get": {"summary": "Role, term, commit index, leader, health",
                                "responses": {"200": _resp("status", {})}}},
+        "/v1/admin": {"post": {
+            "summary": "Operator operations (status, transfer) signed with the fleet admin key",
+            "requestBody": _body({"op": {"enum": ["status", "transfer"]}, "args": {"type": "object"},
+                                  "ts": {"type": "integer"}, "nonce": _BIN, "sig": _BIN},
+                                 ["op", "args", "ts", "nonce", "sig"]),
+            "responses": {"200": _resp("done", {}),
+                          "401": _resp("forged, stale, replayed or for another node", _ERR),
+                          "409": _resp("transfer refused", _ERR)}}},
         "/v1/trust": {"get": {
             "summary": "The published fleet bundle with witness proofs (clients verify all)",
             "parameters": [{"name": "since", "in": "query", "schema": {"type": "integer"},

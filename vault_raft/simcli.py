@@ -17,6 +17,11 @@ def register(sub) -> None:
                         "datagram: independent loss, duplication and reordering")
     p.add_argument("--upstream-truncation", action="store_true",
                    help="use pysyncobj's own follower truncation (shows the bug our journal fixes)")
+    p.add_argument("--upstream-snapshot", action="store_true",
+                   help="install a leader's snapshot as pysyncobj does, clearing the log "
+                        "(shows the bug the replica fixes)")
+    p.add_argument("--no-pre-vote", action="store_true",
+                   help="elect as pysyncobj does, without a pre-vote round")
     p.add_argument("--verbose", action="store_true", help="print every scheduled action")
     p.set_defaults(fn=run)
 
@@ -32,6 +37,9 @@ def run(a) -> int:
         print("vault-raft simulate: --nodes 3..7, --steps >= 1", file=sys.stderr)
         return 2
     S.SimJournal.RAFT_CONFORMANT_TRUNCATION = not a.upstream_truncation
+    from .replica.raft import DurableReplica, RaftSettings
+    DurableReplica.RAFT_CONFORMANT_SNAPSHOT = not a.upstream_snapshot
+    RaftSettings.PRE_VOTE = not a.no_pre_vote
     verdicts = S.random_run(a.seed, a.nodes, a.steps, mode=a.network,
                             log=print if a.verbose else None)
     for v in verdicts:

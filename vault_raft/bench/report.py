@@ -84,6 +84,17 @@ def table(res: dict) -> str:
                          f"{v['restart_to_healthy_s']:10.2f} "
                          f"{(sum(rss.values()) / max(1, len(rss))) / 1e6:12.0f} "
                          f"{_fmt(v.get('memory_per_record_bytes')):>9} {_fmt(_pct(v['guess'], 50)):>10}")
+    tr = res.get("transport")
+    if tr:
+        m, p = tr["mtls"], tr["plain"]
+        lines += ["", f"{'Raft transport A/B (guess)':30} {'p50':>7} {'p99':>7} "
+                      f"{'c=' + str(m['concurrency']) + ' /s':>9}"]
+        for name, v in (("mTLS + msgpack frames", m), ("pysyncobj TCP + frame cipher", p)):
+            lines.append(f"{name:30} {_fmt(_pct(v['c1'], 50)):>7} {_fmt(_pct(v['c1'], 99)):>7} "
+                         f"{v['throughput']:9.0f}")
+        lines.append(f"{'mTLS / plain':30} {_ratio(_pct(m['c1'], 50), _pct(p['c1'], 50)):>7} "
+                     f"{_ratio(_pct(m['c1'], 99), _pct(p['c1'], 99)):>7} "
+                     f"{_ratio(m['throughput'], p['throughput']):>9}")
     v = res.get("vault", {})
     if v.get("client_phases_ms"):
         lines += ["", "right-code recovery, median phases (ms): " +

@@ -103,12 +103,20 @@ def measure_floor(directory: str, n: int) -> dict:
 # ------------------------------------------------------------------- vault
 
 class VaultBench:
-    def __init__(self, cfg: Config, nodes: int, tag: str):
+    def __init__(self, cfg: Config, nodes: int, tag: str, transport: str | None = None):
         self.cfg = cfg
         self.dir = os.path.join(cfg.out, "work", tag)
         shutil.rmtree(self.dir, ignore_errors=True)
         os.makedirs(self.dir)
         self.fleet_path = init_fleet(self.dir, nodes, base_port=free_base(nodes))
+        if transport is not None:  # the A/B comparison of Raft transports
+            for i in range(1, nodes + 1):
+                p = os.path.join(self.dir, f"n{i}", "node.json")
+                with open(p) as f:
+                    d = json.load(f)
+                d["transport"] = transport
+                with open(p, "w") as f:
+                    json.dump(d, f)
         self.fleet = FleetInfo.load(self.fleet_path)
         self.cluster = LocalCluster(self.dir)
         self.guess_users: list[bytes] = []
@@ -382,6 +390,42 @@ def _etcd_version(binary: str) -> str:
 
 # ---------------------------------------------------------- sizes and growth
 
+def run_transport_ab(cfg: Config, res: dict, rounds: int = 4) -> None:
+    """mTLS (the default) against pysyncobj's TCP transport with the frame
+    cipher ("plain"): two clusters up at once, measured in alternating
+    blocks so that drift on the machine hits both alike."""
+    benches: dict[str, VaultBench] = {}
+    try:
+        per_round = max(50, cfg.samples // rounds)
+        conc = max(cfg.concurrency)
+        for t in ("mtls", "plain"):  # one after the other: the first holds its ports
+            _progress(cfg, f"transport A/B: starting the {t} cluster")
+            vb = benches[t] = VaultBench(cfg, cfg.nodes, f"transport-{t}", transport=t)
+            vb.start()
+            vb.prepare((per_round * rounds + 3000) // (ATTEMPTS_PER_BENCH_USER - 5) + 4 * conc, 0)
+            closed_loop("warmup", vb.guess_op, 2, 1.0)
+        c1 = {t: Result(f"vault guess, {t} transport", 1, "closed", 0.0) for t in benches}
+        thr: dict = {t: [] for t in benches}
+        for k in range(rounds):
+            for t, vb in (benches.items() if k % 2 == 0 else reversed(benches.items())):
+                _progress(cfg, f"transport A/B round {k + 1}/{rounds}: {t}")
+                r = timed(per_round, vb.guess_op(0), t)
+                c1[t].hist.add(r.hist)
+                c1[t].ok += r.ok
+                c1[t].errors += r.errors
+                c1[t].duration += r.duration
+                thr[t].append(closed_loop(f"vault guess c={conc}, {t}", vb.guess_op, conc,
+                                          max(1.0, cfg.duration / rounds)))
+        res["transport"] = {t: {"c1": c1[t],
+                                "throughput": round(sum(r.ok for r in thr[t]) /
+                                                    sum(r.duration for r in thr[t]), 1),
+                                "concurrency": conc}
+                            for t in benches}
+    finally:
+        for vb in benches.values():
+            vb.stop()
+
+
 def run_sizes(cfg: Config, res: dict) -> None:
     out = {}
     for n in cfg.sizes:
@@ -484,6 +528,8 @@ def run(cfg: Config) -> dict:
         run_raw(cfg, res)
     if "etcd" in cfg.compare:
         run_etcd(cfg, res)
+    if "plain" in cfg.compare:
+        run_transport_ab(cfg, res)
     if cfg.sizes:
         run_sizes(cfg, res)
     if cfg.growth:

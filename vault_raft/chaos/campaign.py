@@ -48,6 +48,7 @@ class CampaignConfig:
     quiet: bool = False
     check_budget_s: float = 20.0
     final_timeout: float = 30.0  # per owner: time to get one successful recovery after healing
+    raft: dict = field(default_factory=dict)  # RaftSettings overrides for every node
     extra: dict = field(default_factory=dict)
 
 
@@ -348,6 +349,7 @@ class CampaignResult:
     injected: dict
     ops: dict
     files: dict
+    final_term: int | None = None  # how many terms (elections) the run went through
 
     @property
     def ok(self) -> bool:
@@ -382,6 +384,16 @@ def run_campaign(cfg: CampaignConfig) -> CampaignResult:
     init_fleet(fleet_dir, cfg.nodes, base_port=free_base_port(cfg.nodes, start=31000, step=211))
     net = ProxyNet(cfg.seed)
     _wire_proxies(fleet_dir, net)
+    if cfg.raft:
+        for nid in os.listdir(fleet_dir):
+            p = os.path.join(fleet_dir, nid, "node.json")
+            if os.path.exists(p):
+                with open(p) as f:
+                    c = json.load(f)
+                c["raft"] = dict(c.get("raft", {}), **cfg.raft)
+                with open(p, "w") as f:
+                    json.dump(c, f, indent=2)
+    final_term = None
     cluster = LocalCluster(fleet_dir, node_cmd=cfg.node_cmd, env=cfg.node_env)
     fleet = cluster.fleet
     urls = dict(cluster.api)
@@ -469,13 +481,15 @@ def run_campaign(cfg: CampaignConfig) -> CampaignResult:
         try:
             nem.heal()  # resume paused nodes so that they can be stopped cleanly
         finally:
+            terms = [(cluster.status(n) or {}).get("term") for n in cluster.ids]
+            final_term = max((t for t in terms if isinstance(t, int)), default=None)
             cluster.stop(timeout=10)
             net.close()
     hist.close_pending()
     say("checking the history")
     verdicts = check_all(hist, limits, cfg.check_budget_s)
     files = write_outputs(cfg, hist, verdicts, nem.injected, plan)
-    return CampaignResult(verdicts, hist, dict(nem.injected), _counts(hist), files)
+    return CampaignResult(verdicts, hist, dict(nem.injected), _counts(hist), files, final_term)
 
 
 def _counts(hist: History) -> dict:

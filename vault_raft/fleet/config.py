@@ -30,9 +30,10 @@ import msgpack
 from ..crypto.ksf import DEFAULT_KSF, KSF
 from ..crypto.errors import OpaqueError
 from ..replica.journal import atomic_write
-from .keystore import FileKeystore
+from .keystore import FileKeystore, new_signing_key_file
 
 FLEET_VERSION = 1
+ADMIN_KEY_FILE = "admin.key"  # the operator's: signs admin requests to the nodes
 STATEMENTS_FILE = "node-statements.bin"  # each node's signed key statement (deployment evidence)
 MAX_NODES = 9
 
@@ -115,6 +116,7 @@ class NodeConfig:
     raft: tuple[tuple[str, float], ...] = ()  # RaftSettings overrides (tests, tuning)
     dial: tuple[tuple[str, str], ...] = ()  # peer raft address -> address to dial (chaos proxies)
     transport: str = "plain"  # "mtls" (fleet init's default) or pysyncobj's TCP ("plain")
+    admin_key: bytes | None = None  # Ed25519 public key that signs admin requests
 
     @classmethod
     def load(cls, node_dir: str) -> "NodeConfig":
@@ -127,7 +129,8 @@ class NodeConfig:
                        tuple((str(a), str(n)) for a, n in d.get("peer_ids", {}).items()),
                        tuple((str(k), float(v)) for k, v in d.get("raft", {}).items()),
                        tuple((str(k), str(v)) for k, v in d.get("dial", {}).items()),
-                       str(d.get("transport", "plain")))
+                       str(d.get("transport", "plain")),
+                       bytes.fromhex(d["admin_key"]) if d.get("admin_key") else None)
         except FileNotFoundError:
             raise ConfigError(f"{path} not found: is {node_dir} a node directory "
                               "made by 'vault-raft fleet init'?") from None
@@ -206,6 +209,7 @@ def init_fleet(directory: str, nodes: int, host: str = "127.0.0.1", base_port: i
     os.makedirs(directory, exist_ok=True)
     atomic_write(os.path.join(directory, "ca.key"), ca_key)  # the operator's: issues node certs
     atomic_write(os.path.join(directory, "ca.crt"), ca_cert)
+    admin_pk = new_signing_key_file(os.path.join(directory, ADMIN_KEY_FILE))
     node_entries, statements, created = [], [], int(time.time())
     for i in range(1, nodes + 1):
         nid = f"n{i}"
@@ -222,7 +226,7 @@ def init_fleet(directory: str, nodes: int, host: str = "127.0.0.1", base_port: i
                "partners": [a for a in raft if a != raft[i - 1]],
                "api_host": host, "api_port": base_port + 100 + i,
                "peer_ids": {a: f"n{j}" for j, a in enumerate(raft, start=1)},
-               "transport": "mtls"}
+               "transport": "mtls", "admin_key": admin_pk.hex()}
         with open(os.path.join(ndir, "node.json"), "w") as f:
             json.dump(cfg, f, indent=2)
         node_entries.append({"id": nid, "api": f"http://{host}:{base_port + 100 + i}"})

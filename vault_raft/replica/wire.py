@@ -67,6 +67,8 @@ def _serialized(v) -> bool:
 SCHEMA = {
     "request_vote": ({"term": _int, "last_log_index": _int, "last_log_term": _int}, {}),
     "response_vote": ({"term": _int}, {}),
+    "pre_vote": ({"term": _int, "last_log_index": _int, "last_log_term": _int}, {}),
+    "pre_vote_response": ({"term": _int, "granted": _bool}, {}),
     "timeout_now": ({"term": _int}, {}),
     "append_entries": ({"term": _int, "commit_index": _int},
                        {"prevLogIdx": _int, "prevLogTerm": _int, "entries": _entries,
