@@ -20,7 +20,8 @@ def _verdict(res, name):
 @pytest.mark.parametrize("seed", [11, 12] if not LONG else list(range(11, 21)))
 def test_campaign_passes_on_the_real_node(tmp_path, seed):
     res = run_campaign(CampaignConfig(out=str(tmp_path), nodes=3, duration=15 if not LONG else 60,
-                                      nemesis=("partition", "kill", "pause", "slow", "lossy"),
+                                      nemesis=("partition", "kill", "pause", "slow", "lossy",
+                                               "clock"),
                                       seed=seed, owners=3, attackers=3, victims=10,
                                       victim_limit=12, quiet=True))
     assert res.ok, [(v.name, v.status, v.problems[:5]) for v in res.verdicts]
@@ -30,6 +31,22 @@ def test_campaign_passes_on_the_real_node(tmp_path, seed):
         assert os.path.getsize(f) > 0
     verdict = json.load(open(res.files["verdict"]))
     assert verdict["ok"] and verdict["seed"] == seed
+
+
+def test_clock_nemesis_steps_the_wall_clock_and_not_the_monotonic_one(tmp_path):
+    import subprocess
+    import time
+    from vault_raft.chaos.skewclock import set_offset
+    set_offset(str(tmp_path), 150.0)
+    code = ("import sys, time; from vault_raft.chaos import skewclock as s; "
+            "m0 = time.monotonic(); s._install(sys.argv[1]); "
+            "print(time.time(), time.time_ns() / 1e9, time.monotonic() - m0)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "clock-offset")],
+                         capture_output=True, text=True, check=True).stdout.split()
+    wall, wall_ns, mono = map(float, out)
+    assert 140 < wall - time.time() < 160 and 140 < wall_ns - time.time() < 160
+    assert mono < 5  # monotonic time is untouched
+    set_offset(str(tmp_path), 0.0)
 
 
 def test_schedule_is_a_function_of_the_seed():

@@ -25,11 +25,12 @@ from ..crypto import opaque
 from ..crypto import seal as S
 from ..crypto.errors import OpaqueError
 from ..fleet.config import FleetInfo, init_fleet
+from .skewclock import set_offset
 from .checker import Verdict, check_all
 from .history import History, Op
 from .proxy import ProxyNet
 
-NEMESES = ("partition", "kill", "pause", "slow", "lossy")
+NEMESES = ("partition", "kill", "pause", "slow", "lossy", "clock")
 
 
 @dataclass
@@ -230,6 +231,10 @@ def schedule(seed: int, duration: float, kinds: tuple[str, ...], nodes: list[str
             p["delay"] = round(rng.uniform(0.02, 0.15), 3)
         elif kind == "lossy":
             p["resets_per_s"] = round(rng.uniform(0.5, 3.0), 2)
+        elif kind == "clock":  # steps beyond the attempt lifetime (120 s) included
+            p["target"] = rng.choice(["leader", "random"])
+            p["pick"] = rng.randrange(n)
+            p["offset_s"] = round(rng.choice([-1, 1]) * rng.uniform(2.0, 200.0), 1)
         end = min(t + length, duration - 1.0)
         out.append(Fault(round(t, 3), round(end, 3), kind, p))
         t = end + rng.uniform(1.5, 4.0)
@@ -263,6 +268,7 @@ class Nemesis:
         self._rng = random.Random(rng_seed + 1)
         self._down: list[str] = []
         self._paused: list[str] = []
+        self._skewed: list[str] = []
 
     def _target(self, p: dict) -> str:
         ids = self.cluster.ids
@@ -310,11 +316,19 @@ class Nemesis:
             self.net.slow(p["delay"])
         elif f.kind == "lossy":
             self.net.lossy(p["resets_per_s"])
+        elif f.kind == "clock":
+            t = self._target(p)
+            set_offset(self.cluster.node_dir(t), p["offset_s"])
+            self._skewed.append(t)
+            p["node"] = t
         self.injected[f.kind] = self.injected.get(f.kind, 0) + 1
         return p
 
     def heal(self) -> None:
         self.net.heal()
+        for t in self._skewed:
+            set_offset(self.cluster.node_dir(t), 0.0)
+        self._skewed = []
         for t in self._paused:
             self.cluster.resume(t)
         self._paused = []
@@ -394,7 +408,10 @@ def run_campaign(cfg: CampaignConfig) -> CampaignResult:
                 with open(p, "w") as f:
                     json.dump(c, f, indent=2)
     final_term = None
-    cluster = LocalCluster(fleet_dir, node_cmd=cfg.node_cmd, env=cfg.node_env)
+    node_cmd = cfg.node_cmd
+    if node_cmd is None and "clock" in cfg.nemesis:  # nodes whose wall clock can be stepped
+        node_cmd = [sys.executable, "-m", "vault_raft.chaos.skewclock", "node"]
+    cluster = LocalCluster(fleet_dir, node_cmd=node_cmd, env=cfg.node_env)
     fleet = cluster.fleet
     urls = dict(cluster.api)
     hist = History()
