@@ -72,10 +72,14 @@ def _bin(body: dict, key: str, lo: int, hi: int | None = None) -> bytes:
     return v
 
 
-async def commit(replica, propose, command: bytes, timeout: float):
+async def commit(replica, propose, command: bytes, timeout: float, meanwhile=None):
     """Propose ``command`` through ``propose(command, callback)`` and wait until
     this node applied it.  Raises ApiError(503) if it cannot be proposed (no
-    leader or quorum in sight: ``proposed=False``), times out, or fails."""
+    leader or quorum in sight: ``proposed=False``), times out, or fails.
+
+    ``meanwhile()``, if given, runs on this thread while the commit is in
+    flight; nothing it computes may leave the node before the commit is done
+    (the caller decides after the commit whether to use or discard it)."""
     if not replica.can_serve():
         raise ApiError(503, "no majority reachable from this node", proposed=False)
     loop = asyncio.get_running_loop()
@@ -89,6 +93,8 @@ async def commit(replica, propose, command: bytes, timeout: float):
         loop.call_soon_threadsafe(_done, res, err)
 
     propose(command, callback)
+    if meanwhile is not None:
+        meanwhile()
     try:
         res, err = await asyncio.wait_for(fut, timeout)
     except asyncio.TimeoutError:
@@ -113,7 +119,8 @@ class VaultService:
         self.stats = {"commits": 0, "unavailable": 0, "ke2": 0}
 
     # ------------------------------------------------------------- commit
-    async def commit(self, op: str, deadline_ms: Any = None, **fields: Any) -> dict:
+    async def commit(self, op: str, deadline_ms: Any = None, meanwhile=None,
+                     **fields: Any) -> dict:
         """Propose a command and wait until this node applied it (majority commit).
 
         ``deadline_ms`` is the client's give-up time: a request that waited
@@ -124,7 +131,7 @@ class VaultService:
             raise ApiError(503, "request expired before it was proposed", proposed=False)
         try:
             res = await commit(self.replica, self.replica.propose, M.encode_command(op, **fields),
-                               self.commit_timeout)
+                               self.commit_timeout, meanwhile)
         except ApiError:
             self.stats["unavailable"] += 1
             raise
@@ -183,8 +190,19 @@ class VaultService:
         except OpaqueError as exc:
             raise ApiError(400, f"bad KE1: {exc}") from None
         attempt_id, now = os.urandom(M.ID_LEN), _now_ms()
+        # While the attempt is being committed, KE2 is computed from the record
+        # as it stands now.  It stays in this process until the commit is done,
+        # and is used only if the committed record is the same one.
+        spec: dict = {}
+
+        def ke2_in_flight():
+            rec = self.replica.read_state(lambda v: v.records.get(user))
+            record = rec.opaque_record if rec is not None and rec.status == M.ACTIVE else None
+            spec["record"] = record
+            spec["out"] = opaque.server_login_start(self.setup, record, ke1, user,
+                                                    context=self.context)
         res = await self.commit(M.BEGIN_ATTEMPT, deadline_ms=body.get("deadline_ms"), user=user,
-                                attempt_id=attempt_id, now=now)
+                                attempt_id=attempt_id, now=now, meanwhile=ke2_in_flight)
         # ---- committed: from here on the node may reveal the outcome ----
         code = res["code"]
         if code == "destroyed":
@@ -195,7 +213,11 @@ class VaultService:
             record, version, left = None, bytes(M.ID_LEN), self.fake_attempts_left
         else:
             raise ApiError(400, f"attempt refused: {code}")
-        state, ke2 = opaque.server_login_start(self.setup, record, ke1, user, context=self.context)
+        if "out" in spec and spec["record"] == record:
+            state, ke2 = spec["out"]
+        else:  # the record changed while the attempt was in flight
+            state, ke2 = opaque.server_login_start(self.setup, record, ke1, user,
+                                                   context=self.context)
         self.stats["ke2"] += 1
         token = self.ks.seal_token(P.pack([user, attempt_id, version, now + TOKEN_LIFETIME_MS,
                                            state.to_bytes()]))
