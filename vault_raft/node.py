@@ -3,7 +3,10 @@
 The order of events for a guess is the point of this module::
 
     KE1 arrives -> validate -> commit begin_attempt (majority, durable)
-                -> only now: compute KE2 from the *committed* record -> reply
+                -> only now: KE2 for the *committed* record -> reply
+
+(A candidate KE2 is computed while the entry is in flight and kept in the
+process; it is sent only if the committed record is the one it was made from.)
 
 Nothing about a guess (not even "unknown user") is revealed before the
 commit; a node that cannot reach a majority answers 503 and proposes
