@@ -4,16 +4,13 @@ deployment evidence and the monitor."""
 import json
 import os
 import random
-import signal
-import subprocess
-import sys
 import threading
-import time
 
 import msgpack
 import pytest
 
 from vault_raft import client as C
+from vault_raft import witness_server
 from vault_raft.cluster import wait_until
 from vault_raft.crypto.ksf import IDENTITY_KSF
 from vault_raft.fleet import deployment as D
@@ -24,34 +21,16 @@ from conftest import free_base_port, vault_cli
 
 @pytest.fixture
 def witness(tmp_path):
-    """A witness process on a free port; killed by PID at teardown."""
+    """A witness process on a free port; stopped by PID at teardown."""
     d = str(tmp_path / "witness")
     port = free_base_port(1) + 1
     r = vault_cli("witness", "init", "--dir", d, "--port", str(port))
     assert r.returncode == 0, r.stderr
-    log = open(tmp_path / "witness.out", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "vault_raft", "witness", "serve", "--dir", d],
-                            stdout=log, stderr=log, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    proc = witness_server.spawn(d)
     try:
-        from vault_raft import wire
-        wait_until(lambda: _answers(wire, url), 20, what="the witness to answer")
-        yield url, d, proc
+        yield f"http://127.0.0.1:{port}", d, proc
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
-
-
-def _answers(wire, url):
-    try:
-        return wire.call(url, "GET", "/v1/status", timeout=0.5)[0] == 200
-    except OSError:
-        return False
+        witness_server.stop(proc)
 
 
 def _fast(fleet_dir):

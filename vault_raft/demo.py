@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 
-import signal
-import subprocess
-
 from . import client as C
-from . import wire
-from .cluster import ClusterError, LocalCluster, free_base_port, wait_until
+from . import witness_server
+from .cluster import LocalCluster, free_base_port
 from .fleet.config import init_fleet
 from .fleet.operator import Operator, init_operator
 from .witness_server import init_witness
@@ -25,23 +23,9 @@ def _say(msg: str) -> None:
 
 def _start_witness(directory: str) -> tuple[subprocess.Popen, str, bytes]:
     port = free_base_port(1, start=7000) + 1
-    pk = init_witness(os.path.join(directory, "witness"), port=port)
-    log = open(os.path.join(directory, "witness", "witness.out"), "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "vault_raft", "witness", "serve", "--dir",
-                             os.path.join(directory, "witness")], stdout=log, stderr=log,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
-    log.close()
-    url = f"http://127.0.0.1:{port}"
-
-    def up():
-        if proc.poll() is not None:
-            raise ClusterError(f"the witness exited; see {directory}/witness/witness.out")
-        try:
-            return wire.call(url, "GET", "/v1/status", timeout=0.5)[0] == 200
-        except OSError:
-            return False
-    wait_until(up, 20, what="the witness to answer")
-    return proc, url, pk
+    wdir = os.path.join(directory, "witness")
+    pk = init_witness(wdir, port=port)
+    return witness_server.spawn(wdir), f"http://127.0.0.1:{port}", pk
 
 
 def run_demo(directory: str | None = None, keep: bool = False) -> int:
@@ -133,12 +117,7 @@ def run_demo(directory: str | None = None, keep: bool = False) -> int:
             for cl in clusters:
                 cl.stop()
             if witness is not None:
-                witness.send_signal(signal.SIGTERM)
-                try:
-                    witness.wait(10)
-                except subprocess.TimeoutExpired:
-                    witness.kill()
-                    witness.wait(5)
+                witness_server.stop(witness)
             if tmp:
                 shutil.rmtree(directory, ignore_errors=True)
 

@@ -23,6 +23,8 @@ import json
 import logging
 import os
 import signal
+import subprocess
+import sys
 import time
 
 from aiohttp import web
@@ -128,6 +130,44 @@ async def _serve(wl: WitnessLog, host: str, port: int) -> None:
              len(wl.leaves), host, port)
     await stop.wait()
     await runner.cleanup()
+
+
+def spawn(directory: str, timeout: float = 20.0) -> subprocess.Popen:
+    """Start ``vault-raft witness serve`` as its own process (output in
+    ``DIR/witness.out``) and wait until it answers; the caller stops it with
+    :func:`stop`."""
+    from . import wire
+    from .cluster import ClusterError, wait_until
+    url = witness_url(directory)
+    with open(os.path.join(directory, "witness.out"), "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "vault_raft", "witness", "serve", "--dir",
+                                 directory], stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+
+    def up():
+        if proc.poll() is not None:
+            raise ClusterError(f"the witness exited; see {directory}/witness.out")
+        try:
+            return wire.call(url, "GET", "/v1/status", timeout=0.5)[0] == 200
+        except OSError:
+            return False
+    try:
+        wait_until(up, timeout, what="the witness to answer")
+    except BaseException:
+        stop(proc)
+        raise
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL past 10 s; always reaped."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 def run_witness(directory: str) -> int:
