@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 ADMIN_V = "vault-raft admin v1"
 SKEW_MS = 30_000
-OPS = ("status", "transfer")
+OPS = ("status", "transfer", "compact")
 
 
 class AdminAuthError(Exception):

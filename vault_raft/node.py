@@ -315,6 +315,7 @@ class VaultService:
         if detail:
             out.update(records=st.get("records"), journal_syncs=st.get("journal_syncs"),
                        synced_index=st.get("synced_index"), log_len=st.get("log_len"),
+                       log_start=st.get("log_start"),
                        transport=self.cfg.transport, stats=dict(self.stats))
         return out
 
@@ -326,6 +327,9 @@ class VaultService:
             raise ApiError(401, str(exc)) from None
         if op == "status":
             return self.status(detail=True)
+        if op == "compact":
+            self.replica.compact_now()
+            return {"compacting": True}
         # transfer: hand leadership to args["to"] (a node id) or the best follower
         to = args.get("to")
         by_id = {nid: addr for addr, nid in self.cfg.peer_ids}

@@ -19,7 +19,7 @@ Op = Callable[[], bool]
 PERCENTILES = (50, 90, 99, 99.9)
 
 
-def _attempt(op: Op) -> bool:
+def attempt(op: Op) -> bool:
     """Run one operation; an exception is a failed operation, not a crash of the load."""
     try:
         return bool(op())
@@ -89,7 +89,7 @@ def closed_loop(name: str, make_op: Callable[[int], Op], concurrency: int,
             t0 = time.perf_counter()
             if t0 >= stop_at:
                 break
-            good = _attempt(op)
+            good = attempt(op)
             t1 = time.perf_counter()
             if good:
                 ok += 1
@@ -132,7 +132,7 @@ def open_loop(name: str, make_op: Callable[[int], Op], concurrency: int, rate: f
             now = time.perf_counter()
             if intended > now:
                 time.sleep(intended - now)
-            good = _attempt(op)
+            good = attempt(op)
             t1 = time.perf_counter()
             if good:
                 ok += 1
@@ -161,7 +161,7 @@ def timed(n: int, op: Op, name: str) -> Result:
     t_start = time.perf_counter()
     for _ in range(n):
         t0 = time.perf_counter()
-        if _attempt(op):
+        if attempt(op):
             res.ok += 1
             res.hist.record_value(max(1, int((time.perf_counter() - t0) * 1e6)))
         else:

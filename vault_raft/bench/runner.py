@@ -25,7 +25,7 @@ from ..fleet.config import FleetInfo, init_fleet
 from ..replica.raft import _snapshot_bytes
 from . import etcd as E
 from .http import KeepAlive
-from .load import Result, closed_loop, open_loop, timed
+from .load import Result, attempt, closed_loop, open_loop, timed
 
 ATTEMPTS_PER_BENCH_USER = 100
 NO_OP = b"\x01"
@@ -455,6 +455,50 @@ def _synthetic_state(n: int, record: bytes) -> M.VaultState:
     return st
 
 
+def measure_compaction(vb: VaultBench, n: int, timeout: float = 120.0) -> dict:
+    """Guesses at concurrency 1 while the leader snapshots its state and compacts
+    its journal (forced through the signed admin path): the stall, if any, is
+    what a snapshot costs the commit path.  The snapshot is written by a forked
+    child (RaftSettings.fork_snapshots), so the Raft thread pauses only to fork."""
+    leader = vb.cluster.leader()
+    st = vb.cluster.status(leader) if leader else None
+    if not st or "log_start" not in st:
+        return {"error": "no leader with an admin status"}
+    lat = Result(f"vault guess during a snapshot, {n} records", 1, "closed", 0.0)
+    stop = threading.Event()
+    op = vb.guess_op(0)
+
+    def load():
+        t_start = time.perf_counter()
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            if attempt(op):
+                lat.ok += 1
+                lat.hist.record_value(max(1, int((time.perf_counter() - t0) * 1e6)))
+            else:
+                lat.errors += 1
+        lat.duration = time.perf_counter() - t_start
+    th = threading.Thread(target=load, daemon=True)
+    th.start()
+    time.sleep(0.5)
+    before = (vb.cluster.status(leader) or {}).get("log_start", 0)
+    t0 = time.perf_counter()
+    code, _ = vb.cluster.admin(leader, "compact")
+    done = None
+    while code == 200 and time.perf_counter() - t0 < timeout:
+        start = (vb.cluster.status(leader, timeout=2.0) or {}).get("log_start")
+        if isinstance(start, int) and start > before:  # the journal was compacted
+            done = time.perf_counter() - t0
+            break
+        time.sleep(0.05)
+    time.sleep(0.5)
+    stop.set()
+    th.join(30)
+    return {"snapshot_and_compaction_s": None if done is None else round(done, 3),
+            "guess": lat, "max_guess_ms": round(lat.hist.get_max_value() / 1000, 2)
+            if lat.hist.get_total_count() else None}
+
+
 def run_growth(cfg: Config, res: dict) -> None:
     out = {}
     for n in cfg.growth:
@@ -493,7 +537,9 @@ def run_growth(cfg: Config, res: dict) -> None:
             vb._ke1s = [opaque.ClientLogin.start(b"wrong", ksf=vb.fleet.ksf,
                                                  context=vb.fleet.context)[1] for _ in range(32)]
             guess = timed(cfg.samples, vb.guess_op(0), f"vault guess, {n} records")
-            out[n] = {"records": n, "snapshot_bytes": size,
+            _progress(cfg, f"growth: {n} records: guesses while the leader takes a snapshot")
+            compaction = measure_compaction(vb, n)
+            out[n] = {"records": n, "snapshot_bytes": size, "compaction": compaction,
                       "snapshot_serialize_s": round(t_snap, 3), "build_s": round(t_build, 3),
                       "restart_to_healthy_s": round(t_restart, 3),
                       "rss_bytes_per_node": rss,

@@ -42,7 +42,8 @@ from .history import History
 
 SIM_SETTINGS = dict(election_min=0.4, election_max=1.0, heartbeat=0.05, leader_fallback=1.0,
                     connection_timeout=1.5, reconnect=0.3, compaction_min_entries=40,
-                    compaction_min_time=3.0, batch_bytes=400)  # small: catch-ups span messages
+                    compaction_min_time=3.0, batch_bytes=400,  # small: catch-ups span messages
+                    fork_snapshots=False)  # one process, deterministic
 
 
 # ------------------------------------------------------------------ disk

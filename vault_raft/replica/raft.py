@@ -16,8 +16,10 @@ the version check below refuses any other pysyncobj):
   the tick thread drains the command queue the per-command append rounds are
   deferred and sent once: N queued commands, one message per follower.
 * **Snapshots without pickle.**  pysyncobj's ``serializer``/``deserializer``
-  hooks write msgpack with a SHA-256 trailer (``useFork`` off: the snapshot
-  is taken on the Raft thread, consistent with the applied index).  On load the
+  hooks write msgpack with a SHA-256 trailer.  ``useFork`` is on: pysyncobj
+  forks on the Raft thread at the applied index and the child serialises a
+  copy-on-write image, so the Raft thread pauses to fork, not to serialise
+  (the child takes no lock, see ``_write_snapshot``).  On load the
   journal is aligned to the snapshot so a crash between snapshot and
   compaction loses nothing.
 * **Authenticated frames.**  pysyncobj's ``password`` asks for our
@@ -36,6 +38,7 @@ the version check below refuses any other pysyncobj):
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import os
@@ -187,7 +190,7 @@ class RaftSettings:
     def __init__(self, *, election_min=0.4, election_max=1.0, heartbeat=0.05,
                  leader_fallback=1.0, connection_timeout=1.5, reconnect=0.3,
                  compaction_min_entries=50_000, compaction_min_time=600.0,
-                 batch_bytes=65536, pre_vote=None):
+                 batch_bytes=65536, pre_vote=None, fork_snapshots=True):
         self.election_min = election_min
         self.election_max = election_max
         self.heartbeat = heartbeat
@@ -198,6 +201,7 @@ class RaftSettings:
         self.compaction_min_time = compaction_min_time
         self.batch_bytes = int(batch_bytes)
         self.pre_vote = self.PRE_VOTE if pre_vote is None else bool(pre_vote)
+        self.fork_snapshots = bool(fork_snapshots)
 
 
 class DurableReplica(SyncObj):
@@ -216,6 +220,7 @@ class DurableReplica(SyncObj):
         self._trace = trace
         self._dial_map = dict(dial or {})  # peer raft address -> address to dial
         self._state_lock = threading.Lock()
+        self._pid = os.getpid()
         self.snapshot_path = os.path.join(data_dir, "snapshot.bin")
         self.journal_path = _DurablePath(os.path.join(data_dir, "raft.journal"))
         self.journal_path.trace = trace
@@ -237,7 +242,10 @@ class DurableReplica(SyncObj):
             fullDumpFile=self.snapshot_path,
             serializer=self._write_snapshot,
             deserializer=self._read_snapshot,
-            useFork=False,
+            # A snapshot is written by a forked child from a copy-on-write image
+            # of the applied state, so the Raft thread pauses for the fork, not
+            # for serialising (1M records: seconds).  The simulation turns it off.
+            useFork=s.fork_snapshots,
             appendEntriesUseBatch=False,
             appendEntriesPeriod=s.heartbeat,
             raftMinTimeout=s.election_min,
@@ -441,6 +449,10 @@ class DurableReplica(SyncObj):
             fn()
         return super()._onTick(timeToWait)
 
+    def compact_now(self) -> None:
+        """Take a snapshot and compact the journal at the next opportunity."""
+        self._raft_calls.put(self.forceLogCompaction)
+
     def transfer_leadership(self, target: str | None, callback) -> None:
         """Ask pysyncobj (on its own thread) to hand leadership to ``target``
         (a Raft address; None = the most caught-up follower).  ``callback(res,
@@ -460,8 +472,14 @@ class DurableReplica(SyncObj):
     # ------------------------------------------------------------ snapshots
     def _write_snapshot(self, filename: str, raft_data) -> None:
         last, prev, cluster = raft_data
-        with self._state_lock:
+        if os.getpid() != self._pid:
+            # in pysyncobj's forked child: one thread, an image of the state as
+            # the Raft thread left it -- and a lock another thread may have held
+            # at the fork would never be released here, so do not take it
             blob = self._snapshot_state()
+        else:
+            with self._state_lock:
+                blob = self._snapshot_state()
         data = _snapshot_bytes(blob, [list(last), list(prev)],
                                sorted(getattr(n, "id", str(n)) for n in cluster))
         atomic_write(filename, data)  # pysyncobj renames it over the snapshot next
@@ -536,6 +554,7 @@ class DurableReplica(SyncObj):
             "leader": getattr(leader, "id", None) if leader is not None else None,
             "has_quorum": bool(st["has_quorum"]),
             "log_len": st["log_len"],
+            "log_start": journal[0][1] if journal is not None and len(journal) else 0,
             "journal_syncs": journal.syncs if journal else 0,
             "synced_index": journal.synced_index if journal else 0,
         }
@@ -577,6 +596,10 @@ class VaultReplica(DurableReplica):
             self._vault = checked[1]
         else:
             self._vault = VaultState.from_snapshot(blob)
+        # The loaded records are long-lived and acyclic: keep the cyclic GC from
+        # walking them (a full collection over 1M records is a pause of its own,
+        # and after a snapshot fork it would copy every page the child shares).
+        gc.freeze()
 
     def status(self) -> dict:
         st = super().status()
