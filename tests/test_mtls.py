@@ -219,7 +219,13 @@ def test_a_pickle_payload_is_never_unpickled(pki, n1):
     s = _as_node(pki, "n2")
     s.sendall(struct.pack(">I", len(body)) + body)
     assert _closed(s)
-    # 3. a snapshot-style large-entry transmission (pysyncobj would unpickle it)
+    # 3. a pickle as a forwarded command (the leader would append it, then unpickle it)
+    body = msgpack.packb({"type": "apply_command", "command": entry, "request_id": 1},
+                         use_bin_type=True)
+    s = _as_node(pki, "n2")
+    s.sendall(struct.pack(">I", len(body)) + body)
+    assert _closed(s)
+    # 4. a snapshot-style large-entry transmission (pysyncobj would unpickle it)
     body = msgpack.packb({"type": "append_entries", "term": 201, "commit_index": 5,
                           "prevLogIdx": 0, "prevLogTerm": 0, "transmission": "finish",
                           "data": evil}, use_bin_type=True)
@@ -241,8 +247,11 @@ def test_pysyncobj_utility_and_readonly_paths_are_unreachable(pki, n1):
     assert n1.status()["term"] < 1000
 
 
-def test_the_entry_check_accepts_exactly_what_the_replica_writes():
+def test_commands_travel_as_data_and_come_back_byte_for_byte():
     ok = bytes([0]) + pickle.dumps((3, (b"command",)), 2)
+    frame = wire.encode({"type": "apply_command", "command": ok, "request_id": 7})
+    assert b"_codecs" not in frame  # no pickle on the wire
+    assert wire.decode(frame[4:])["command"] == ok
     assert wire.check_entry(ok) and wire.check_entry(bytes([1]))
     for bad in (bytes([0]) + pickle.dumps((3, ("str",)), 2),
                 bytes([0]) + pickle.dumps((3, (b"a", b"b")), 2),

@@ -8,16 +8,17 @@ msgpack's size limits and then checked against the schema of its message type
 (:data:`SCHEMA`): unknown types, unknown or missing fields and wrong types are
 refused, and the connection is dropped.
 
-What pickle remains: pysyncobj stores each log entry's command as
-``type byte || pickle((method id, args))`` and unpickles it when it applies the
-entry.  Those bytes arrive inside ``append_entries``; :func:`check_entry` lets
-through only the two shapes our replica produces -- a no-op, or a call of one
-replicated method with a single ``bytes`` argument -- and checks them with an
-unpickler that can build nothing but tuples, ints and bytes (``find_class``
-admits only ``_codecs.encode``, which protocol 2 uses for bytes), then insists
-that re-pickling gives the same bytes.  pysyncobj's large-entry "transmission"
-path (it pickles an entry and the follower unpickles it) is refused outright:
-our commands are far below the batch size that would trigger it.
+No pickle on the wire.  pysyncobj stores each log entry's command (and
+forwards each proposed command to the leader) as ``type byte || pickle((method
+id, args))``.  The sender turns such a command from its own log or queue into
+``[0, method id, payload]`` (or ``[1]`` for a no-op) -- :func:`command_to_wire`,
+which reads only the node's own data, with an unpickler that can build nothing
+but tuples, ints and bytes -- and the receiver rebuilds the bytes by *pickling*
+the validated ints and bytes (:func:`command_from_wire`).  Only the two shapes
+our replica produces exist on the wire, and nothing received is unpickled.
+pysyncobj's large-entry "transmission" path (it pickles an entry and the
+follower unpickles it) is refused outright: our commands are far below the
+batch size that would trigger it.
 """
 
 from __future__ import annotations
@@ -52,10 +53,16 @@ def _bytes(v) -> bool:
     return isinstance(v, bytes)
 
 
+def _wire_command(v) -> bool:
+    return isinstance(v, list) and (v == [_NO_OP] or (
+        len(v) == 3 and v[0] == _REGULAR and _int(v[1]) and 0 <= v[1] < 2 ** 31
+        and _bytes(v[2])))
+
+
 def _entries(v) -> bool:
     return isinstance(v, list) and len(v) <= MAX_ENTRIES and all(
-        isinstance(e, list) and len(e) == 3 and _bytes(e[0]) and _int(e[1]) and _int(e[2])
-        and check_entry(e[0]) for e in v)
+        isinstance(e, list) and len(e) == 3 and _wire_command(e[0]) and _int(e[1])
+        and _int(e[2]) for e in v)
 
 
 def _serialized(v) -> bool:
@@ -74,7 +81,7 @@ SCHEMA = {
                        {"prevLogIdx": _int, "prevLogTerm": _int, "entries": _entries,
                         "serialized": _serialized}),
     "next_node_idx": ({"next_node_idx": _int, "reset": _bool, "success": _bool}, {}),
-    "apply_command": ({"command": _bytes}, {"request_id": _int}),
+    "apply_command": ({"command": _wire_command}, {"request_id": _int}),
     "apply_command_response": ({"request_id": _int},
                                {"log_idx": _int, "log_term": _int, "error": _int}),
     "_ping": ({}, {}),
@@ -89,23 +96,34 @@ class _OnlyCallBytes(pickle.Unpickler):
         raise FrameError(f"log entry pickle refers to {module}.{name}")
 
 
-def check_entry(command: bytes) -> bool:
-    """Is ``command`` a log entry our replica could have produced?"""
+def command_to_wire(command: bytes) -> list:
+    """A command from this node's own log or queue, as msgpack-able data."""
     if command == bytes([_NO_OP]):
-        return True
-    if len(command) < 2 or command[0] != _REGULAR:
-        return False
-    body = command[1:]
+        return [_NO_OP]
+    if len(command) >= 2 and command[0] == _REGULAR:
+        try:
+            obj = _OnlyCallBytes(io.BytesIO(command[1:])).load()
+        except Exception:  # noqa: BLE001 -- not one of ours: refuse below
+            obj = None
+        if isinstance(obj, tuple) and len(obj) == 2 and _int(obj[0]) and \
+                isinstance(obj[1], tuple) and len(obj[1]) == 1 and _bytes(obj[1][0]):
+            return [_REGULAR, obj[0], obj[1][0]]
+    raise FrameError("a command that is not a single-bytes call of a replicated method")
+
+
+def command_from_wire(v: list) -> bytes:
+    """The command bytes pysyncobj expects, rebuilt from validated wire data."""
+    if v == [_NO_OP]:
+        return bytes([_NO_OP])
+    return bytes([_REGULAR]) + pickle.dumps((v[1], (v[2],)), 2)
+
+
+def check_entry(command: bytes) -> bool:
+    """Could this command travel on the wire (is it one our replica writes)?"""
     try:
-        obj = _OnlyCallBytes(io.BytesIO(body)).load()
+        return command_from_wire(command_to_wire(command)) == command
     except FrameError:
         return False
-    except Exception:  # noqa: BLE001 -- any malformed pickle is simply refused
-        return False
-    if not (isinstance(obj, tuple) and len(obj) == 2 and _int(obj[0])
-            and isinstance(obj[1], tuple) and len(obj[1]) == 1 and _bytes(obj[1][0])):
-        return False
-    return pickle.dumps(obj, 2) == body
 
 
 def encode(message: dict) -> bytes:
@@ -114,6 +132,11 @@ def encode(message: dict) -> bytes:
         raise FrameError(f"message type {message!r:.40} is not sent on this wire")
     if "transmission" in message:
         raise FrameError("pysyncobj's pickled large-entry transmission is not supported")
+    if "entries" in message:
+        message = dict(message, entries=[[command_to_wire(c), i, t]
+                                         for c, i, t in message["entries"]])
+    elif message["type"] == "apply_command":
+        message = dict(message, command=command_to_wire(message["command"]))
     body = msgpack.packb(message, use_bin_type=True)
     if len(body) > MAX_FRAME:
         raise FrameError(f"message of {len(body)} bytes exceeds the frame limit")
@@ -136,6 +159,10 @@ def decode(body: bytes) -> dict:
     except Exception as exc:  # noqa: BLE001 -- msgpack raises several types
         raise FrameError(f"frame is not msgpack: {exc.__class__.__name__}") from None
     check(msg)
+    if "entries" in msg:
+        msg["entries"] = [(command_from_wire(c), i, t) for c, i, t in msg["entries"]]
+    elif msg["type"] == "apply_command":
+        msg["command"] = command_from_wire(msg["command"])
     return msg
 
 
