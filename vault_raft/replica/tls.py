@@ -17,7 +17,8 @@ address the certificate's SAN holds (which must match the fleet config for
 that node id), never to an address the peer claims; an outgoing connection
 must reach a server whose certificate names the node we dialled.  Frames are
 :mod:`.wire` msgpack (length checked before buffering, strict schema, no
-pickle on the wire and nothing received unpickled).  Readonly connections and utility commands do not exist on this wire.
+pickle on the wire, nothing received unpickled).  Readonly connections and
+utility commands do not exist on this wire.
 Idle connections carry keepalive pings, so a silent (paused) peer is dropped
 after ``connectionTimeout``, as with pysyncobj's transport.
 """
