@@ -362,15 +362,14 @@ class TrustedClient:
         raise Unavailable(f"could not fetch the fleet's bundle ({last})")
 
     def _client(self, entry: B.FleetEntry) -> Client:
-        key = entry
-        if key not in self._clients:
+        if entry not in self._clients:
             try:
                 info = FleetInfo.from_entry(entry)
             except ConfigError as exc:
                 raise Untrusted(str(exc), B.BundleMalformed) from None
-            self._clients[key] = Client(info, timeout=self.timeout,
-                                        request_timeout=self.request_timeout)
-        return self._clients[key]
+            self._clients[entry] = Client(info, timeout=self.timeout,
+                                          request_timeout=self.request_timeout)
+        return self._clients[entry]
 
     # -------------------------------------------------------- operations
     def enroll(self, user, code, secret: bytes, max_attempts: int | None = None) -> int:

@@ -91,9 +91,8 @@ def build_app(wl: WitnessLog) -> web.Application:
         except B.TrustError as exc:
             return _reply(400, {"error": "bad_request", "message": str(exc)})
         sth, sth_sig = wl.tree_head(int(time.time()))
-        log.info("co-signed %s epoch %s as leaf %d",
-                 B.Bundle.from_canonical(canon).namespace, B.Bundle.from_canonical(canon).epoch,
-                 idx)
+        bundle = B.Bundle.from_canonical(canon)  # cosign checked it: this cannot fail
+        log.info("co-signed %s epoch %s as leaf %d", bundle.namespace, bundle.epoch, idx)
         return _reply(200, {"statement": st, "witness_sig": wsig, "leaf_index": idx,
                             "sth": sth, "sth_sig": sth_sig})
 

@@ -30,6 +30,7 @@ import msgpack
 from ..crypto.ksf import DEFAULT_KSF, KSF
 from ..crypto.errors import OpaqueError
 from ..replica.journal import atomic_write
+from .bundle import FleetEntry
 from .keystore import FileKeystore, new_signing_key_file
 
 FLEET_VERSION = 1
@@ -62,8 +63,7 @@ class FleetInfo:
     default_max_attempts: int
     nodes: tuple[NodeInfo, ...]
 
-    def to_entry(self, role: str, deployment: bytes = bytes(32)):
-        from .bundle import FleetEntry
+    def to_entry(self, role: str, deployment: bytes = bytes(32)) -> FleetEntry:
         return FleetEntry(self.fleet_id, role, self.opaque_server_public_key,
                           self.enroll_public_key, tuple(sorted(self.ksf.to_dict().items())),
                           self.default_max_attempts, tuple(n.api for n in self.nodes), deployment)

@@ -118,14 +118,6 @@ def command_from_wire(v: list) -> bytes:
     return bytes([_REGULAR]) + pickle.dumps((v[1], (v[2],)), 2)
 
 
-def check_entry(command: bytes) -> bool:
-    """Could this command travel on the wire (is it one our replica writes)?"""
-    try:
-        return command_from_wire(command_to_wire(command)) == command
-    except FrameError:
-        return False
-
-
 def encode(message: dict) -> bytes:
     """A frame for ``message`` (the receiver checks the schema; here only the type)."""
     if not isinstance(message, dict) or message.get("type") not in SCHEMA:
