@@ -223,3 +223,57 @@ def test_truncate_and_compact_survive_reopen(tmp_path):
     assert [e[1] for e in j] == list(range(6, 17))
     assert j[-1] == (b"new16", 16, 2)
     assert j[0] == (b"cmd6", 6, 1)
+
+
+def _crash_image(j, path, copy):
+    """The file as a crash would leave it: synced, not closed (reserve in place)."""
+    j.sync()
+    with open(path, "rb") as src, open(copy, "wb") as dst:
+        dst.write(src.read())
+
+
+def test_reserved_space_is_not_a_torn_tail(tmp_path, caplog):
+    path, copy = str(tmp_path / "j"), str(tmp_path / "crash")
+    j = J.DurableJournal(path)
+    for i in range(1, 51):
+        j.add(f"cmd{i}".encode(), i, 1)
+    _crash_image(j, path, copy)
+    assert os.path.getsize(copy) > j._end + J.DurableJournal.PREALLOCATE // 2  # space reserved
+    with caplog.at_level("WARNING"):
+        k = J.DurableJournal(copy)
+    assert [e[1] for e in k] == list(range(1, 51)) and "torn" not in caplog.text
+    k.add(b"cmd51", 51, 1)  # appends continue inside the reserve
+    k._destroy()
+    assert [e[1] for e in J.DurableJournal(copy)] == list(range(1, 52))
+    j._destroy()
+    assert os.path.getsize(path) == j._end  # a clean close trims the reserve
+
+
+def test_torn_record_inside_the_reserve_is_dropped(tmp_path):
+    path, copy = str(tmp_path / "j"), str(tmp_path / "crash")
+    j = J.DurableJournal(path)
+    for i in range(1, 11):
+        j.add(f"cmd{i}".encode(), i, 1)
+    _crash_image(j, path, copy)
+    with open(copy, "r+b") as f:  # half of record 11 reached the disk
+        f.seek(j._end)
+        f.write(J._encode(b"cmd11-long-command", 11, 1)[:20])
+    k = J.DurableJournal(copy)
+    assert len(k) == 10 and k[-1] == (b"cmd10", 10, 1)
+    k.add(b"cmd11", 11, 1)
+    k._destroy()
+    assert len(J.DurableJournal(copy)) == 11
+    j._destroy()
+
+
+def test_truncated_entries_do_not_come_back_from_the_reserve(tmp_path):
+    path, copy = str(tmp_path / "j"), str(tmp_path / "crash")
+    j = J.DurableJournal(path)
+    for i in range(1, 21):
+        j.add(f"cmd{i}".encode(), i, 1)
+    j.sync()
+    j.add(b"new16", 16, 2)  # a conflicting entry: 16..20 are cut, new16 appended
+    _crash_image(j, path, copy)
+    k = J.DurableJournal(copy)
+    assert [e[1] for e in k] == list(range(1, 17)) and k[-1] == (b"new16", 16, 2)
+    j._destroy()

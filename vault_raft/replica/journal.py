@@ -38,6 +38,7 @@ import msgpack
 log = logging.getLogger("vault_raft.journal")
 
 HEADER = b"VRJ1\0\0\0\0"
+PREALLOCATE = 4 * 1024 * 1024  # bytes reserved ahead of the log's end (see DurableJournal)
 _REC = struct.Struct("<IIQQ")  # len, crc, idx, term
 _MAX_RECORD = 64 * 1024 * 1024
 
@@ -108,6 +109,14 @@ class DurableJournal:
 
     RAFT_CONFORMANT_TRUNCATION = True
 
+    #: Space is reserved ahead of the log's end in chunks of this many bytes
+    #: (``posix_fallocate``), as etcd's WAL does: an ``fdatasync`` after an
+    #: append inside the file's size need not also commit a new file size,
+    #: which made it 15-30% faster, and its tail far shorter, on this
+    #: project's disk (docs/design.md).  The reserved space reads as zeros; a
+    #: clean close trims it.  0 turns it off.
+    PREALLOCATE = PREALLOCATE
+
     def __init__(self, path: str, trace: Callable[..., None] | None = None):
         self.path = path
         self.meta_path = path + ".meta"
@@ -120,6 +129,7 @@ class DurableJournal:
         self._meta = self._load_meta()
         self._meta_dirty = False
         self._fd = -1
+        self._alloc = 0  # file size: the log's end plus reserved space
         self._open()
 
     # ------------------------------------------------------------ files
@@ -165,9 +175,10 @@ class DurableJournal:
             self._offsets.append(off)
             prev_idx = idx
             off = good_end = end
-        if good_end < len(data):
+        used = len(data.rstrip(b"\0"))  # a zero tail is reserved space (or a torn zero fill)
+        if good_end < used:
             rest = data[good_end:]
-            if self._valid_record_after(data, good_end, (prev_idx or 0) + 1):
+            if self._valid_record_after(data[:used], good_end, (prev_idx or 0) + 1):
                 raise JournalCorrupt(
                     f"{self.path}: damaged record at byte {good_end} followed by more data; "
                     "refusing to start (acknowledged entries may be behind it)")
@@ -176,8 +187,10 @@ class DurableJournal:
             with open(self.path, "r+b") as f:
                 f.truncate(good_end)
                 os.fsync(f.fileno())
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+            data = data[:good_end]
+        self._fd = os.open(self.path, os.O_WRONLY)
         self._end = good_end
+        self._alloc = len(data)
         self._synced_idx = self._entries[-1][1] if self._entries else 0
 
     @staticmethod
@@ -204,13 +217,30 @@ class DurableJournal:
             if action == "cut":
                 self._truncate(pos)
         rec = _encode(bytes(command), idx, term)
-        os.write(self._fd, rec)
+        if self._end + len(rec) > self._alloc:
+            self._reserve(len(rec))
+        view, pos = memoryview(rec), self._end
+        while view:
+            n = os.pwrite(self._fd, view, pos)
+            view, pos = view[n:], pos + n
         self._entries.append((command, idx, term))
         self._offsets.append(self._end)
         self._end += len(rec)
         self._dirty = True
         if self.trace:
             self.trace("append", idx, term)
+
+    def _reserve(self, need: int) -> None:
+        """Grow the file to hold ``need`` more bytes, plus the reserve."""
+        size = self._end + need + self.PREALLOCATE
+        if self.PREALLOCATE:
+            try:
+                os.posix_fallocate(self._fd, self._alloc, size - self._alloc)
+            except OSError as exc:  # e.g. no fallocate here: plain appends still work
+                log.warning("journal %s: cannot reserve space (%s); appending", self.path, exc)
+                self.PREALLOCATE = 0
+                size = self._end + need
+        self._alloc = max(self._alloc, size if self.PREALLOCATE else self._end + need)
 
     def sync(self) -> None:
         """Make every written entry durable (called before each send)."""
@@ -229,7 +259,7 @@ class DurableJournal:
 
     def clear(self) -> None:
         os.ftruncate(self._fd, len(HEADER))
-        self._end = len(HEADER)
+        self._end = self._alloc = len(HEADER)
         self._entries, self._offsets = [], []
         self._dirty = True
         if self.trace:
@@ -246,8 +276,8 @@ class DurableJournal:
         if entryFrom < 0:
             entryFrom = max(0, len(self._entries) + entryFrom)
         cut = self._offsets[entryFrom]
-        os.ftruncate(self._fd, cut)
-        self._end = cut
+        os.ftruncate(self._fd, cut)  # also drops the reserve: no stale record survives
+        self._end = self._alloc = cut
         if self.trace and self._entries[entryFrom:]:
             self.trace("truncate", self._entries[entryFrom][1])
         del self._entries[entryFrom:]
@@ -271,7 +301,8 @@ class DurableJournal:
         blob = HEADER + b"".join(_encode(bytes(c), i, t) for c, i, t in keep)
         os.close(self._fd)
         atomic_write(self.path, blob)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        self._fd = os.open(self.path, os.O_WRONLY)
+        self._alloc = len(blob)
         self._entries = list(keep)
         self._offsets = []
         off = len(HEADER)
@@ -292,6 +323,9 @@ class DurableJournal:
     def _destroy(self) -> None:
         if self._fd >= 0:
             self.sync()
+            if self._alloc > self._end:  # a clean close leaves no reserve behind
+                os.ftruncate(self._fd, self._end)
+                os.fdatasync(self._fd)
             if self._meta_dirty:
                 self._store_meta()
             os.close(self._fd)
