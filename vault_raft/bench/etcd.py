@@ -97,6 +97,22 @@ class EtcdCluster:
                 raise EtcdUnavailable(f"etcd cluster did not come up (logs in {self.dir})")
             time.sleep(0.2)
 
+    def roles(self) -> list[str | None]:
+        """Each member's role ("leader"/"follower"), from /v3/maintenance/status."""
+        out: list[str | None] = []
+        for ep in self.endpoints:
+            c = KeepAlive(ep)
+            try:
+                st, body = c.post_json("/v3/maintenance/status", {})
+                d = json.loads(body) if st == 200 else {}
+                me = d.get("header", {}).get("member_id")
+                out.append(None if not me else "leader" if d.get("leader") == me else "follower")
+            except (OSError, ValueError):
+                out.append(None)
+            finally:
+                c.close()
+        return out
+
     def stop(self) -> None:
         for p in self.procs:
             if p.poll() is None:

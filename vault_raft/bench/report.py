@@ -36,28 +36,53 @@ def baselines(res: dict) -> dict[str, Result]:
     return out
 
 
+def _row_head(title: str) -> str:
+    return (f"{title:42} {'n':>5} {'err':>4} {'p50':>7} {'p90':>7} {'p99':>7} {'p99.9':>7} "
+            f"{'max':>7}")
+
+
+def _row(name: str, r: Result) -> str:
+    return (f"{name[:42]:42} {r.hist.get_total_count():5d} {r.errors:4d} {_fmt(_pct(r, 50)):>7} "
+            f"{_fmt(_pct(r, 90)):>7} {_fmt(_pct(r, 99)):>7} {_fmt(_pct(r, 99.9)):>7} "
+            f"{_fmt(r.hist.get_max_value() / 1000 if r.hist.get_total_count() else None):>7}")
+
+
 def table(res: dict) -> str:
     lines = []
     base = baselines(res)
     c1 = dict(res.get("vault", {}).get("c1", {}))
     rows = [(r.name, r) for r in c1.values()]
     rows += [(r.name, r) for r in base.values()]
-    if "floor" in res:
-        rows.append((res["floor"]["loopback"].name, res["floor"]["loopback"]))
+    for key in ("fsync_append", "loopback"):
+        if key in res.get("floor", {}):
+            rows.append((res["floor"][key].name, res["floor"][key]))
     for n, v in sorted(res.get("sizes", {}).items()):
         rows.append((v["guess"].name, v["guess"]))
     for n, v in sorted(res.get("growth", {}).items()):
         rows.append((v["guess"].name, v["guess"]))
-    head = f"{'concurrency 1 (ms)':42} {'n':>5} {'err':>4} {'p50':>7} {'p90':>7} {'p99':>7} {'p99.9':>7} {'max':>7}"
-    ratio_cols = list(base)
-    head += "".join(f" {'p50/' + k:>14}" for k in ratio_cols)
+    put = base.get("etcd put")
+    head = _row_head("concurrency 1, via the leader (ms)")
+    head += "".join(f" {'p50/' + k:>14}" for k in base)
+    head += f" {'p99/etcd put':>14}" if put else ""
     lines += [head, "-" * len(head)]
     for name, r in rows:
-        line = (f"{name[:42]:42} {r.hist.get_total_count():5d} {r.errors:4d} {_fmt(_pct(r, 50)):>7} "
-                f"{_fmt(_pct(r, 90)):>7} {_fmt(_pct(r, 99)):>7} {_fmt(_pct(r, 99.9)):>7} "
-                f"{_fmt(r.hist.get_max_value() / 1000 if r.hist.get_total_count() else None):>7}")
-        line += "".join(f" {_ratio(_pct(r, 50), _pct(b, 50)):>14}" for b in base.values())
+        line = _row(name, r) + "".join(f" {_ratio(_pct(r, 50), _pct(b, 50)):>14}"
+                                       for b in base.values())
+        line += f" {_ratio(_pct(r, 99), _pct(put, 99)):>14}" if put else ""
         lines.append(line)
+    via = [res.get(k, {}).get("via_follower", {}) for k in ("vault", "pysyncobj", "etcd")]
+    via_rows = [r for d in via for r in d.values()]
+    if via_rows:
+        fput = res.get("etcd", {}).get("via_follower", {}).get("put")
+        head = _row_head("concurrency 1, via a follower (ms)")
+        head += f" {'p50/etcd put':>14} {'p99/etcd put':>14}" if fput else ""
+        lines += ["", head, "-" * len(head)]
+        for r in via_rows:
+            line = _row(r.name, r)
+            if fput:
+                line += (f" {_ratio(_pct(r, 50), _pct(fput, 50)):>14}"
+                         f" {_ratio(_pct(r, 99), _pct(fput, 99)):>14}")
+            lines.append(line)
     curves = [("vault guess", res.get("vault", {}).get("curve", {})),
               ("raw pysyncobj increment", res.get("pysyncobj", {}).get("curve", {})),
               ("etcd CAS increment", res.get("etcd", {}).get("curve", {}))]
