@@ -69,6 +69,13 @@ def _mac(key: bytes, msg: bytes) -> bytes:
     return h.finalize()
 
 
+def _xor(a: bytes, b: bytes) -> bytes:
+    """Bytewise XOR of equal-length strings (as one integer operation)."""
+    if len(a) != len(b):
+        raise OpaqueError("masking pad and data differ in length")
+    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(len(a), "big")
+
+
 def _hash(msg: bytes) -> bytes:
     return hashlib.sha512(msg).digest()
 
@@ -96,8 +103,7 @@ def derive_dh_key_pair(seed: bytes) -> tuple[bytes, bytes]:
 
 def _oprf_key(oprf_seed: bytes, credential_identifier: bytes) -> bytes:
     seed = _expand(oprf_seed, credential_identifier + b"OprfKey", Nok)
-    sk, _ = oprf.derive_key_pair(seed, b"OPAQUE-DeriveKeyPair")
-    return sk
+    return oprf.derive_secret_key(seed, b"OPAQUE-DeriveKeyPair")
 
 
 def _check_len(data: bytes, n: int, what: str) -> bytes:
@@ -247,7 +253,7 @@ def server_respond(*, oprf_seed: bytes, server_sk: bytes, server_pk: bytes, reco
 
     evaluated = oprf.blind_evaluate(_oprf_key(oprf_seed, credential_identifier), blinded)
     pad = _expand(masking_key, masking_nonce + b"CredentialResponsePad", Npk + Ne)
-    masked = bytes(a ^ b for a, b in zip(pad, server_pk + envelope))
+    masked = _xor(pad, server_pk + envelope)
     credential_response = evaluated + masking_nonce + masked
 
     server_secret, server_keyshare = derive_dh_key_pair(server_keyshare_seed)
@@ -284,7 +290,7 @@ def client_finish(state: ClientLoginState, ke2: bytes, ksf: KSF, context: bytes,
     rwd = _randomized_password(state.password, state.blind, evaluated, ksf)
     masking_key = _expand(rwd, b"MaskingKey", Nh)
     pad = _expand(masking_key, masking_nonce + b"CredentialResponsePad", Npk + Ne)
-    unmasked = bytes(a ^ b for a, b in zip(pad, masked))
+    unmasked = _xor(pad, masked)
     server_pk, envelope = unmasked[:Npk], unmasked[Npk:]
     try:
         server_pk = group.check_element(server_pk, "server public key")

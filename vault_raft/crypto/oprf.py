@@ -25,14 +25,21 @@ def _i2osp2(n: int) -> bytes:
     return n.to_bytes(2, "big")
 
 
-def derive_key_pair(seed: bytes, info: bytes) -> tuple[bytes, bytes]:
-    """RFC 9497 section 3.2.1: deterministic (skS, pkS) from a 32-byte seed."""
+def derive_secret_key(seed: bytes, info: bytes) -> bytes:
+    """RFC 9497 section 3.2.1, the skS half of DeriveKeyPair (what a server
+    that never publishes pkS -- base mode -- needs: one base multiplication less)."""
     derive_input = seed + _i2osp2(len(info)) + info
     for counter in range(256):
         sk = group.hash_to_scalar(derive_input + bytes([counter]), _DERIVE_KEY_PAIR_DST)
         if not group.is_zero_scalar(sk):
-            return sk, group.scalar_mult_base(sk)
+            return sk
     raise OpaqueError("DeriveKeyPairError")  # probability ~2^-252 * 256
+
+
+def derive_key_pair(seed: bytes, info: bytes) -> tuple[bytes, bytes]:
+    """RFC 9497 section 3.2.1: deterministic (skS, pkS) from a 32-byte seed."""
+    sk = derive_secret_key(seed, info)
+    return sk, group.scalar_mult_base(sk)
 
 
 def blind(password: bytes, blind_scalar: bytes) -> bytes:
