@@ -75,6 +75,9 @@ def _bin(body: dict, key: str, lo: int, hi: int | None = None) -> bytes:
     return v
 
 
+_IN_FLIGHT: set = set()  # this process's commits in flight
+
+
 def _expire(fut: asyncio.Future) -> None:
     if not fut.done():
         fut.set_exception(asyncio.TimeoutError())
@@ -103,15 +106,23 @@ async def commit(replica, propose, command: bytes, timeout: float, meanwhile=Non
     # a plain timer, not asyncio.wait_for: the reply is then one loop pass
     # after the commit instead of two
     timer = loop.call_later(timeout, _expire, fut)
+    _IN_FLIGHT.add(fut)
     try:
+        sent = getattr(replica, "rounds_sent", 0)
         propose(command, callback)
         if meanwhile is not None:
+            if len(_IN_FLIGHT) == 1 and hasattr(replica, "wait_sent"):
+                # Alone on this node: let the Raft thread send the append round
+                # before `meanwhile` takes the GIL (it would delay the sends).
+                # Under load, the round is on its way anyway: no waiting.
+                replica.wait_sent(sent, 0.002)
             meanwhile()
         res, err = await fut
     except asyncio.TimeoutError:
         raise ApiError(503, "commit timed out (the attempt may still be counted)") from None
     finally:
         timer.cancel()
+        _IN_FLIGHT.discard(fut)
     if err != 0:
         raise ApiError(503, f"commit failed: {FAIL_NAMES.get(err, err)}")
     return res

@@ -22,6 +22,9 @@ def register(sub) -> None:
                         "(shows the bug the replica fixes)")
     p.add_argument("--no-pre-vote", action="store_true",
                    help="elect as pysyncobj does, without a pre-vote round")
+    p.add_argument("--eager-commit-notice", action="store_true",
+                   help="after each commit send the followers a round with the new commit index, "
+                        "as pysyncobj does (the schedules of seeds found before it was lazy)")
     p.add_argument("--verbose", action="store_true", help="print every scheduled action")
     p.set_defaults(fn=run)
 
@@ -40,6 +43,7 @@ def run(a) -> int:
     from .replica.raft import DurableReplica, RaftSettings
     DurableReplica.RAFT_CONFORMANT_SNAPSHOT = not a.upstream_snapshot
     RaftSettings.PRE_VOTE = not a.no_pre_vote
+    DurableReplica.LAZY_COMMIT_NOTICE = not a.eager_commit_notice
     verdicts = S.random_run(a.seed, a.nodes, a.steps, mode=a.network,
                             log=print if a.verbose else None)
     for v in verdicts:
