@@ -277,3 +277,57 @@ def test_truncated_entries_do_not_come_back_from_the_reserve(tmp_path):
     k = J.DurableJournal(copy)
     assert [e[1] for e in k] == list(range(1, 17)) and k[-1] == (b"new16", 16, 2)
     j._destroy()
+
+
+class _PidSnapshotReplica(VaultReplica):
+    """Records which process wrote each snapshot."""
+
+    def _write_snapshot(self, filename, raft_data):
+        with open(self.snapshot_path + ".writer", "w") as f:
+            f.write(str(os.getpid()))
+        return super()._write_snapshot(filename, raft_data)
+
+
+@pytest.mark.parametrize("fork", [True, False])
+def test_snapshots_are_written_by_a_forked_child(tmp_path, fork):
+    """pysyncobj turns useFork off when a custom serializer is given; the
+    replica turns it back on, so the Raft thread does not serialise."""
+    addr = f"127.0.0.1:{free_base_port(1)}"
+    rep = _PidSnapshotReplica(addr, [], str(tmp_path / "n1"), "s3cret",
+                              settings=RaftSettings(fork_snapshots=fork))
+    try:
+        deadline = time.monotonic() + 20
+        while rep.status().get("role") != "leader":
+            assert time.monotonic() < deadline, "no leader"
+            time.sleep(0.05)
+        done, errors = threading.Semaphore(0), []
+        for k in range(20):
+            rep.propose(encode_command("enroll", user=f"u{k}".encode(), now=k, max_attempts=3,
+                                       version=b"v" * 16, opaque_record=b"r" * 192,
+                                       sealed_secret=b"s" * 40),
+                        lambda res, err: (errors.append(err) if err else None, done.release()))
+        for _ in range(20):
+            assert done.acquire(timeout=10)
+        assert errors == []
+        before = rep.status()["log_start"]
+        rep.compact_now()
+        deadline = time.monotonic() + 20
+        while rep.status()["log_start"] <= before:
+            assert time.monotonic() < deadline, "no compaction"
+            time.sleep(0.05)
+        with open(rep.snapshot_path + ".writer") as f:
+            writer = int(f.read())
+        assert (writer != os.getpid()) == fork
+        assert rep.read_state(lambda v: len(v.records)) == 20
+    finally:
+        rep.destroy_synchronous()
+    # the snapshot the child wrote is the one a restart loads
+    again = VaultReplica(addr, [], str(tmp_path / "n1"), "s3cret",
+                         settings=RaftSettings(fork_snapshots=fork))
+    try:
+        deadline = time.monotonic() + 20
+        while again.read_state(lambda v: len(v.records)) != 20:
+            assert time.monotonic() < deadline, "state not restored"
+            time.sleep(0.05)
+    finally:
+        again.destroy_synchronous()

@@ -103,8 +103,8 @@ def table(res: dict) -> str:
     if g:
         lines += ["", f"{'records':>9} {'snapshot MB':>12} {'serialize s':>12} "
                       f"{'restart s':>10} {'RSS MB/node':>12} {'B/record':>9} {'guess p50':>10} "
-                      f"{'live snap s':>12} {'guess max':>10}   (last two: leader snapshots "
-                      "in a forked child while guesses run; ms)"]
+                      f"{'live snap s':>12} {'guess p99':>10} {'guess max':>10} {'failed':>7}   "
+                      "(last four: the leader snapshots, in a forked child, while guesses run)"]
         for n, v in sorted(g.items()):
             rss = v["rss_bytes_per_node"]
             comp = v.get("compaction") or {}
@@ -113,7 +113,9 @@ def table(res: dict) -> str:
                          f"{(sum(rss.values()) / max(1, len(rss))) / 1e6:12.0f} "
                          f"{_fmt(v.get('memory_per_record_bytes')):>9} {_fmt(_pct(v['guess'], 50)):>10} "
                          f"{_fmt(comp.get('snapshot_and_compaction_s')):>12} "
-                         f"{_fmt(comp.get('max_guess_ms')):>10}")
+                         f"{_fmt(_pct(comp.get('guess'), 99)):>10} "
+                         f"{_fmt(comp.get('max_guess_ms')):>10} "
+                         f"{comp['guess'].errors if comp.get('guess') else '-':>7}")
     tr = res.get("transport")
     if tr:
         m, p = tr["mtls"], tr["plain"]

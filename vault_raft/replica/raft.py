@@ -16,7 +16,8 @@ the version check below refuses any other pysyncobj):
   the tick thread drains the command queue the per-command append rounds are
   deferred and sent once: N queued commands, one message per follower.
 * **Snapshots without pickle.**  pysyncobj's ``serializer``/``deserializer``
-  hooks write msgpack with a SHA-256 trailer.  ``useFork`` is on: pysyncobj
+  hooks write msgpack with a SHA-256 trailer.  ``useFork`` is on (pysyncobj
+  turns it off with a custom serializer; we turn it back on): pysyncobj
   forks on the Raft thread at the applied index and the child serialises a
   copy-on-write image, so the Raft thread pauses to fork, not to serialise
   (the child takes no lock, see ``_write_snapshot``).  On load the
@@ -298,6 +299,11 @@ class DurableReplica(SyncObj):
         self._SyncObj__loadDumpFile = self._load_dump_file
         self._pso_apply_log_entries = self._SyncObj__applyLogEntries
         self._SyncObj__applyLogEntries = self._apply_log_entries
+        # pysyncobj silently turns useFork off when a custom serializer is
+        # given (Serializer.__init__: "... and serializer is None"), so our
+        # msgpack snapshots were written on the Raft thread.  Its fork path
+        # calls the custom serializer in the child just as well: turn it on.
+        self._SyncObj__serializer._Serializer__useFork = s.fork_snapshots and hasattr(os, "fork")
 
     def _apply_log_entries(self):
         """Apply what is committed; tell the followers at once only if one of
