@@ -31,6 +31,7 @@ import logging
 import os
 import struct
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import msgpack
@@ -68,6 +69,17 @@ def atomic_write(path: str, data: bytes) -> None:
         os.close(fd)
     os.replace(tmp, path)
     fsync_dir(path)
+
+
+_RELEASER: ThreadPoolExecutor | None = None
+
+
+def _release(fd: int) -> None:
+    """Close ``fd`` on a helper thread (see DurableJournal.deleteEntriesTo)."""
+    global _RELEASER
+    if _RELEASER is None:
+        _RELEASER = ThreadPoolExecutor(1, thread_name_prefix="journal-release")
+    _RELEASER.submit(os.close, fd)
 
 
 def _encode(command: bytes, idx: int, term: int) -> bytes:
@@ -299,9 +311,13 @@ class DurableJournal:
         keep = self._entries[entryTo:]
         fsync_dir(self.path)
         blob = HEADER + b"".join(_encode(bytes(c), i, t) for c, i, t in keep)
-        os.close(self._fd)
+        old_fd = self._fd
         atomic_write(self.path, blob)
         self._fd = os.open(self.path, os.O_WRONLY)
+        # Closing the last descriptor of the replaced file frees its blocks
+        # (with discard, synchronously): 11 ms for 50 MB here, more under load.
+        # Not on the Raft thread.
+        _release(old_fd)
         self._alloc = len(blob)
         self._entries = list(keep)
         self._offsets = []
