@@ -244,6 +244,8 @@ class DurableReplica(SyncObj):
         self._tls_config = tls
         if tls is not None and transport_class is None:
             transport_class = MtlsTransport
+        members = sorted({str(self_addr), *map(str, partners)})
+        stagger = 1.0 + members.index(str(self_addr)) / len(members)
         conf = SyncObjConf(
             # with mTLS the channel is authenticated and encrypted; the frame
             # cipher is for pysyncobj's own TCP transport only
@@ -266,8 +268,12 @@ class DurableReplica(SyncObj):
             connectionRetryTime=s.reconnect,
             commandsWaitLeader=False,
             dynamicMembershipChange=False,
-            logCompactionMinEntries=s.compaction_min_entries,
-            logCompactionMinTime=s.compaction_min_time,
+            # Staggered: the k-th of n nodes (by address) compacts at (1 + k/n)
+            # times the threshold, so the nodes do not all fork, serialise and
+            # rewrite their journals at the same moment (measured: three at once
+            # on two cores stalled commits for ~150 ms at 50,000 entries).
+            logCompactionMinEntries=int(s.compaction_min_entries * stagger),
+            logCompactionMinTime=s.compaction_min_time * stagger,
             appendEntriesBatchSizeBytes=s.batch_bytes,
             dnsFailCacheTime=1.0,
         )
