@@ -331,3 +331,64 @@ def test_snapshots_are_written_by_a_forked_child(tmp_path, fork):
             time.sleep(0.05)
     finally:
         again.destroy_synchronous()
+
+
+def test_an_orphaned_snapshot_child_writes_nothing(tmp_path):
+    """A snapshot child whose node is gone must not rename a stale snapshot
+    over the one a restarted node uses: it dies with the node (PDEATHSIG), and
+    if the node died before it could ask, it exits without writing."""
+    rep = VaultReplica(f"127.0.0.1:{free_base_port(1)}", [], str(tmp_path / "n1"), "s3cret")
+    try:
+        target = str(tmp_path / "snap.out")
+        entries = ((b"\x01", 2, 1), (b"\x01", 1, 1), [])
+        # the child's parent is not the node any more: exit, write nothing
+        pid = os.fork()
+        if pid == 0:
+            rep._pid = -1  # "the node" is some other process
+            try:
+                rep._write_snapshot(target, entries)
+            finally:
+                os._exit(0)  # reached only if the guard failed
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 1 and not os.path.exists(target)
+        # control: with its node alive, the child writes the snapshot
+        pid = os.fork()
+        if pid == 0:
+            try:
+                rep._write_snapshot(target, entries)
+            finally:
+                os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0 and os.path.exists(target)
+    finally:
+        rep.destroy_synchronous()
+
+
+def test_a_snapshot_child_dies_with_its_node(tmp_path):
+    import subprocess
+    import sys
+    script = (
+        "import os, sys, time\n"
+        "from vault_raft.replica import raft\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    raft._die_with_parent()\n"
+        "    time.sleep(60)\n"
+        "    os._exit(0)\n"
+        "print(pid, flush=True)\n"
+        "time.sleep(0.5)\n"
+        "os.kill(os.getpid(), 9)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=30, cwd=os.path.dirname(os.path.dirname(__file__)))
+    child = int(out.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with open(f"/proc/{child}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            break  # gone
+        if state == "Z":
+            break  # killed, not yet reaped
+        assert time.monotonic() < deadline, "the child outlived its node"
+        time.sleep(0.05)

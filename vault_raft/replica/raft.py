@@ -39,11 +39,13 @@ the version check below refuses any other pysyncobj):
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import hashlib
 import logging
 import os
 import queue
+import signal
 import threading
 import zlib
 from typing import Callable
@@ -160,6 +162,17 @@ class _VaultTransport(TCPTransport):
             self._unknownConnections.discard(conn)
             return
         return super()._onIncomingMessageReceived(conn, message)
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this (forked) process when the thread
+    that forked it ends -- when the node process dies, however it dies."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    except (OSError, AttributeError):
+        os._exit(1)  # cannot guarantee it: write no snapshot (pysyncobj retries later)
 
 
 def _snapshot_bytes(state_blob: bytes, entries: list, cluster: list) -> bytes:
@@ -525,9 +538,15 @@ class DurableReplica(SyncObj):
     def _write_snapshot(self, filename: str, raft_data) -> None:
         last, prev, cluster = raft_data
         if os.getpid() != self._pid:
-            # in pysyncobj's forked child: one thread, an image of the state as
-            # the Raft thread left it -- and a lock another thread may have held
-            # at the fork would never be released here, so do not take it
+            # In pysyncobj's forked child.  Die with the node: a child left
+            # behind by a killed node could rename an older snapshot over the
+            # one a restarted node already compacted its journal against.
+            _die_with_parent()
+            if os.getppid() != self._pid:  # the node died before we asked
+                os._exit(1)
+            # One thread, an image of the state as the Raft thread left it --
+            # and a lock another thread may have held at the fork would never
+            # be released here, so do not take it.
             blob = self._snapshot_state()
         else:
             with self._state_lock:
