@@ -111,9 +111,10 @@ def closed_loop(name: str, make_op: Callable[[int], Op], concurrency: int,
 
 
 def open_loop(name: str, make_op: Callable[[int], Op], concurrency: int, rate: float,
-              duration: float) -> Result:
+              duration: float, timeline: list | None = None) -> Result:
     """Requests scheduled at ``rate``/s in total, spread over ``concurrency`` workers;
-    latency counted from each request's intended start."""
+    latency counted from each request's intended start.  ``timeline``, if given,
+    receives (intended start in s from the beginning, latency in s) per success."""
     res = Result(name, concurrency, "open", duration, target_rate=rate)
     lock = threading.Lock()
     ops = [make_op(i) for i in range(concurrency)]
@@ -123,6 +124,7 @@ def open_loop(name: str, make_op: Callable[[int], Op], concurrency: int, rate: f
 
     def worker(i: int, op: Op) -> None:
         local = new_hist()
+        points = []
         ok = err = 0
         k = 0
         while True:
@@ -137,6 +139,8 @@ def open_loop(name: str, make_op: Callable[[int], Op], concurrency: int, rate: f
             if good:
                 ok += 1
                 local.record_value(max(1, int((t1 - intended) * 1e6)))
+                if timeline is not None:
+                    points.append((intended - start, t1 - intended))
             else:
                 err += 1
             k += 1
@@ -144,6 +148,8 @@ def open_loop(name: str, make_op: Callable[[int], Op], concurrency: int, rate: f
             res.ok += ok
             res.errors += err
             res.hist.add(local)
+            if timeline is not None:
+                timeline.extend(points)
 
     threads = [threading.Thread(target=worker, args=(i, op), daemon=True)
                for i, op in enumerate(ops)]
@@ -168,3 +174,19 @@ def timed(n: int, op: Op, name: str) -> Result:
             res.errors += 1
     res.duration = time.perf_counter() - t_start
     return res
+
+
+def slowest_second(timeline: list) -> dict | None:
+    """The one-second window (by intended start) with the highest p99."""
+    by: dict[int, list] = {}
+    for t, lat in timeline:
+        by.setdefault(int(t), []).append(lat)
+    worst = None
+    for sec, lats in by.items():
+        if len(lats) < 10:
+            continue
+        lats.sort()
+        p99 = lats[min(len(lats) - 1, int(len(lats) * 0.99))]
+        if worst is None or p99 > worst["p99_ms"]:
+            worst = {"second": sec, "p99_ms": round(p99 * 1e3, 2), "n": len(lats)}
+    return worst

@@ -99,6 +99,11 @@ def table(res: dict) -> str:
     if tgt is not None:
         lines.append(f"{'target check: ' + tgt.name:50} achieved {tgt.throughput:.0f}/s, p50 "
                      f"{_fmt(_pct(tgt, 50))} ms, p99 {_fmt(_pct(tgt, 99))} ms, errors {tgt.errors}")
+        det = res.get("vault", {}).get("target_detail") or {}
+        worst = det.get("slowest_second")
+        if worst:
+            lines.append(f"{'':50} slowest second: p99 {worst['p99_ms']} ms at t={worst['second']} s; "
+                         f"compacted during the check: {', '.join(det.get('compacted') or []) or 'none'}")
     g = res.get("growth", {})
     if g:
         lines += ["", f"{'records':>9} {'snapshot MB':>12} {'serialize s':>12} "

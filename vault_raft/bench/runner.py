@@ -25,7 +25,7 @@ from ..fleet.config import FleetInfo, init_fleet
 from ..replica.raft import _snapshot_bytes
 from . import etcd as E
 from .http import KeepAlive
-from .load import Result, attempt, closed_loop, open_loop, timed
+from .load import Result, attempt, closed_loop, open_loop, slowest_second, timed
 
 ATTEMPTS_PER_BENCH_USER = 100
 NO_OP = b"\x01"
@@ -323,8 +323,19 @@ def run_vault(cfg: Config, res: dict) -> None:
             conc = max(cfg.concurrency)
             _progress(cfg, f"vault: target check, open loop at {cfg.target_rate:.0f} guesses/s, "
                            f"concurrency {conc}")
+            before = {n: (vb.cluster.status(n) or {}) for n in vb.cluster.ids}
+            timeline: list = []
             out["target"] = open_loop(f"vault guess @ {cfg.target_rate:.0f}/s, c{conc}",
-                                      vb.guess_op, conc, cfg.target_rate, cfg.duration / 2)
+                                      vb.guess_op, conc, cfg.target_rate, cfg.duration / 2,
+                                      timeline=timeline)
+            after = {n: (vb.cluster.status(n) or {}) for n in vb.cluster.ids}
+            # what a reader needs to explain a tail: its worst second, and which
+            # nodes compacted their journals (snapshot + rewrite) during the check
+            out["target_detail"] = {
+                "slowest_second": slowest_second(timeline),
+                "compacted": [f"{n} ({before[n].get('role')})" for n in vb.cluster.ids
+                              if isinstance(after[n].get("log_start"), int)
+                              and after[n]["log_start"] > (before[n].get("log_start") or 0)]}
         out["rss_bytes"] = vb.node_rss()
         st = vb.cluster.status(vb.cluster.leader() or vb.cluster.ids[0]) or {}
         out["leader_journal_syncs"] = st.get("journal_syncs")
