@@ -39,7 +39,6 @@ import msgpack
 log = logging.getLogger("vault_raft.journal")
 
 HEADER = b"VRJ1\0\0\0\0"
-PREALLOCATE = 4 * 1024 * 1024  # bytes reserved ahead of the log's end (see DurableJournal)
 _REC = struct.Struct("<IIQQ")  # len, crc, idx, term
 _MAX_RECORD = 64 * 1024 * 1024
 
@@ -127,7 +126,7 @@ class DurableJournal:
     #: which made it 15-30% faster, and its tail far shorter, on this
     #: project's disk (docs/design.md).  The reserved space reads as zeros; a
     #: clean close trims it.  0 turns it off.
-    PREALLOCATE = PREALLOCATE
+    PREALLOCATE = 4 * 1024 * 1024
 
     def __init__(self, path: str, trace: Callable[..., None] | None = None):
         self.path = path
@@ -244,15 +243,15 @@ class DurableJournal:
 
     def _reserve(self, need: int) -> None:
         """Grow the file to hold ``need`` more bytes, plus the reserve."""
-        size = self._end + need + self.PREALLOCATE
+        size = self._end + need
         if self.PREALLOCATE:
             try:
-                os.posix_fallocate(self._fd, self._alloc, size - self._alloc)
+                os.posix_fallocate(self._fd, self._alloc, size + self.PREALLOCATE - self._alloc)
+                size += self.PREALLOCATE
             except OSError as exc:  # e.g. no fallocate here: plain appends still work
                 log.warning("journal %s: cannot reserve space (%s); appending", self.path, exc)
                 self.PREALLOCATE = 0
-                size = self._end + need
-        self._alloc = max(self._alloc, size if self.PREALLOCATE else self._end + need)
+        self._alloc = max(self._alloc, size)
 
     def sync(self) -> None:
         """Make every written entry durable (called before each send)."""

@@ -30,6 +30,11 @@ the version check below refuses any other pysyncobj):
   our only argument is a msgpack byte string, and only holders of the cluster
   secret can put bytes into that pickle.  Frames are zlib "stored", not
   compressed (CPU, and no compress-then-encrypt length leak).
+* **Lazy commit notices.**  No round that only carries a new commit index
+  after each commit, unless a follower may be waiting for a command it
+  forwarded (``LAZY_COMMIT_NOTICE``).
+* **Staggered compaction.**  The k-th of n nodes compacts at (1 + k/n) times
+  the thresholds, so the nodes do not all snapshot at once.
 * **No side doors.**  Utility messages (add/remove/transfer/set_version/
   status) and ``readonly`` connections on the Raft port are refused.
 * Timeouts tuned for a vault: an isolated leader steps down after
