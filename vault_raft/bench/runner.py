@@ -68,6 +68,11 @@ def roles_to_entry_points(roles: list) -> tuple[int, int]:
     return lead, next(i for i in range(len(roles)) if i != lead)
 
 
+def cluster_entry_points(cluster: LocalCluster) -> tuple[int, int]:
+    """(index of the leader, index of a follower) in a local cluster's node list."""
+    return roles_to_entry_points([(cluster.status(n) or {}).get("role") for n in cluster.ids])
+
+
 # ------------------------------------------------------------------- floor
 
 def measure_floor(directory: str, n: int) -> dict:
@@ -162,8 +167,7 @@ class VaultBench:
 
     def entry_points(self) -> tuple[int, int]:
         """(index of the leader, index of a follower) in the fleet's node list."""
-        return roles_to_entry_points([(self.cluster.status(n) or {}).get("role")
-                                      for n in self.cluster.ids])
+        return cluster_entry_points(self.cluster)
 
     def _register(self, c: KeepAlive, user: bytes, code: bytes) -> bytes:
         reg, req = opaque.ClientRegistration.start(code, ksf=self.fleet.ksf)
@@ -369,7 +373,7 @@ def run_raw(cfg: Config, res: dict) -> None:
             key = f"k{i}".encode()
             return lambda: c.post("/inc", {"key": key})[0] == 200
         closed_loop("warmup", inc_op, 4, min(2.0, cfg.duration))
-        lead, follower = roles_to_entry_points([(cl.status(n) or {}).get("role") for n in cl.ids])
+        lead, follower = cluster_entry_points(cl)
         out = {"c1": {"increment": timed(cfg.samples, inc_op(lead), "raw pysyncobj increment")},
                "via_follower": {"increment": timed(cfg.samples, inc_op(follower),
                                                    "raw pysyncobj increment")},
