@@ -29,12 +29,29 @@ class ClusterError(Exception):
     pass
 
 
+def _ephemeral_low() -> int | None:
+    """The first port of Linux's ephemeral range (None where unknown)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def free_base_port(nodes: int, *, host: str = "127.0.0.1", extra: tuple[int, ...] = (),
                    start: int = 7100, stop: int = 60000, step: int = 250,
                    rng: random.Random | None = None) -> int:
     """A base port for ``fleet init`` whose ports are all free on ``host``: Raft
     ``base+1..base+nodes``, API ``base+101..base+100+nodes``, and ``base+e`` for
-    each offset in ``extra`` (e.g. a benchmark's etcd)."""
+    each offset in ``extra`` (e.g. a benchmark's etcd).
+
+    The range stays below the kernel's ephemeral ports: a port found free
+    there can be taken by any outgoing connection before the node binds it
+    (a node whose Raft port is taken never starts its Raft thread)."""
+    low = _ephemeral_low()
+    top = max([100 + nodes, *extra])
+    if low is not None and low - top > start:
+        stop = min(stop, low - top)
     bases = list(range(start, stop, step))
     if rng is not None:
         rng.shuffle(bases)
