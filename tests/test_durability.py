@@ -77,7 +77,7 @@ def run_cluster(tmp_path, recorder, monkeypatch, disable_sync=False):
         target = os.readlink(f"/proc/self/fd/{fd}")
         real_fdatasync(fd)
         node = owner.get(os.path.dirname(target))
-        if node is not None and target.endswith("raft.journal"):
+        if node is not None and ".journal" in os.path.basename(target):
             recorder.tracer(node)("fdatasync", fd)
 
     monkeypatch.setattr(J.os, "fdatasync", fdatasync)
@@ -218,11 +218,117 @@ def test_truncate_and_compact_survive_reopen(tmp_path):
     j.deleteEntriesFrom(15)  # entries 16.. were conflicting
     j.add(b"new16", 16, 2)
     j.deleteEntriesTo(5)  # compaction: entries 1..5 are in a snapshot
-    j._destroy()
-    j = J.DurableJournal(path)
     assert [e[1] for e in j] == list(range(6, 17))
+    j._destroy()
+    # one segment: nothing deleted on disk; the replica drops 1..5 again when
+    # it loads the snapshot (_align_journal)
+    j = J.DurableJournal(path)
+    assert [e[1] for e in j] == list(range(1, 17))
     assert j[-1] == (b"new16", 16, 2)
-    assert j[0] == (b"cmd6", 6, 1)
+    assert j[5] == (b"cmd6", 6, 1)
+
+
+def _small_segments(monkeypatch, size=400):
+    monkeypatch.setattr(J.DurableJournal, "SEGMENT_BYTES", size)
+    monkeypatch.setattr(J.DurableJournal, "PREALLOCATE", 256)
+
+
+def test_segments_roll_and_compaction_deletes_whole_segments(tmp_path, monkeypatch):
+    _small_segments(monkeypatch)
+    path = str(tmp_path / "j")
+    j = J.DurableJournal(path)
+    for i in range(1, 61):
+        j.add(f"command-{i:04d}".encode(), i, 1)
+    j.sync()
+    segs = j.segments
+    assert len(segs) >= 4 and segs[0] == path
+    assert [os.path.basename(p) for p in segs[1:3]] == ["j.00000001", "j.00000002"]
+    sealed = os.path.getsize(segs[0])
+    assert sealed <= J.DurableJournal.SEGMENT_BYTES  # trimmed when sealed
+    j.deleteEntriesTo(40)  # entries 1..40 are in a snapshot
+    assert j[0][1] == 41
+    j._destroy()  # waits for the helper thread's deletions
+    left = J.list_segments(path)
+    assert 0 not in left and len(left) < len(segs)
+    k = J.DurableJournal(path)
+    first = k[0][1]
+    assert 1 < first <= 41  # whole segments only: the kept one may start earlier
+    assert [e[1] for e in k] == list(range(first, 61))
+    k.add(b"next", 61, 1)
+    k._destroy()
+    assert J.DurableJournal(path)[-1] == (b"next", 61, 1)
+
+
+def test_truncation_into_a_sealed_segment_drops_later_segments(tmp_path, monkeypatch):
+    _small_segments(monkeypatch)
+    path = str(tmp_path / "j")
+    _fill(path, 60)
+    j = J.DurableJournal(path)
+    assert len(j.segments) >= 4
+    j.add(b"conflict", 12, 2)  # 12..60 conflict: cut into segment 0 or 1
+    assert [e[1] for e in j] == list(range(1, 13))
+    j.sync()
+    copy = str(tmp_path / "crash")
+    for seq in J.list_segments(path):  # a crash image: no close, no trim
+        with open(J.segment_path(path, seq), "rb") as src, \
+                open(J.segment_path(copy, seq), "wb") as dst:
+            dst.write(src.read())
+    k = J.DurableJournal(copy)
+    assert [e[1] for e in k] == list(range(1, 13)) and k[-1] == (b"conflict", 12, 2)
+    j._destroy()
+
+
+def test_torn_tail_of_the_last_segment_is_recovered(tmp_path, monkeypatch):
+    _small_segments(monkeypatch)
+    path = str(tmp_path / "j")
+    _fill(path, 40)
+    last = J.segment_path(path, J.list_segments(path)[-1])
+    with open(last, "ab") as f:
+        f.write(J._encode(b"command-41-long", 41, 1)[:15])
+    j = J.DurableJournal(path)
+    assert [e[1] for e in j] == list(range(1, 41))
+    j._destroy()
+
+
+def test_damage_in_a_sealed_segment_is_fatal(tmp_path, monkeypatch):
+    _small_segments(monkeypatch)
+    path = str(tmp_path / "j")
+    _fill(path, 40)
+    first = J.segment_path(path, 0)
+    data = bytearray(open(first, "rb").read())
+    data[-3] ^= 0x01  # the last record of a sealed segment; later segments are intact
+    open(first, "wb").write(bytes(data))
+    with pytest.raises(J.JournalCorrupt):
+        J.DurableJournal(path)
+
+
+def test_a_missing_segment_is_fatal(tmp_path, monkeypatch):
+    _small_segments(monkeypatch)
+    path = str(tmp_path / "j")
+    _fill(path, 60)
+    seqs = J.list_segments(path)
+    os.unlink(J.segment_path(path, seqs[1]))  # a gap in the log
+    with pytest.raises(J.JournalCorrupt):
+        J.DurableJournal(path)
+
+
+def test_commit_index_is_advisory_and_unsynced(tmp_path, monkeypatch, caplog):
+    path = str(tmp_path / "j")
+    _fill(path, 5)
+    j = J.DurableJournal(path)
+    synced = []
+    monkeypatch.setattr(J.os, "fsync", lambda fd: synced.append(fd))
+    j.setRaftCommitIndex(4)
+    j.onOneSecondTimer()
+    assert synced == []  # no sync, no meta rewrite for the commit index
+    monkeypatch.undo()
+    j._destroy()
+    assert J.DurableJournal(path).getRaftCommitIndex() == 4
+    with open(path + ".commit", "r+b") as f:  # torn by a crash
+        f.write(b"\xff")
+    with caplog.at_level("WARNING"):
+        assert J.DurableJournal(path).getRaftCommitIndex() == 1
+    assert "unreadable commit index" in caplog.text
 
 
 def _crash_image(j, path, copy):
@@ -329,6 +435,60 @@ def test_snapshots_are_written_by_a_forked_child(tmp_path, fork):
         while again.read_state(lambda v: len(v.records)) != 20:
             assert time.monotonic() < deadline, "state not restored"
             time.sleep(0.05)
+    finally:
+        again.destroy_synchronous()
+
+
+def _enroll_all(rep, users):
+    done, errors = threading.Semaphore(0), []
+    for u in users:
+        rep.propose(encode_command("enroll", user=u.encode(), now=1, max_attempts=3,
+                                   version=b"v" * 16, opaque_record=b"r" * 192,
+                                   sealed_secret=b"s" * 40),
+                    lambda res, err: (errors.append(err) if err else None, done.release()))
+    for _ in users:
+        assert done.acquire(timeout=10)
+    assert errors == []
+
+
+def _wait_leader(rep):
+    deadline = time.monotonic() + 20
+    while rep.status().get("role") != "leader":
+        assert time.monotonic() < deadline, "no leader"
+        time.sleep(0.05)
+
+
+def test_compaction_deletes_segments_and_a_restart_keeps_every_entry(tmp_path, monkeypatch):
+    """With a segmented journal, compaction deletes old segment files (on a
+    helper thread) and leaves the rest on disk as it is; a restart loads the
+    snapshot, drops the entries it covers and replays the others."""
+    monkeypatch.setattr(J.DurableJournal, "SEGMENT_BYTES", 4096)
+    addr = f"127.0.0.1:{free_base_port(1)}"
+    data = str(tmp_path / "n1")
+    rep = VaultReplica(addr, [], data, "s3cret", settings=RaftSettings(fork_snapshots=False))
+    try:
+        _wait_leader(rep)
+        _enroll_all(rep, [f"u{k}" for k in range(60)])
+        journal = os.path.join(data, "raft.journal")
+        before_files = J.list_segments(journal)
+        assert len(before_files) >= 4
+        rep.compact_now()
+        deadline = time.monotonic() + 20
+        while J.list_segments(journal)[0] == before_files[0]:
+            assert time.monotonic() < deadline, "no segment deleted"
+            time.sleep(0.05)
+        _enroll_all(rep, [f"v{k}" for k in range(10)])  # entries after the snapshot
+    finally:
+        rep.destroy_synchronous()
+    again = VaultReplica(addr, [], data, "s3cret", settings=RaftSettings(fork_snapshots=False))
+    try:
+        deadline = time.monotonic() + 20
+        while again.read_state(lambda v: len(v.records)) != 70:
+            assert time.monotonic() < deadline, "state not restored"
+            time.sleep(0.05)
+        _wait_leader(again)
+        _enroll_all(again, ["w0"])
+        assert again.read_state(lambda v: len(v.records)) == 71
     finally:
         again.destroy_synchronous()
 
