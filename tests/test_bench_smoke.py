@@ -58,3 +58,41 @@ def test_bench_rejects_bad_arguments(tmp_path):
                             str(tmp_path), *args], capture_output=True, text=True, timeout=60)
         assert r.returncode == 2, (args, r.stderr)
         assert "Traceback" not in r.stderr
+
+
+def test_load_loops_warm_each_worker_before_the_clock_starts():
+    """Each worker's first request (connection set-up) is made before the
+    clock starts and is not counted; an open loop then sends exactly its
+    schedule."""
+    import threading
+    import time
+
+    from vault_raft.bench import load
+
+    calls, lock = [], threading.Lock()
+
+    def make_op(i):
+        def op():
+            with lock:
+                calls.append((i, time.perf_counter()))
+            if not any(j == i for j, _ in calls[:-1]):
+                time.sleep(0.2)  # a slow first request: connecting
+            return True
+        return op
+
+    timeline = []
+    res = load.open_loop("t", make_op, 4, 40, 0.5, timeline=timeline)
+    assert res.ok == 20 and res.errors == 0  # 40/s for 0.5 s; the 4 warm-ups not counted
+    assert len(calls) == 24
+    assert max(lat for _, lat in timeline) < 0.15  # no request paid for a connect
+    calls.clear()
+    res = load.closed_loop("t", make_op, 2, 0.3)
+    assert res.ok == len(calls) - 2 and res.hist.get_max_value() < 150_000
+
+
+def test_slowest_second_is_the_one_with_the_highest_p99():
+    from vault_raft.bench.load import slowest_second
+    timeline = [(s + i / 100, 0.005) for s in range(4) for i in range(100)]
+    timeline += [(2.5, 0.080), (2.6, 0.090)]  # second 2 has the tail
+    assert slowest_second(timeline) == {"second": 2, "p99_ms": 80.0, "n": 102}
+    assert slowest_second([(0.1, 0.01)]) is None  # too few points to call

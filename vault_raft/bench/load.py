@@ -73,18 +73,51 @@ class Result:
         return out
 
 
+class _StartLine:
+    """Workers first make one request each, unmeasured (its connection opened,
+    its path warm), and the clock starts when all have: 64 connections opened
+    at the clock's start charged the first requests of an open loop with the
+    nodes' accept work, and a check's slowest second was its first."""
+
+    def __init__(self, ops: list[Op], lead: float = 0.0):
+        self._ready = threading.Barrier(len(ops) + 1)
+        self._go = threading.Event()
+        self.lead = lead
+        self.start = 0.0
+
+    def warm(self, op: Op) -> float:
+        """In a worker: the warm-up request, then wait for the start; returns it."""
+        attempt(op)
+        try:
+            self._ready.wait(120)
+        except threading.BrokenBarrierError:
+            pass
+        self._go.wait()
+        return self.start
+
+    def release(self) -> float:
+        """In the caller, after starting the workers: the clock starts."""
+        try:
+            self._ready.wait(120)
+        except threading.BrokenBarrierError:  # a warm-up hung: start without it
+            self._ready.abort()
+        self.start = time.perf_counter() + self.lead
+        self._go.set()
+        return self.start
+
+
 def closed_loop(name: str, make_op: Callable[[int], Op], concurrency: int,
                 duration: float) -> Result:
     """``concurrency`` workers, each issuing its next request as soon as the last returns."""
     res = Result(name, concurrency, "closed", duration)
     lock = threading.Lock()
     ops = [make_op(i) for i in range(concurrency)]
-    start = time.perf_counter()
-    stop_at = start + duration
+    line = _StartLine(ops)
 
     def worker(op: Op) -> None:
         local = new_hist()
         ok = err = 0
+        stop_at = line.warm(op) + duration
         while True:
             t0 = time.perf_counter()
             if t0 >= stop_at:
@@ -104,6 +137,7 @@ def closed_loop(name: str, make_op: Callable[[int], Op], concurrency: int,
     threads = [threading.Thread(target=worker, args=(op,), daemon=True) for op in ops]
     for t in threads:
         t.start()
+    start = line.release()
     for t in threads:
         t.join(duration + 60)
     res.duration = time.perf_counter() - start
@@ -119,14 +153,15 @@ def open_loop(name: str, make_op: Callable[[int], Op], concurrency: int, rate: f
     lock = threading.Lock()
     ops = [make_op(i) for i in range(concurrency)]
     interval = concurrency / rate  # per worker
-    start = time.perf_counter() + 0.05
-    stop_at = start + duration
+    line = _StartLine(ops, lead=0.05)
 
     def worker(i: int, op: Op) -> None:
         local = new_hist()
         points = []
         ok = err = 0
         k = 0
+        start = line.warm(op)
+        stop_at = start + duration
         while True:
             intended = start + (i / concurrency) * interval + k * interval
             if intended >= stop_at:
@@ -155,6 +190,7 @@ def open_loop(name: str, make_op: Callable[[int], Op], concurrency: int, rate: f
                for i, op in enumerate(ops)]
     for t in threads:
         t.start()
+    start = line.release()
     for t in threads:
         t.join(duration + 120)
     res.duration = max(time.perf_counter() - start, 1e-9)
@@ -182,11 +218,13 @@ def slowest_second(timeline: list) -> dict | None:
     for t, lat in timeline:
         by.setdefault(int(t), []).append(lat)
     worst = None
-    for sec, lats in by.items():
+    for sec, lats in sorted(by.items()):
         if len(lats) < 10:
             continue
         lats.sort()
         p99 = lats[min(len(lats) - 1, int(len(lats) * 0.99))]
-        if worst is None or p99 > worst["p99_ms"]:
-            worst = {"second": sec, "p99_ms": round(p99 * 1e3, 2), "n": len(lats)}
-    return worst
+        if worst is None or p99 > worst[1]:
+            worst = (sec, p99, len(lats))
+    if worst is None:
+        return None
+    return {"second": worst[0], "p99_ms": round(worst[1] * 1e3, 2), "n": worst[2]}
