@@ -12,6 +12,7 @@ import pytest
 
 from vault_raft import client as C
 from vault_raft.cluster import wait_until
+from vault_raft.replica.journal import list_segments
 
 from conftest import vault_cli
 
@@ -257,7 +258,9 @@ def test_garbage_and_pickle_on_raft_port(cluster_factory, tmp_path):
 
 
 def test_compaction_and_restart_from_snapshot(cluster_factory):
-    cl = cluster_factory(raft={"compaction_min_entries": 20, "compaction_min_time": 1.0})
+    # 4 KiB journal segments: the nodes roll segments and compaction deletes them
+    cl = cluster_factory(raft={"compaction_min_entries": 20, "compaction_min_time": 1.0,
+                               "segment_bytes": 4096})
     fleet = _fleet_json(cl)
     cli = C.Client(fleet, timeout=15)
     cli.enroll("gina", "gina code", b"gina secret", max_attempts=50)
@@ -276,6 +279,11 @@ def test_compaction_and_restart_from_snapshot(cluster_factory):
         return all(os.path.exists(os.path.join(cl.node_dir(n), "data", "snapshot.bin"))
                    for n in cl.ids)
     wait_until(compacted, 30, what="a snapshot on every node")
+
+    def segments_deleted():
+        return all(0 not in list_segments(os.path.join(cl.node_dir(n), "data", "raft.journal"))
+                   for n in cl.ids)
+    wait_until(segments_deleted, 30, what="the first journal segment deleted on every node")
     for n in cl.ids:
         cl.kill(n)
     cl.start()

@@ -458,14 +458,14 @@ def _wait_leader(rep):
         time.sleep(0.05)
 
 
-def test_compaction_deletes_segments_and_a_restart_keeps_every_entry(tmp_path, monkeypatch):
+def test_compaction_deletes_segments_and_a_restart_keeps_every_entry(tmp_path):
     """With a segmented journal, compaction deletes old segment files (on a
     helper thread) and leaves the rest on disk as it is; a restart loads the
     snapshot, drops the entries it covers and replays the others."""
-    monkeypatch.setattr(J.DurableJournal, "SEGMENT_BYTES", 4096)
+    settings = RaftSettings(fork_snapshots=False, segment_bytes=4096)
     addr = f"127.0.0.1:{free_base_port(1)}"
     data = str(tmp_path / "n1")
-    rep = VaultReplica(addr, [], data, "s3cret", settings=RaftSettings(fork_snapshots=False))
+    rep = VaultReplica(addr, [], data, "s3cret", settings=settings)
     try:
         _wait_leader(rep)
         _enroll_all(rep, [f"u{k}" for k in range(60)])
@@ -480,7 +480,7 @@ def test_compaction_deletes_segments_and_a_restart_keeps_every_entry(tmp_path, m
         _enroll_all(rep, [f"v{k}" for k in range(10)])  # entries after the snapshot
     finally:
         rep.destroy_synchronous()
-    again = VaultReplica(addr, [], data, "s3cret", settings=RaftSettings(fork_snapshots=False))
+    again = VaultReplica(addr, [], data, "s3cret", settings=settings)
     try:
         deadline = time.monotonic() + 20
         while again.read_state(lambda v: len(v.records)) != 70:

@@ -174,8 +174,11 @@ class DurableJournal:
     #: many bytes (one entry always fits: a segment holds at least one).
     SEGMENT_BYTES = 16 * 1024 * 1024
 
-    def __init__(self, path: str, trace: Callable[..., None] | None = None):
+    def __init__(self, path: str, trace: Callable[..., None] | None = None,
+                 segment_bytes: int | None = None):
         self.path = path
+        if segment_bytes is not None:
+            self.SEGMENT_BYTES = segment_bytes
         self.meta_path = path + ".meta"
         self.commit_path = path + ".commit"
         self.trace = trace  # tests: trace(event, *args) records the order of I/O

@@ -91,6 +91,7 @@ class _DurablePath(str):
     journal: DurableJournal | None = None
     trace: Callable | None = None
     factory: Callable | None = None
+    segment_bytes: int | None = None
 
 
 class _ClusterSecret(str):
@@ -126,8 +127,11 @@ _tcp.zlib = _StoredZlib
 
 def _create_journal(journal_file=None):
     if isinstance(journal_file, _DurablePath):
-        make = journal_file.factory or DurableJournal
-        journal_file.journal = make(str(journal_file), trace=journal_file.trace)
+        if journal_file.factory is not None:
+            journal_file.journal = journal_file.factory(str(journal_file), trace=journal_file.trace)
+        else:
+            journal_file.journal = DurableJournal(str(journal_file), trace=journal_file.trace,
+                                                  segment_bytes=journal_file.segment_bytes)
         return journal_file.journal
     return _original_create_journal(journal_file)
 
@@ -212,7 +216,8 @@ class RaftSettings:
     def __init__(self, *, election_min=0.4, election_max=1.0, heartbeat=0.05,
                  leader_fallback=1.0, connection_timeout=1.5, reconnect=0.3,
                  compaction_min_entries=50_000, compaction_min_time=600.0,
-                 batch_bytes=65536, pre_vote=None, fork_snapshots=True):
+                 batch_bytes=65536, pre_vote=None, fork_snapshots=True,
+                 segment_bytes=None):
         self.election_min = election_min
         self.election_max = election_max
         self.heartbeat = heartbeat
@@ -224,6 +229,10 @@ class RaftSettings:
         self.batch_bytes = int(batch_bytes)
         self.pre_vote = self.PRE_VOTE if pre_vote is None else bool(pre_vote)
         self.fork_snapshots = bool(fork_snapshots)
+        # journal segment size (None: DurableJournal.SEGMENT_BYTES; tests: small)
+        self.segment_bytes = None if segment_bytes is None else int(segment_bytes)
+        if self.segment_bytes is not None and self.segment_bytes < 1024:
+            raise TypeError("segment_bytes must be at least 1024")
 
 
 class DurableReplica(SyncObj):
@@ -258,6 +267,7 @@ class DurableReplica(SyncObj):
         self.journal_path = _DurablePath(os.path.join(data_dir, "raft.journal"))
         self.journal_path.trace = trace
         self.journal_path.factory = journal_factory
+        self.journal_path.segment_bytes = s.segment_bytes
         if os.path.exists(self.snapshot_path):  # refuse to start on a damaged snapshot
             try:
                 self._check_state(read_snapshot(self.snapshot_path)["state"])
