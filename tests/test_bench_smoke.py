@@ -26,7 +26,8 @@ def test_bench_smoke(tmp_path):
     for key in ("vault", "pysyncobj", "floor", "sizes", "growth"):
         assert key in res, key
     c1 = res["vault"]["c1"]
-    for name in ("guess", "release", "enroll", "full_recovery_server", "full_recovery_total"):
+    for name in ("guess", "release", "enroll", "full_recovery_server", "full_recovery_no_ksf",
+                 "full_recovery_total"):
         s = c1[name]
         assert s["ok"] > 0 and s["errors"] == 0, (name, s)
         assert 0 < s["p50_ms"] <= s["p99_ms"] <= s["max_ms"]
