@@ -290,6 +290,26 @@ def test_torn_tail_of_the_last_segment_is_recovered(tmp_path, monkeypatch):
     j._destroy()
 
 
+def test_a_crash_right_after_a_roll_leaves_an_empty_last_segment(tmp_path, monkeypatch):
+    _small_segments(monkeypatch)
+    path = str(tmp_path / "j")
+    j = J.DurableJournal(path)
+    n = 0
+    while len(j.segments) < 2:  # fill segment 0 until the next append rolls
+        n += 1
+        j.add(f"command-{n:04d}".encode(), n, 1)
+    j.sync()
+    last = j.segments[-1]
+    with open(last, "r+b") as f:  # the crash: the new segment's first record never landed
+        f.truncate(len(J.HEADER))
+    k = J.DurableJournal(path)
+    assert [e[1] for e in k] == list(range(1, n)) and len(k.segments) == 2
+    k.add(b"again", n, 1)  # appends go on in the empty segment
+    k._destroy()
+    assert J.DurableJournal(path)[-1] == (b"again", n, 1)
+    j._destroy()
+
+
 def test_damage_in_a_sealed_segment_is_fatal(tmp_path, monkeypatch):
     _small_segments(monkeypatch)
     path = str(tmp_path / "j")

@@ -117,7 +117,7 @@ def list_segments(path: str) -> list[int]:
     for name in os.listdir(folder):
         if name == base:
             seqs.append(0)
-        elif name.startswith(base + ".") and len(name) == len(base) + 9 \
+        elif name.startswith(base + ".") and len(name) >= len(base) + 9 \
                 and name[len(base) + 1:].isdigit():
             seqs.append(int(name[len(base) + 1:]))
     return sorted(seqs)
