@@ -79,8 +79,8 @@ class _StartLine:
     at the clock's start charged the first requests of an open loop with the
     nodes' accept work, and a check's slowest second was its first."""
 
-    def __init__(self, ops: list[Op], lead: float = 0.0):
-        self._ready = threading.Barrier(len(ops) + 1)
+    def __init__(self, workers: int, lead: float = 0.0):
+        self._ready = threading.Barrier(workers + 1)
         self._go = threading.Event()
         self.lead = lead
         self.start = 0.0
@@ -112,7 +112,7 @@ def closed_loop(name: str, make_op: Callable[[int], Op], concurrency: int,
     res = Result(name, concurrency, "closed", duration)
     lock = threading.Lock()
     ops = [make_op(i) for i in range(concurrency)]
-    line = _StartLine(ops)
+    line = _StartLine(concurrency)
 
     def worker(op: Op) -> None:
         local = new_hist()
@@ -153,7 +153,7 @@ def open_loop(name: str, make_op: Callable[[int], Op], concurrency: int, rate: f
     lock = threading.Lock()
     ops = [make_op(i) for i in range(concurrency)]
     interval = concurrency / rate  # per worker
-    line = _StartLine(ops, lead=0.05)
+    line = _StartLine(concurrency, lead=0.05)
 
     def worker(i: int, op: Op) -> None:
         local = new_hist()

@@ -248,14 +248,15 @@ class DurableJournal:
         images = []
         damage = None  # (segment position, offset): where the intact log ends
         for k, seq in enumerate(seqs):
-            spath = segment_path(self.path, seq)
-            with open(spath, "rb") as f:
+            seg = _Segment(seq, segment_path(self.path, seq))
+            with open(seg.path, "rb") as f:
                 data = f.read()
             if data[:len(HEADER)] != HEADER:
-                raise JournalCorrupt(f"{spath}: bad header")
+                raise JournalCorrupt(f"{seg.path}: bad header")
             images.append(data)
             if damage is not None:
                 continue
+            self._segs.append(seg)
             off = good_end = len(HEADER)
             while off < len(data):
                 if len(data) - off < _REC.size:
@@ -269,11 +270,11 @@ class DurableJournal:
                     break
                 self._entries.append((body[16:], idx, term))
                 self._offsets.append(off)
-                self._segs_first(k, seq, idx)
+                if seg.first is None:
+                    seg.first = idx
                 prev_idx = idx
                 off = good_end = end
-            self._segs_first(k, seq, None)
-            self._segs[k].end = good_end
+            seg.end = good_end
             if good_end < len(data.rstrip(b"\0")):  # a zero tail is reserved space
                 damage = (k, good_end)
         if damage is not None:
@@ -302,12 +303,6 @@ class DurableJournal:
             seg.fd = os.open(seg.path, os.O_WRONLY)
             seg.alloc = len(data)
         self._synced_idx = self._entries[-1][1] if self._entries else 0
-
-    def _segs_first(self, k: int, seq: int, idx: int | None) -> None:
-        if len(self._segs) <= k:
-            self._segs.append(_Segment(seq, segment_path(self.path, seq)))
-        if idx is not None and self._segs[k].first is None:
-            self._segs[k].first = idx
 
     @staticmethod
     def _valid_record_after(data: bytes, start: int, next_idx: int) -> bool:
