@@ -310,6 +310,26 @@ def test_a_crash_right_after_a_roll_leaves_an_empty_last_segment(tmp_path, monke
     j._destroy()
 
 
+def test_what_a_restart_reads_is_synced_before_use(tmp_path, monkeypatch):
+    """A node killed before its last sync finds those entries in the page cache
+    on restart; the journal syncs every segment it read before anything can
+    acknowledge them."""
+    _small_segments(monkeypatch)
+    path = str(tmp_path / "j")
+    j = J.DurableJournal(path)
+    for i in range(1, 41):
+        j.add(f"command-{i:04d}".encode(), i, 1)  # never synced by sync(): a kill -9 now
+    synced = []
+    real = os.fdatasync
+    monkeypatch.setattr(J.os, "fdatasync", lambda fd: (synced.append(os.readlink(
+        f"/proc/self/fd/{fd}")), real(fd)))
+    k = J.DurableJournal(path)
+    assert len(k) == 40
+    assert sorted(synced) == sorted(os.path.realpath(p) for p in k.segments)
+    k._destroy()
+    j._destroy()
+
+
 def test_damage_in_a_sealed_segment_is_fatal(tmp_path, monkeypatch):
     _small_segments(monkeypatch)
     path = str(tmp_path / "j")

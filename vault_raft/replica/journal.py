@@ -302,6 +302,10 @@ class DurableJournal:
         for seg, data in zip(self._segs, images):
             seg.fd = os.open(seg.path, os.O_WRONLY)
             seg.alloc = len(data)
+            # After a crash of the process alone, what was read above may be
+            # the page cache's, never synced: sync it before this node
+            # acknowledges any of it (sync() only syncs what it wrote itself).
+            os.fdatasync(seg.fd)
         self._synced_idx = self._entries[-1][1] if self._entries else 0
 
     @staticmethod
