@@ -194,6 +194,7 @@ class DurableJournal:
         self._commit_dirty = False
         self._commit_fd = -1
         self._retiring: list = []  # helper-thread deletions not yet known done
+        self._spare = None  # Future: the next segment, made ahead of time
         self._open()
 
     # ------------------------------------------------------------ files
@@ -364,6 +365,8 @@ class DurableJournal:
         self._offsets.append(seg.end)
         seg.end += len(rec)
         self._dirty = True
+        if self._spare is None and seg.end > self.SEGMENT_BYTES // 2:
+            self._spare = _helper().submit(self._create_segment, seg.seq + 1)
         if self.trace:
             self.trace("append", idx, term)
 
@@ -387,15 +390,30 @@ class DurableJournal:
             os.ftruncate(old.fd, old.end)
             old.alloc = old.end
         os.fdatasync(old.fd)
-        seq = old.seq + 1
-        seg = _Segment(seq, segment_path(self.path, seq))
-        atomic_write(seg.path, HEADER)  # file and directory entry durable
-        seg.fd = os.open(seg.path, os.O_WRONLY)
-        seg.end = seg.alloc = len(HEADER)
+        spare, self._spare = self._spare, None
+        seg = spare.result() if spare is not None else self._create_segment(old.seq + 1)
         self._segs.append(seg)
         if self.trace:
-            self.trace("segment", seq)
+            self.trace("segment", seg.seq)
         return seg
+
+    def _create_segment(self, seq: int) -> "_Segment":
+        """A new, empty segment: created atomically (file and directory entry
+        durable), its first space reserved.  The helper thread makes the next
+        one ahead of time, once the last segment is half full (``_spare``)."""
+        seg = _Segment(seq, segment_path(self.path, seq))
+        atomic_write(seg.path, HEADER)
+        seg.fd = os.open(seg.path, os.O_WRONLY)
+        self._reserve(seg, 0)
+        return seg
+
+    def _drop_spare(self) -> None:
+        """Delete the segment made ahead of time (truncation, clear, close)."""
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            seg = spare.result()
+            os.close(seg.fd)
+            os.unlink(seg.path)
 
     def sync(self) -> None:
         """Make every written entry durable (called before each send)."""
@@ -421,6 +439,7 @@ class DurableJournal:
             fsync_dir(self.path)
 
     def clear(self) -> None:
+        self._drop_spare()
         self._drop_segments(self._segs[:-1])
         del self._segs[:-1]
         seg = self._segs[0]
@@ -444,6 +463,7 @@ class DurableJournal:
             entryFrom = max(0, len(self._entries) + entryFrom)
         k = self._segment_of(self._entries[entryFrom][1])
         # later segments go first, durably: a cut entry must not come back
+        self._drop_spare()
         self._drop_segments(self._segs[k + 1:])
         del self._segs[k + 1:]
         seg, cut = self._segs[k], self._offsets[entryFrom]
@@ -512,6 +532,7 @@ class DurableJournal:
         for fut in self._retiring:
             fut.result()
         self._retiring = []
+        self._drop_spare()
         if self._segs and self._segs[-1].fd >= 0:
             self.sync()
             seg = self._segs[-1]
