@@ -16,10 +16,28 @@ provide; it is a few lines of hashing, checked by the RFC 9807 vectors.
 from __future__ import annotations
 
 import hashlib
+import os
+import sys
 
 import rbcl
 
 from .errors import OpaqueError
+
+
+def _delete_rbcl_library_copy() -> None:
+    """rbcl writes its bundled libsodium (2.8 MB) to a new file in the temp
+    directory on every import and never deletes it: each node start and each
+    CLI call left one behind (13,844 files, 37 GB, on the project's machine
+    when this was found).  Once loaded, the mapping does not need the file."""
+    path = getattr(sys.modules.get("rbcl._sodium"), "lib_path", None)
+    if isinstance(path, str) and path.endswith((".so", ".pyd")):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass  # (Windows cannot delete a loaded library; nothing else to do)
+
+
+_delete_rbcl_library_copy()
 
 ELEMENT_LEN = 32  # Noe
 SCALAR_LEN = 32  # Nok / Nsk
