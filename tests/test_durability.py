@@ -618,3 +618,25 @@ def test_a_snapshot_child_dies_with_its_node(tmp_path):
             break  # killed, not yet reaped
         assert time.monotonic() < deadline, "the child outlived its node"
         time.sleep(0.05)
+
+
+def test_a_failed_spare_segment_is_made_at_the_roll(tmp_path, monkeypatch):
+    _small_segments(monkeypatch, size=4096)
+    path = str(tmp_path / "j")
+    j = J.DurableJournal(path)
+    real = J.DurableJournal._create_segment
+    calls = []
+
+    def flaky(self, seq):
+        calls.append(seq)
+        if len(calls) == 1:  # the helper thread's attempt: disk trouble
+            raise OSError(28, "No space left on device")
+        return real(self, seq)
+    monkeypatch.setattr(J.DurableJournal, "_create_segment", flaky)
+    i = 0
+    while len(j.segments) == 1:
+        i += 1
+        j.add(f"command-{i:04d}".encode(), i, 1)
+    assert calls[:2] == [1, 1] and j.segments[1] == J.segment_path(path, 1)
+    j._destroy()
+    assert [e[1] for e in J.DurableJournal(path)] == list(range(1, i + 1))

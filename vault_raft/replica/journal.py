@@ -390,8 +390,9 @@ class DurableJournal:
             os.ftruncate(old.fd, old.end)
             old.alloc = old.end
         os.fdatasync(old.fd)
-        spare, self._spare = self._spare, None
-        seg = spare.result() if spare is not None else self._create_segment(old.seq + 1)
+        seg = self._take_spare()
+        if seg is None:
+            seg = self._create_segment(old.seq + 1)
         self._segs.append(seg)
         if self.trace:
             self.trace("segment", seg.seq)
@@ -407,11 +408,22 @@ class DurableJournal:
         self._reserve(seg, 0)
         return seg
 
+    def _take_spare(self) -> "_Segment | None":
+        """The segment made ahead of time, if it was made (None if it failed:
+        the caller makes one itself, and reports the error if it fails too)."""
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return None
+        try:
+            return spare.result()
+        except OSError as exc:
+            log.warning("journal %s: next segment not made ahead of time: %s", self.path, exc)
+            return None
+
     def _drop_spare(self) -> None:
         """Delete the segment made ahead of time (truncation, clear, close)."""
-        spare, self._spare = self._spare, None
-        if spare is not None:
-            seg = spare.result()
+        seg = self._take_spare()
+        if seg is not None:
             os.close(seg.fd)
             os.unlink(seg.path)
 
