@@ -443,7 +443,7 @@ class DurableJournal:
         return self._synced_idx
 
     def _drop_segments(self, dead: list["_Segment"]) -> None:
-        """Delete whole segments now, durably (truncation, clear)."""
+        """Delete whole segments now, durably (truncation, clear, compaction)."""
         for s in dead:
             os.close(s.fd)
             os.unlink(s.path)
@@ -518,19 +518,18 @@ class DurableJournal:
         self._retiring = [f for f in self._retiring if not f.done()]
         self._retiring.append(_helper().submit(_free, dropped))
         if dead:
-            self._retiring.append(_helper().submit(self._retire, [(s.fd, s.path) for s in dead]))
+            self._retiring.append(_helper().submit(self._retire, dead))
         if self.trace:
             self.trace("compact", first)
 
-    def _retire(self, dead: list[tuple[int, str]]) -> None:
+    def _retire(self, dead: list["_Segment"]) -> None:
+        """On the helper thread: closing a segment's last descriptor frees its
+        blocks (with discard, synchronously: 11 ms for 50 MB here, more under
+        load), so not on the Raft thread."""
         try:
             fsync_dir(self.path)  # the snapshot covering these entries is in place for good
-            for fd, spath in dead:
-                # Closing the last descriptor frees the file's blocks (with
-                # discard, synchronously: 11 ms for 50 MB here, more under load).
-                os.close(fd)
-                os.unlink(spath)
-                fsync_dir(self.path)
+            for seg in dead:  # oldest first, each deletion durable: no gap after a crash
+                self._drop_segments([seg])
         except OSError as exc:  # a leftover segment is dropped again on restart
             log.error("journal %s: could not delete a compacted segment: %s", self.path, exc)
 

@@ -48,6 +48,7 @@ the version check below refuses any other pysyncobj):
 from __future__ import annotations
 
 import ctypes
+import functools
 import gc
 import hashlib
 import logging
@@ -127,11 +128,9 @@ _tcp.zlib = _StoredZlib
 
 def _create_journal(journal_file=None):
     if isinstance(journal_file, _DurablePath):
-        if journal_file.factory is not None:
-            journal_file.journal = journal_file.factory(str(journal_file), trace=journal_file.trace)
-        else:
-            journal_file.journal = DurableJournal(str(journal_file), trace=journal_file.trace,
-                                                  segment_bytes=journal_file.segment_bytes)
+        make = journal_file.factory or functools.partial(
+            DurableJournal, segment_bytes=journal_file.segment_bytes)
+        journal_file.journal = make(str(journal_file), trace=journal_file.trace)
         return journal_file.journal
     return _original_create_journal(journal_file)
 
