@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from vault_raft.core.machine import encode_command
+from vault_raft.core.machine import CRED_ID_LEN, NONCE_LEN, encode_command
 from vault_raft.replica import journal as J
 from vault_raft.replica.raft import RaftSettings, VaultReplica
 
@@ -39,6 +39,12 @@ class Recorder:
             with self.lock:
                 self.events.setdefault(node, []).append((kind, *args))
         return trace
+
+
+def _ticket():
+    """The ticket fields a node adds to an enroll command (good for ever here)."""
+    return {"nonce": os.urandom(NONCE_LEN), "ticket_exp": 2**61,
+            "cred_id": os.urandom(CRED_ID_LEN)}
 
 
 def check(recorder: Recorder) -> list[str]:
@@ -111,7 +117,8 @@ def run_cluster(tmp_path, recorder, monkeypatch, disable_sync=False):
         for k in range(40):
             reps[k % 3].propose(encode_command("enroll", user=f"u{k}".encode(), now=k,
                                                max_attempts=3, version=b"v" * 16,
-                                               opaque_record=b"r" * 192, sealed_secret=b"s" * 40),
+                                               opaque_record=b"r" * 192,
+                                               sealed_secret=b"s" * 40, **_ticket()),
                                 committed(reps[k % 3]))
         for _ in range(40):
             assert done.acquire(timeout=10)
@@ -476,7 +483,7 @@ def test_snapshots_are_written_by_a_forked_child(tmp_path, fork):
         for k in range(20):
             rep.propose(encode_command("enroll", user=f"u{k}".encode(), now=k, max_attempts=3,
                                        version=b"v" * 16, opaque_record=b"r" * 192,
-                                       sealed_secret=b"s" * 40),
+                                       sealed_secret=b"s" * 40, **_ticket()),
                         lambda res, err: (errors.append(err) if err else None, done.release()))
         for _ in range(20):
             assert done.acquire(timeout=10)
@@ -510,7 +517,7 @@ def _enroll_all(rep, users):
     for u in users:
         rep.propose(encode_command("enroll", user=u.encode(), now=1, max_attempts=3,
                                    version=b"v" * 16, opaque_record=b"r" * 192,
-                                   sealed_secret=b"s" * 40),
+                                   sealed_secret=b"s" * 40, **_ticket()),
                     lambda res, err: (errors.append(err) if err else None, done.release()))
     for _ in users:
         assert done.acquire(timeout=10)

@@ -14,6 +14,12 @@ def cmd(op, **kw):
     return M.encode_command(op, **kw)
 
 
+def ticket(now=0, ttl=M.TICKET_TTL_MS):
+    """The fields a node adds to enroll and change_code from its ticket."""
+    return {"nonce": os.urandom(M.NONCE_LEN), "ticket_exp": now + ttl,
+            "cred_id": os.urandom(M.CRED_ID_LEN)}
+
+
 class VaultModel(RuleBasedStateMachine):
     """Random op sequences; the guess limit and release rules are invariants."""
 
@@ -26,17 +32,21 @@ class VaultModel(RuleBasedStateMachine):
         self.open = {u: [] for u in USERS}  # attempt ids the model believes are open
         self.completed = {u: [] for u in USERS}
         self.released = set()
+        self.recorded = []  # every enroll/change_code command applied: replayed later
 
     def _apply(self, op, **kw):
         self.now += kw.pop("dt", 1)
-        return self.sm.apply(cmd(op, now=self.now, **kw))
+        raw = cmd(op, now=self.now, **kw)
+        if op in (M.ENROLL, M.CHANGE_CODE):
+            self.recorded.append(raw)
+        return self.sm.apply(raw)
 
     @rule(user=st.sampled_from(USERS), max_attempts=st.integers(1, 5))
     def enroll(self, user, max_attempts):
         version = os.urandom(16)
         before = self.sm.summary(user)["status"]
         r = self._apply(M.ENROLL, user=user, max_attempts=max_attempts, version=version,
-                        opaque_record=b"r" * 192, sealed_secret=b"s" * 30)
+                        opaque_record=b"r" * 192, sealed_secret=b"s" * 30, **ticket(self.now))
         if before == M.ACTIVE:
             assert r == {"ok": False, "code": "exists"}
         else:
@@ -44,6 +54,21 @@ class VaultModel(RuleBasedStateMachine):
             self.ke2_since_success[(user, version)] = 0
             self.limit[(user, version)] = max_attempts
             self.open[user] = []
+
+    @rule(pick=st.integers(0, 1000), dt=st.integers(0, 2 * M.TICKET_TTL_MS))
+    def replay(self, pick, dt):
+        """A recorded enroll or change_code, replayed at any later time, changes nothing."""
+        if not self.recorded:
+            return
+        self.now += dt
+        raw = msgpack.unpackb(self.recorded[pick % len(self.recorded)])
+        raw["now"] = self.now
+        before = {u: self.sm.summary(u) for u in USERS}
+        creds = {u: r.cred_id for u, r in self.sm.records.items()}
+        r = self.sm.apply(msgpack.packb(raw, use_bin_type=True))
+        assert not r["ok"], r
+        assert {u: self.sm.summary(u) for u in USERS} == before
+        assert {u: r.cred_id for u, r in self.sm.records.items()} == creds
 
     @rule(user=st.sampled_from(USERS), dt=st.integers(0, 200_000))
     def begin(self, user, dt):
@@ -78,7 +103,7 @@ class VaultModel(RuleBasedStateMachine):
         aid = self.completed[user][-1] if use_proof and self.completed[user] else os.urandom(16)
         extra = {}
         if op == M.CHANGE_CODE:
-            extra["opaque_record"] = b"q" * 192
+            extra.update(opaque_record=b"q" * 192, **ticket(self.now))
         if op == M.CHANGE_SECRET:
             extra.update(version=os.urandom(16), sealed_secret=b"t" * 30)
         before = self.sm.summary(user)
@@ -152,7 +177,7 @@ def test_destroy_on_attempt_after_limit():
     sm = M.VaultState()
     v = os.urandom(16)
     sm.apply(cmd(M.ENROLL, user=b"u", now=1, max_attempts=2, version=v,
-                 opaque_record=b"r" * 192, sealed_secret=b"s"))
+                 opaque_record=b"r" * 192, sealed_secret=b"s", **ticket()))
     lefts = [sm.apply(cmd(M.BEGIN_ATTEMPT, user=b"u", now=2, attempt_id=os.urandom(16)))
              ["attempts_left"] for _ in range(2)]
     assert lefts == [1, 0]
@@ -162,7 +187,7 @@ def test_destroy_on_attempt_after_limit():
                                 "total_attempts": 2, "has_secret": False}
     # re-enrollment after destruction is allowed, with fresh counters
     r = sm.apply(cmd(M.ENROLL, user=b"u", now=4, max_attempts=3, version=v,
-                     opaque_record=b"r" * 192, sealed_secret=b"s"))
+                     opaque_record=b"r" * 192, sealed_secret=b"s", **ticket()))
     assert r["ok"]
 
 
@@ -170,7 +195,7 @@ def test_release_once_and_expiry():
     sm = M.VaultState()
     v = os.urandom(16)
     sm.apply(cmd(M.ENROLL, user=b"u", now=0, max_attempts=5, version=v,
-                 opaque_record=b"r" * 192, sealed_secret=b"sealed"))
+                 opaque_record=b"r" * 192, sealed_secret=b"sealed", **ticket()))
     a1, a2 = os.urandom(16), os.urandom(16)
     sm.apply(cmd(M.BEGIN_ATTEMPT, user=b"u", now=10, attempt_id=a1))
     sm.apply(cmd(M.BEGIN_ATTEMPT, user=b"u", now=20, attempt_id=a2))

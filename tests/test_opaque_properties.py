@@ -4,6 +4,7 @@ import os
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from vault_raft.crypto import _opaque_core as opaque_core
 from vault_raft.crypto import opaque as O
 from vault_raft.crypto.errors import OpaqueError
 from vault_raft.crypto.ksf import IDENTITY_KSF, KSF
@@ -96,7 +97,11 @@ def test_fake_response_indistinguishable_in_length_and_format(pw, uid):
         wrong_login.finish(wrong_ke2)
     assert str(fake_exc.value) == str(wrong_exc.value)
     # Repeated probes of one unknown user see the same fake credential.
-    assert SETUP.fake_record(uid) == SETUP.fake_record(uid)
+    cred, record = SETUP.fake_credential(uid)
+    assert (cred, record) == SETUP.fake_credential(uid)
+    # ... under an identifier no real record has: not the user id, not another user's.
+    assert cred != uid and cred != SETUP.fake_credential(uid + b"x")[0]
+    opaque_core.check_record(record)
 
 
 @settings(max_examples=200)

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from . import protocol as P
 from . import wire
 from .crypto import opaque
-from .crypto import seal as S
 from .crypto.errors import OpaqueError, SealError
 from .fleet import bundle as B
 from .fleet.config import ConfigError, FleetInfo
@@ -175,33 +174,41 @@ class Client:
         raise ServerError(f"HTTP {status}: {msg}")
 
     # ----------------------------------------------------------- operations
-    def _register(self, user: bytes, code: bytes) -> bytes:
+    def _register(self, user: bytes, code: bytes) -> tuple[bytes, dict]:
+        """Run OPAQUE registration; returns (record, enroll/start reply).  The
+        reply's single-use ``ticket`` (and its ``nonce``) go with the record."""
         reg, request = opaque.ClientRegistration.start(code, ksf=self.fleet.ksf)
         status, out = self.post("/v1/enroll/start", {"user": user, "request": request})
         if status != 200:
             self._raise(status, out)
         try:
-            return reg.finish(out["response"], expected_server_public_key=
-                              self.fleet.opaque_server_public_key).record
+            record = reg.finish(out["response"], expected_server_public_key=
+                                self.fleet.opaque_server_public_key).record
+            if not isinstance(out["ticket"], bytes) or not isinstance(out["nonce"], bytes):
+                raise TypeError("ticket and nonce must be bytes")
         except (OpaqueError, KeyError, TypeError) as exc:
             raise ServerError(f"registration response refused: {exc}") from None
+        return record, out
 
-    def _upload(self, user: bytes, secret: bytes, purpose: bytes) -> bytes:
+    def _upload(self, user: bytes, secret: bytes, purpose: bytes, binding: bytes) -> bytes:
         if not isinstance(secret, bytes) or not 1 <= len(secret) <= P.MAX_SECRET:
             raise InvalidInput(f"secret must be 1..{P.MAX_SECRET} bytes")
-        return S.hpke_seal(self.fleet.enroll_public_key, secret,
-                           P.upload_info(self.fleet.fleet_id, user, purpose))
+        return P.seal_upload(self.fleet.enroll_public_key, self.fleet.fleet_id, user, purpose,
+                             binding, secret)
 
     def enroll(self, user: str | bytes, code: str | bytes, secret: bytes,
                max_attempts: int | None = None) -> int:
         """Enroll; returns the attempt limit. AlreadyEnrolled if a record is active."""
         u, c = _user(user), _code(code)
         m = self.fleet.default_max_attempts if max_attempts is None else max_attempts
-        if not isinstance(m, int) or not 1 <= m <= 100:
+        if not isinstance(m, int) or isinstance(m, bool) or not 1 <= m <= 100:
             raise InvalidInput("max attempts must be 1..100")
-        record = self._register(u, c)
+        if not isinstance(secret, bytes) or not 1 <= len(secret) <= P.MAX_SECRET:
+            raise InvalidInput(f"secret must be 1..{P.MAX_SECRET} bytes")
+        record, start = self._register(u, c)
         status, out = self.post("/v1/enroll/finish", {
-            "user": u, "record": record, "upload": self._upload(u, secret, b"enroll"),
+            "user": u, "record": record, "ticket": start["ticket"],
+            "upload": self._upload(u, secret, b"enroll", start["nonce"]),
             "max_attempts": m}, retry_timeouts=False)
         if status != 201:
             self._raise(status, out)
@@ -226,32 +233,38 @@ class Client:
         if status != 200:
             self._raise(status, out)
         try:
-            secret = S.unseal(S.session_subkey(done.session_key, P.RELEASE_KEY),
-                              out["secret_box"], P.release_ad(u, token))
-        except (SealError, KeyError) as exc:
+            secret = P.open_release(done.session_key, u, token, out["secret_box"])
+        except (SealError, KeyError, TypeError) as exc:
             raise ServerError(f"released secret did not decrypt: {exc}") from None
         return Recovery(secret, int(out["failed_attempts"]), int(out["max_attempts"]), token,
                         done.session_key, self.fleet.fleet_id)
 
-    def _manage(self, u: bytes, rec: Recovery, op: str, payload: bytes) -> None:
-        proof = S.mac(S.session_subkey(rec.session_key, P.MANAGE_KEY),
-                      P.manage_message(op, u, rec.token, payload))
-        status, out = self.post("/v1/manage", {"user": u, "op": op, "token": rec.token,
-                                               "payload": payload, "proof": proof},
-                                retry_timeouts=False)
+    def _manage(self, u: bytes, rec: Recovery, op: str, payload: bytes,
+                ticket: bytes = b"") -> None:
+        body = {"user": u, "op": op, "token": rec.token, "payload": payload,
+                "proof": P.manage_proof(rec.session_key, op, u, rec.token, payload, ticket)}
+        if ticket:
+            body["ticket"] = ticket
+        status, out = self.post("/v1/manage", body, retry_timeouts=False)
         if status != 200:
             self._raise(status, out)
+
+    def _change_code_request(self, u: bytes, new_code: bytes) -> tuple[bytes, bytes]:
+        """(payload, ticket) of a change_code: a new record under a fresh key."""
+        record, start = self._register(u, new_code)
+        return record, start["ticket"]
 
     def change_secret(self, user, code, new_secret: bytes) -> Recovery:
         u = _user(user)
         rec = self.recover(u, code)
-        self._manage(u, rec, "change_secret", self._upload(u, new_secret, b"change_secret"))
+        self._manage(u, rec, "change_secret",
+                     self._upload(u, new_secret, b"change_secret", rec.token))
         return rec
 
     def change_code(self, user, code, new_code) -> Recovery:
         u, new = _user(user), _code(new_code)
         rec = self.recover(u, code)
-        self._manage(u, rec, "change_code", self._register(u, new))
+        self._manage(u, rec, "change_code", *self._change_code_request(u, new))
         return rec
 
     def delete(self, user, code) -> Recovery:
@@ -414,21 +427,22 @@ class TrustedClient:
     def recover(self, user, code) -> Recovery:
         return self._recover(_user(user), _code(code))[0]
 
-    def _manage(self, user, code, op: str, make_payload) -> Recovery:
+    def _manage(self, user, code, op: str, make_request) -> Recovery:
         u, c = _user(user), _code(code)
         rec, cli = self._recover(u, c)
         if rec.migrated_from is not None:
             rec = cli.recover(u, c)  # a session on the fleet the record now lives on
-        cli._manage(u, rec, op, make_payload(cli, u))
+        cli._manage(u, rec, op, *make_request(cli, u, rec))
         return rec
 
     def change_secret(self, user, code, new_secret: bytes) -> Recovery:
-        return self._manage(user, code, "change_secret",
-                            lambda cli, u: cli._upload(u, new_secret, b"change_secret"))
+        return self._manage(user, code, "change_secret", lambda cli, u, rec: (
+            cli._upload(u, new_secret, b"change_secret", rec.token),))
 
     def change_code(self, user, code, new_code) -> Recovery:
         new = _code(new_code)
-        return self._manage(user, code, "change_code", lambda cli, u: cli._register(u, new))
+        return self._manage(user, code, "change_code",
+                            lambda cli, u, rec: cli._change_code_request(u, new))
 
     def delete(self, user, code) -> Recovery:
-        return self._manage(user, code, "delete", lambda cli, u: b"")
+        return self._manage(user, code, "delete", lambda cli, u, rec: (b"",))

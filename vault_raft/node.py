@@ -45,6 +45,7 @@ from .replica.raft import FAIL_NAMES, RaftSettings, VaultReplica
 log = logging.getLogger("vault_raft.node")
 
 TOKEN_LIFETIME_MS = M.PROOF_TTL_MS
+TICKET_LIFETIME_MS = M.TICKET_TTL_MS
 
 
 class ApiError(Exception):
@@ -130,14 +131,16 @@ async def commit(replica, propose, command: bytes, timeout: float, meanwhile=Non
 
 class VaultService:
     def __init__(self, cfg: NodeConfig, keystore: Keystore, replica: VaultReplica,
-                 commit_timeout: float = 3.0, fake_attempts_left: int = M.DEFAULT_MAX_ATTEMPTS - 1):
+                 commit_timeout: float = 3.0):
         self.cfg = cfg
         self.ks = keystore
         self.replica = replica
         self.setup = keystore.opaque_setup()
         self.context = opaque_context(keystore.fleet_id)
         self.commit_timeout = commit_timeout
-        self.fake_attempts_left = fake_attempts_left
+        # An unknown user looks like one enrolled with the fleet's published
+        # default limit, after one wrong code.
+        self.fake_attempts_left = cfg.default_max_attempts - 1
         self.peer_ids = dict(cfg.peer_ids)
         self.admin_auth = AdminVerifier(cfg.admin_key, keystore.fleet_id, cfg.node_id)
         self.stats = {"commits": 0, "unavailable": 0, "ke2": 0}
@@ -166,19 +169,48 @@ class VaultService:
 
     # ---------------------------------------------------------- enroll
     async def enroll_start(self, body: dict) -> dict:
+        """Evaluate the OPRF under a *fresh* credential identifier (never an
+        existing record's key) and issue a single-use ticket that carries the
+        identifier to enroll/finish or a change of code.  Nothing is stored."""
         user = _user(body)
         request = _bin(body, "request", opaque.REG_REQUEST_LEN)
+        nonce, cred_id = os.urandom(M.NONCE_LEN), os.urandom(M.CRED_ID_LEN)
+        expires = _now_ms() + TICKET_LIFETIME_MS
         try:
-            response = opaque.server_registration_response(self.setup, request, user)
+            response = opaque.server_registration_response(self.setup, request, cred_id)
         except OpaqueError as exc:
             raise ApiError(400, f"bad registration request: {exc}") from None
-        return {"response": response}
+        ticket = self.ks.seal_ticket(P.pack([user, nonce, cred_id, expires]))
+        return {"response": response, "ticket": ticket, "nonce": nonce, "expires_ms": expires}
 
-    def _open_upload(self, user: bytes, upload: bytes, purpose: bytes) -> bytes:
+    def _open_ticket(self, user: bytes, body: dict) -> dict:
+        """The ticket's command fields (nonce, expiry, credential identifier)."""
+        blob = _bin(body, "ticket", 1, P.TICKET_MAX)
         try:
-            secret = self.ks.open_upload(upload, P.upload_info(self.ks.fleet_id, user, purpose))
+            t_user, nonce, cred_id, expires = P.unpack(self.ks.open_ticket(blob))
+        except (SealError, ValueError, TypeError):
+            raise ApiError(401, "enrollment ticket invalid (from another fleet, or altered)") \
+                from None
+        if t_user != user:
+            raise ApiError(401, "enrollment ticket was issued for another user")
+        if _now_ms() > expires:
+            raise ApiError(401, "enrollment ticket expired; start again")
+        return {"nonce": nonce, "ticket_exp": expires, "cred_id": cred_id}
+
+    @staticmethod
+    def _ticket_refused(code: str) -> None:
+        if code == "replayed":
+            raise ApiError(409, "this enrollment ticket was already used", reason="replayed")
+        if code == "expired":
+            raise ApiError(401, "enrollment ticket expired; start again")
+
+    def _open_upload(self, user: bytes, upload: bytes, purpose: bytes, binding: bytes) -> bytes:
+        try:
+            secret = self.ks.open_upload(upload, P.upload_info(self.ks.fleet_id, user, purpose,
+                                                               binding))
         except SealError:
-            raise ApiError(400, "secret upload did not decrypt (wrong fleet key or user?)") from None
+            raise ApiError(400, "secret upload did not decrypt (wrong fleet key, user or "
+                                "request?)") from None
         if not 1 <= len(secret) <= P.MAX_SECRET:
             raise ApiError(400, f"secret must be 1..{P.MAX_SECRET} bytes")
         return secret
@@ -190,16 +222,20 @@ class VaultService:
             opaque.check_registration_record(record)
         except OpaqueError as exc:
             raise ApiError(400, f"bad registration record: {exc}") from None
-        max_attempts = body.get("max_attempts", M.DEFAULT_MAX_ATTEMPTS)
-        if not isinstance(max_attempts, int) or not 1 <= max_attempts <= M.MAX_ATTEMPTS_LIMIT:
-            raise ApiError(400, f"max_attempts must be 1..{M.MAX_ATTEMPTS_LIMIT}")
-        secret = self._open_upload(user, _bin(body, "upload", 1, P.MAX_BODY), b"enroll")
+        max_attempts = body.get("max_attempts", self.cfg.default_max_attempts)
+        if not isinstance(max_attempts, int) or isinstance(max_attempts, bool) \
+                or not 1 <= max_attempts <= M.MAX_ATTEMPTS_LIMIT:
+            raise ApiError(400, f"max_attempts must be an integer 1..{M.MAX_ATTEMPTS_LIMIT}")
+        ticket = self._open_ticket(user, body)
+        secret = self._open_upload(user, _bin(body, "upload", 1, P.MAX_BODY), b"enroll",
+                                   ticket["nonce"])
         version = os.urandom(M.ID_LEN)
         sealed = self.ks.seal_secret(user, version, secret)
         res = await self.commit(M.ENROLL, deadline_ms=body.get("deadline_ms"), user=user,
                                 now=_now_ms(), version=version,
                                 opaque_record=record, sealed_secret=sealed,
-                                max_attempts=max_attempts)
+                                max_attempts=max_attempts, **ticket)
+        self._ticket_refused(res["code"])
         if res["code"] == "exists":
             raise ApiError(409, "an active record exists for this user")
         return 201, {"enrolled": True, "max_attempts": res["max_attempts"]}
@@ -221,9 +257,10 @@ class VaultService:
 
         def ke2_in_flight():
             rec = self.replica.read_state(lambda v: v.records.get(user))
-            record = rec.opaque_record if rec is not None and rec.status == M.ACTIVE else None
-            spec["record"] = record
-            spec["out"] = opaque.server_login_start(self.setup, record, ke1, user,
+            active = rec is not None and rec.status == M.ACTIVE
+            record, cred_id = (rec.opaque_record, rec.cred_id) if active else (None, user)
+            spec["cred"] = (record, cred_id)
+            spec["out"] = opaque.server_login_start(self.setup, record, ke1, cred_id,
                                                     context=self.context)
         res = await self.commit(M.BEGIN_ATTEMPT, deadline_ms=body.get("deadline_ms"), user=user,
                                 attempt_id=attempt_id, now=now, meanwhile=ke2_in_flight)
@@ -232,15 +269,16 @@ class VaultService:
         if code == "destroyed":
             raise ApiError(410, "this record was destroyed after too many wrong codes")
         if code == "counted":
-            record, version, left = res["opaque_record"], res["version"], res["attempts_left"]
+            cred = (res["opaque_record"], res["cred_id"])
+            version, left = res["version"], res["attempts_left"]
         elif code == "unknown":  # fake KE2: same shape, same work, same commit
-            record, version, left = None, bytes(M.ID_LEN), self.fake_attempts_left
+            cred, version, left = (None, user), bytes(M.ID_LEN), self.fake_attempts_left
         else:
             raise ApiError(400, f"attempt refused: {code}")
-        if "out" in spec and spec["record"] == record:
+        if spec.get("cred") == cred:
             state, ke2 = spec["out"]
         else:  # the record changed while the attempt was in flight
-            state, ke2 = opaque.server_login_start(self.setup, record, ke1, user,
+            state, ke2 = opaque.server_login_start(self.setup, cred[0], ke1, cred[1],
                                                    context=self.context)
         self.stats["ke2"] += 1
         token = self.ks.seal_token(P.pack([user, attempt_id, version, now + TOKEN_LIFETIME_MS,
@@ -293,16 +331,19 @@ class VaultService:
         payload = body.get("payload", b"")
         if not isinstance(payload, bytes) or len(payload) > P.MAX_BODY:
             raise ApiError(400, "payload must be bytes")
+        ticket_blob = body.get("ticket", b"") if op == "change_code" else b""
+        if not isinstance(ticket_blob, bytes):
+            raise ApiError(400, "ticket must be bytes")
         proof = _bin(body, "proof", 32)
         attempt_id, version, login = self._open_token(user, token)
         session_key = login.session_key  # attempt completed: checked by the machine
         if not S.mac_ok(S.session_subkey(session_key, P.MANAGE_KEY),
-                        P.manage_message(op, user, token, payload), proof):
+                        P.manage_message(op, user, token, payload, ticket_blob), proof):
             raise ApiError(401, "authentication failed")
         fields: dict[str, Any] = {"user": user, "attempt_id": attempt_id, "now": _now_ms()}
         if op == "change_secret":
             new_version = os.urandom(M.ID_LEN)
-            secret = self._open_upload(user, payload, b"change_secret")
+            secret = self._open_upload(user, payload, b"change_secret", token)
             fields.update(version=new_version,
                           sealed_secret=self.ks.seal_secret(user, new_version, secret))
         elif op == "change_code":
@@ -310,7 +351,9 @@ class VaultService:
                 fields["opaque_record"] = opaque.check_registration_record(payload)
             except OpaqueError as exc:
                 raise ApiError(400, f"bad registration record: {exc}") from None
+            fields.update(self._open_ticket(user, body))
         res = await self.commit(op, deadline_ms=body.get("deadline_ms"), **fields)
+        self._ticket_refused(res["code"])
         if res["code"] == "destroyed":
             raise ApiError(410, "this record was destroyed")
         if not res["ok"]:

@@ -27,6 +27,7 @@ CONTENT_TYPE = "application/msgpack"
 MAX_BODY = 64 * 1024
 MAX_SECRET = 4096
 USER_MAX = 256
+TICKET_MAX = 1024  # an enroll/start ticket (sealed; about 120 bytes)
 
 # HTTP status -> error code used in bodies {"error": code, "message": text}
 ERRORS = {
@@ -50,19 +51,45 @@ def unpack(data: bytes):
                            max_str_len=MAX_BODY, max_array_len=1024, max_map_len=64)
 
 
-def upload_info(fleet_id: str, user: bytes, purpose: bytes = b"enroll") -> bytes:
-    """HPKE info for a secret upload: binds it to fleet, user and purpose."""
-    return S.length_prefixed(b"vault-raft upload v1", fleet_id.encode(), user, purpose)
+def upload_info(fleet_id: str, user: bytes, purpose: bytes, binding: bytes) -> bytes:
+    """HPKE info for a secret upload: binds it to fleet, user, purpose and the
+    one request it belongs to (``binding``: the enroll/start nonce for an
+    enrollment, the recovery token for a change of secret)."""
+    return S.length_prefixed(b"vault-raft upload v2", fleet_id.encode(), user, purpose, binding)
 
 
 def release_ad(user: bytes, token: bytes) -> bytes:
     return S.length_prefixed(b"vault-raft release v1", user, token)
 
 
-def manage_message(op: str, user: bytes, token: bytes, payload: bytes) -> bytes:
-    return S.length_prefixed(b"vault-raft manage v1", op.encode(), user, token, payload)
+def manage_message(op: str, user: bytes, token: bytes, payload: bytes, ticket: bytes) -> bytes:
+    """What a manage request's proof MACs (``ticket`` is empty except for
+    change_code, which carries the enroll/start ticket of the new code)."""
+    return S.length_prefixed(b"vault-raft manage v2", op.encode(), user, token, payload, ticket)
 
 
 RELEASE_KEY = b"release"
 MANAGE_KEY = b"manage"
 MANAGE_OPS = ("change_secret", "change_code", "delete")
+
+
+# ---------------------------------------------------- client-side builders
+# One place for the client's half of each message, used by the client
+# library, the chaos actors and the bench load generator alike.
+
+def seal_upload(enroll_public_key: bytes, fleet_id: str, user: bytes, purpose: bytes,
+                binding: bytes, secret: bytes) -> bytes:
+    """A secret encrypted to the fleet's enrollment key (HPKE base mode)."""
+    return S.hpke_seal(enroll_public_key, secret, upload_info(fleet_id, user, purpose, binding))
+
+
+def manage_proof(session_key: bytes, op: str, user: bytes, token: bytes, payload: bytes,
+                 ticket: bytes = b"") -> bytes:
+    return S.mac(S.session_subkey(session_key, MANAGE_KEY),
+                 manage_message(op, user, token, payload, ticket))
+
+
+def open_release(session_key: bytes, user: bytes, token: bytes, secret_box: bytes) -> bytes:
+    """The released secret; raises SealError if the box is not for this login."""
+    return S.unseal(S.session_subkey(session_key, RELEASE_KEY), secret_box,
+                    release_ad(user, token))

@@ -20,7 +20,6 @@ from .. import protocol as P
 from ..cluster import LocalCluster, free_base_port, wait_until
 from ..core import machine as M
 from ..crypto import opaque
-from ..crypto import seal as S
 from ..fleet.config import FleetInfo, init_fleet
 from ..replica.raft import _snapshot_bytes
 from . import etcd as E
@@ -183,17 +182,26 @@ class VaultBench:
         """(index of the leader, index of a follower) in the fleet's node list."""
         return cluster_entry_points(self.cluster)
 
-    def _register(self, c: KeepAlive, user: bytes, code: bytes) -> bytes:
+    def _register(self, c: KeepAlive, user: bytes, code: bytes) -> tuple[bytes, dict]:
+        """(record, enroll/start reply with the single-use ticket)."""
         reg, req = opaque.ClientRegistration.start(code, ksf=self.fleet.ksf)
         st, out = c.post("/v1/enroll/start", {"user": user, "request": req})
         assert st == 200, out
         return reg.finish(out["response"], expected_server_public_key=
-                          self.fleet.opaque_server_public_key).record
+                          self.fleet.opaque_server_public_key).record, out
 
-    def enroll_one(self, c: KeepAlive, user: bytes, record: bytes) -> bool:
-        upload = S.hpke_seal(self.fleet.enroll_public_key, b"bench secret " + user,
-                             P.upload_info(self.fleet.fleet_id, user))
+    def enroll_one(self, c: KeepAlive, user: bytes, record: bytes,
+                   start: dict | None = None) -> bool:
+        """Enroll ``record`` for ``user``.  Without ``start`` (guess-only users
+        sharing one template record), a ticket of the user's own is fetched:
+        their logins never verify, which a guess-only user never needs."""
+        if start is None:
+            st, start = c.post("/v1/enroll/start", {"user": user, "request": self._request})
+            assert st == 200, start
+        upload = P.seal_upload(self.fleet.enroll_public_key, self.fleet.fleet_id, user,
+                               b"enroll", start["nonce"], b"bench secret " + user)
         st, _ = c.post("/v1/enroll/finish", {"user": user, "record": record, "upload": upload,
+                                              "ticket": start["ticket"],
                                               "max_attempts": ATTEMPTS_PER_BENCH_USER})
         return st == 201
 
@@ -201,7 +209,8 @@ class VaultBench:
         c = self.conn(0)
         # Guess-only users share one real OPAQUE record (the server cannot tell and does
         # the same work); users that recover need their own registration (client Argon2id).
-        self._record = self._register(c, b"bench-template", b"template code")
+        self._record, _ = self._register(c, b"bench-template", b"template code")
+        self._request = opaque.ClientRegistration.start(b"template code", ksf=self.fleet.ksf)[1]
         users = [f"g{i}".encode() for i in range(guess_users)]
 
         def enroll_range(k: int) -> None:
@@ -217,7 +226,7 @@ class VaultBench:
         self.guess_users = users
         for i in range(real_users):
             u, code = f"r{i}".encode(), f"code {i}".encode()
-            assert self.enroll_one(c, u, self._register(c, u, code))
+            assert self.enroll_one(c, u, *self._register(c, u, code))
             self.real_users.append((u, code))
         self._ke1s = [opaque.ClientLogin.start(b"a wrong code", ksf=self.fleet.ksf,
                                                context=self.fleet.context)[1] for _ in range(256)]
@@ -256,8 +265,7 @@ class VaultBench:
         t4 = time.perf_counter()
         if st != 200:
             raise RuntimeError(f"recover/finish: {st} {out2}")
-        S.unseal(S.session_subkey(done.session_key, P.RELEASE_KEY), out2["secret_box"],
-                 P.release_ad(user, out["token"]))
+        P.open_release(done.session_key, user, out["token"], out2["secret_box"])
         t5 = time.perf_counter()
         return {"client_start": t1 - t0, "start_rtt": t2 - t1, "client_finish": t3 - t2,
                 "finish_rtt": t4 - t3, "client_open": t5 - t4, "total": t5 - t0}
@@ -534,7 +542,8 @@ def _synthetic_state(n: int, record: bytes) -> M.VaultState:
         st.records[f"s{i}".encode()] = M.Record(status=M.ACTIVE, version=version,
                                                 opaque_record=record, sealed_secret=sealed,
                                                 max_attempts=ATTEMPTS_PER_BENCH_USER,
-                                                created_at=1, updated_at=1)
+                                                created_at=1, updated_at=1,
+                                                cred_id=os.urandom(M.CRED_ID_LEN))
     return st
 
 
@@ -590,7 +599,7 @@ def run_growth(cfg: Config, res: dict) -> None:
             _progress(cfg, f"growth: {n} records: build the state and its snapshot")
             vb.start()
             c = vb.conn(0)
-            record = vb._register(c, b"tmpl", b"tmpl code")
+            record, _ = vb._register(c, b"tmpl", b"tmpl code")
             c.close()
             vb.stop()
             t0 = time.perf_counter()

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from .. import protocol as P
 from ..cluster import LocalCluster, free_base_port, wait_until
 from ..crypto import opaque
-from ..crypto import seal as S
 from ..crypto.errors import OpaqueError
 from ..fleet.config import FleetInfo, init_fleet
 from .skewclock import set_offset
@@ -122,12 +121,13 @@ class Actor:
             return "failed"
         record = reg.finish(out["response"],
                             expected_server_public_key=self.fleet.opaque_server_public_key).record
-        upload = S.hpke_seal(self.fleet.enroll_public_key, secret,
-                             P.upload_info(self.fleet.fleet_id, user.encode()))
+        upload = P.seal_upload(self.fleet.enroll_public_key, self.fleet.fleet_id, user.encode(),
+                               b"enroll", out["nonce"], secret)
         op = self.hist.invoke(self.name, "enroll", user, nid,
                               {"max_attempts": max_attempts, "secret": secret.hex()})
         r = self.call(op, "/v1/enroll/finish", {"user": user.encode(), "record": record,
-                                                 "upload": upload, "max_attempts": max_attempts})
+                                                 "ticket": out["ticket"], "upload": upload,
+                                                 "max_attempts": max_attempts})
         if r is None:
             return "unknown" if op.outcome == "info" else "failed"
         st, out = r
@@ -170,8 +170,8 @@ class Actor:
             return None
         st, res = r
         if st == 200:
-            secret = S.unseal(S.session_subkey(done.session_key, P.RELEASE_KEY),
-                              res["secret_box"], P.release_ad(user.encode(), out["token"]))
+            secret = P.open_release(done.session_key, user.encode(), out["token"],
+                                    res["secret_box"])
             self.hist.finish(op, "ok", {"failed_attempts": res["failed_attempts"],
                                         "secret": secret.hex()})
             return done, out["token"]
@@ -182,10 +182,9 @@ class Actor:
         return None
 
     def write(self, user: str, done, token: bytes, secret: bytes) -> None:
-        payload = S.hpke_seal(self.fleet.enroll_public_key, secret,
-                              P.upload_info(self.fleet.fleet_id, user.encode(), b"change_secret"))
-        proof = S.mac(S.session_subkey(done.session_key, P.MANAGE_KEY),
-                      P.manage_message("change_secret", user.encode(), token, payload))
+        payload = P.seal_upload(self.fleet.enroll_public_key, self.fleet.fleet_id, user.encode(),
+                                b"change_secret", token, secret)
+        proof = P.manage_proof(done.session_key, "change_secret", user.encode(), token, payload)
         op = self.hist.invoke(self.name, "write", user, self.node(), {"secret": secret.hex()})
         r = self.call(op, "/v1/manage", {"user": user.encode(), "op": "change_secret",
                                           "token": token, "payload": payload, "proof": proof})

@@ -25,6 +25,7 @@ pins it).
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import random
 import shutil
@@ -548,6 +549,11 @@ def _value_of(f: str, res: dict, value):
 
 # ------------------------------------------------------------ workload
 
+def _digest(label: bytes, user: str, n: int) -> bytes:
+    """Ticket bytes fixed by the user (a schedule replays the same log)."""
+    return hashlib.sha256(label + b"\0" + user.encode()).digest()[:n]
+
+
 class SimWorkload:
     """Victims guessed at by attackers; one owner who recovers with the right code."""
 
@@ -565,8 +571,10 @@ class SimWorkload:
                     return False
                 op = sim.propose(lead, "enroll", user, {
                     "max_attempts": mx, "version": bytes(16), "opaque_record": bytes(192),
-                    "sealed_secret": b"s", "_value": {"max_attempts": mx, "secret": "00"}},
-                    "setup")
+                    "sealed_secret": b"s", "nonce": _digest(b"nonce", user, M.NONCE_LEN),
+                    "cred_id": _digest(b"cred", user, M.CRED_ID_LEN),
+                    "ticket_exp": int(sim.clock.now * 1000) + M.TICKET_TTL_MS,
+                    "_value": {"max_attempts": mx, "secret": "00"}}, "setup")
                 sim.run_until(lambda: op.outcome != "pending", 5)
                 return op.outcome == "ok"
             if not sim.run_until(enrolled, 30, dt=0.05):

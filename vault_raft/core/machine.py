@@ -22,19 +22,42 @@ The guess limit: ``begin_attempt`` is committed *before* the node computes
 KE2, and counts the attempt in the same step in which it is allowed.  When
 ``attempts_used == max_attempts`` the next ``begin_attempt`` destroys the
 record (secret and OPAQUE record wiped, a tombstone kept).  Since an OPAQUE
-guess can only be tested with a KE2, the number of KE2s ever computed for a
-record version is at most ``max_attempts`` between two successes.
+guess can only be tested with an evaluation of the record's OPRF key, and the
+only evaluation of that key any endpoint performs is the KE2 that follows a
+committed ``begin_attempt``, the number of guesses that can be tested against
+a record is at most ``max_attempts`` between two successes.
+
+Per-record OPRF keys: every record carries a credential identifier
+(``cred_id``, 32 random bytes chosen by the node at ``enroll/start``) from
+which the fleet derives the record's OPRF key.  Registration evaluates a
+*fresh* identifier's key, never an existing record's, so it is no oracle.
+
+Single-use enrollment: ``enroll`` and ``change_code`` carry the ticket the
+node issued at ``enroll/start`` (a nonce and an expiry).  The machine refuses
+a ticket whose expiry has passed on its own clock (the highest ``now`` it has
+applied: monotone, so clock skew between proposers cannot revive a ticket)
+and one whose nonce it has already accepted.  Nonces are remembered until
+their expiry passes, so memory is bounded by the tickets accepted within
+``TICKET_TTL_MS``.  A recorded request replayed later is therefore refused in
+every state.
+
+Format history: version 1 commands and snapshots (before per-record keys)
+are still applied, as they were written: a version 1 record's credential
+identifier is its user id (the key the old ``enroll/start`` evaluated for
+anyone).  Nodes propose only version 2.
 """
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import msgpack
 
-COMMAND_VERSION = 1
-SNAPSHOT_VERSION = 1
+COMMAND_VERSION = 2
+SNAPSHOT_VERSION = 2
+LEGACY_VERSION = 1  # applied as written (see the module docstring), never proposed
 
 # Policy constants (part of the replicated semantics: changing them changes
 # the meaning of an existing log, so they are versioned with the commands).
@@ -46,6 +69,9 @@ USER_MIN, USER_MAX = 1, 256
 ID_LEN = 16  # attempt ids and record versions
 OPAQUE_RECORD_LEN = 192
 SEALED_MAX = 8192
+CRED_ID_LEN = 32  # credential identifier: the record's OPRF key is derived from it
+NONCE_LEN = 16  # enrollment ticket nonce
+TICKET_TTL_MS = 300_000  # an enroll/start ticket is good this long
 
 # Record status.
 ABSENT = "absent"  # no record (never enrolled, or deleted by its owner)
@@ -90,18 +116,27 @@ class Record:
     last_success_at: int = 0
     open_attempts: dict = field(default_factory=dict)  # attempt id -> (begun_at, number)
     proof: list | None = None  # [attempt id, completed_at] of the last success
+    cred_id: bytes = b""  # credential identifier: the OPRF key is derived from it
 
     def to_wire(self) -> list:
         return [self.status, self.version, self.opaque_record, self.sealed_secret,
                 self.max_attempts, self.attempts_used, self.total_attempts, self.created_at,
                 self.updated_at, self.last_success_at,
-                [[k, v[0], v[1]] for k, v in sorted(self.open_attempts.items())], self.proof]
+                [[k, v[0], v[1]] for k, v in sorted(self.open_attempts.items())], self.proof,
+                self.cred_id]
 
     @classmethod
-    def from_wire(cls, w: list) -> "Record":
+    def from_wire(cls, w: list, user: bytes) -> "Record":
+        """``w`` has 13 fields (snapshot version 2) or 12 (version 1: the
+        credential identifier was the user id)."""
+        if len(w) not in (12, 13):
+            raise ValueError("record: expected 12 or 13 fields")
         r = cls(*w[:10])
         r.open_attempts = {k: (b, n) for k, b, n in w[10]}
         r.proof = list(w[11]) if w[11] is not None else None
+        r.cred_id = w[12] if len(w) == 13 else (user if r.status == ACTIVE else b"")
+        if not isinstance(r.cred_id, bytes):
+            raise ValueError("record: credential identifier must be bytes")
         return r
 
 
@@ -129,36 +164,81 @@ def encode_command(op: str, **fields: Any) -> bytes:
 
 
 class VaultState:
-    """The replicated state: a map from user id to :class:`Record`."""
+    """The replicated state: a map from user id to :class:`Record`, the
+    machine's clock, and the enrollment tickets accepted and not yet expired."""
 
     def __init__(self) -> None:
         self.records: dict[bytes, Record] = {}
         self.applied = 0  # number of commands applied (for status only)
+        self.clock = 0  # the highest ``now`` applied (ms): never goes back
+        self.tickets: dict[bytes, int] = {}  # nonce -> expiry, until the clock passes it
+        self._expiries: list[tuple[int, bytes]] = []  # heap of (expiry, nonce)
 
     # ------------------------------------------------------------- entry
     def apply(self, command: bytes) -> dict:
         self.applied += 1
         try:
             cmd = msgpack.unpackb(command, raw=False, strict_map_key=False)
-            if not isinstance(cmd, dict) or cmd.get("v") != COMMAND_VERSION:
+            if not isinstance(cmd, dict) or cmd.get("v") not in (COMMAND_VERSION, LEGACY_VERSION):
                 raise BadCommand("unknown command version")
             op = cmd.get("op")
             user = _bytes(cmd, "user", USER_MIN, USER_MAX)
             now = _int(cmd, "now", 0, 2**62)
+            self._advance(now)
+            if not isinstance(op, str) or op not in _ALL_OPS:
+                raise BadCommand("unknown op")
+            ticket = None
+            if op in _TICKETED and cmd["v"] != LEGACY_VERSION:
+                ticket = self._check_ticket(cmd)
+                if isinstance(ticket, str):
+                    return {"ok": False, "code": ticket}
             rec = self.records.get(user)
             status = rec.status if rec is not None else ABSENT
             handler = TRANSITIONS.get((status, op))
             if handler is None:
-                if not isinstance(op, str) or op not in _ALL_OPS:
-                    raise BadCommand("unknown op")
-                return {"ok": False, "code": _refusal(status)}
-            fn: Callable[[bytes, Record | None, dict, int], dict] = getattr(self, handler)
-            return fn(user, rec, cmd, now)
+                res = {"ok": False, "code": _refusal(status)}
+            else:
+                fn: Callable[[bytes, Record | None, dict, int], dict] = getattr(self, handler)
+                res = fn(user, rec, cmd, now)  # raises BadCommand before changing anything
+            if ticket is not None:  # single use, whatever the outcome
+                self._use_ticket(*ticket)
+            return res
         except BadCommand as exc:
             return {"ok": False, "code": "bad_command", "detail": str(exc)}
         except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
                 msgpack.StackError) as exc:
             return {"ok": False, "code": "bad_command", "detail": type(exc).__name__}
+
+    # ------------------------------------------------------------ tickets
+    def _advance(self, now: int) -> None:
+        """Move the machine's clock forward and forget tickets that expired."""
+        if now > self.clock:
+            self.clock = now
+        while self._expiries and self._expiries[0][0] < self.clock:
+            _, nonce = heapq.heappop(self._expiries)
+            self.tickets.pop(nonce, None)
+
+    def _check_ticket(self, cmd: dict) -> tuple[bytes, int] | str:
+        """Validate a version 2 command's ticket fields; returns (nonce,
+        expiry), or the refusal code.  Consumes nothing."""
+        nonce = _bytes(cmd, "nonce", NONCE_LEN, NONCE_LEN)
+        expiry = _int(cmd, "ticket_exp", 0, 2**62)
+        _bytes(cmd, "cred_id", CRED_ID_LEN, CRED_ID_LEN)
+        if expiry < self.clock:
+            return "expired"
+        if nonce in self.tickets:
+            return "replayed"
+        return nonce, expiry
+
+    @staticmethod
+    def _cred_id(user: bytes, cmd: dict) -> bytes:
+        """The credential identifier a command gives a record: the ticket's
+        (version 2), or the user id (version 1, as it was written)."""
+        return user if cmd["v"] == LEGACY_VERSION else cmd["cred_id"]
+
+    def _use_ticket(self, nonce: bytes, expiry: int) -> None:
+        self.tickets[nonce] = expiry
+        heapq.heappush(self._expiries, (expiry, nonce))
 
     # ---------------------------------------------------------- handlers
     def _enroll(self, user: bytes, rec: Record | None, cmd: dict, now: int) -> dict:
@@ -168,7 +248,8 @@ class VaultState:
             version=_bytes(cmd, "version", ID_LEN, ID_LEN),
             opaque_record=_bytes(cmd, "opaque_record", OPAQUE_RECORD_LEN, OPAQUE_RECORD_LEN),
             sealed_secret=_bytes(cmd, "sealed_secret", 1, SEALED_MAX),
-            max_attempts=max_attempts, created_at=now, updated_at=now)
+            max_attempts=max_attempts, created_at=now, updated_at=now,
+            cred_id=self._cred_id(user, cmd))
         return {"ok": True, "code": "enrolled", "max_attempts": max_attempts}
 
     def _refuse_exists(self, user, rec, cmd, now) -> dict:
@@ -201,7 +282,8 @@ class VaultState:
         rec.open_attempts[attempt_id] = (now, rec.attempts_used)
         return {"ok": True, "code": "counted", "attempt": rec.attempts_used,
                 "attempts_left": rec.max_attempts - rec.attempts_used,
-                "version": rec.version, "opaque_record": rec.opaque_record}
+                "version": rec.version, "opaque_record": rec.opaque_record,
+                "cred_id": rec.cred_id}
 
     def _complete(self, user: bytes, rec: Record, cmd: dict, now: int) -> dict:
         attempt_id = _bytes(cmd, "attempt_id", ID_LEN, ID_LEN)
@@ -238,6 +320,8 @@ class VaultState:
         opaque_record = _bytes(cmd, "opaque_record", OPAQUE_RECORD_LEN, OPAQUE_RECORD_LEN)
         if not self._take_proof(rec, cmd, now):
             return {"ok": False, "code": "no_proof"}
+        if cmd["v"] != LEGACY_VERSION:  # a new code gets a new OPRF key
+            rec.cred_id = cmd["cred_id"]
         rec.opaque_record, rec.updated_at = opaque_record, now
         rec.attempts_used, rec.open_attempts = 0, {}
         return {"ok": True, "code": "changed"}
@@ -267,22 +351,32 @@ class VaultState:
     # -------------------------------------------------------- snapshots
     def snapshot(self) -> bytes:
         return msgpack.packb({"v": SNAPSHOT_VERSION, "applied": self.applied,
+                              "clock": self.clock,
+                              "tickets": sorted([n, e] for n, e in self.tickets.items()),
                               "records": [[u, r.to_wire()] for u, r in self.records.items()]},
                              use_bin_type=True)
 
     @classmethod
     def from_snapshot(cls, data: bytes) -> "VaultState":
-        """Raises ValueError on anything malformed."""
+        """Raises ValueError on anything malformed.  Version 1 snapshots are
+        read as they were written (see the module docstring)."""
         try:
             snap = msgpack.unpackb(data, raw=False, strict_map_key=False)
-            if not isinstance(snap, dict) or snap.get("v") != SNAPSHOT_VERSION:
+            if not isinstance(snap, dict) or snap.get("v") not in (SNAPSHOT_VERSION,
+                                                                   LEGACY_VERSION):
                 raise ValueError("unknown snapshot version")
             st = cls()
             st.applied = int(snap["applied"])
+            if snap["v"] == SNAPSHOT_VERSION:
+                st.clock = int(snap["clock"])
+                for nonce, expiry in snap["tickets"]:
+                    if not isinstance(nonce, bytes) or not isinstance(expiry, int):
+                        raise ValueError("bad ticket in snapshot")
+                    st._use_ticket(nonce, expiry)
             for user, wire in snap["records"]:
                 if not isinstance(user, bytes):
                     raise ValueError("bad user id in snapshot")
-                st.records[user] = Record.from_wire(wire)
+                st.records[user] = Record.from_wire(wire, user)
             return st
         except (KeyError, TypeError, IndexError, msgpack.ExtraData, msgpack.FormatError,
                 msgpack.StackError) as exc:
@@ -290,6 +384,7 @@ class VaultState:
 
 
 _ALL_OPS = {ENROLL, BEGIN_ATTEMPT, COMPLETE_ATTEMPT, CHANGE_SECRET, CHANGE_CODE, DELETE}
+_TICKETED = {ENROLL, CHANGE_CODE}  # carry an enroll/start ticket (version 2)
 
 
 def _refusal(status: str) -> str:

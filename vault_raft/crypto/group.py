@@ -63,7 +63,14 @@ def expand_message_xmd_sha512(msg: bytes, dst: bytes, length: int) -> bytes:
 
 def hash_to_group(msg: bytes, dst: bytes) -> bytes:
     """hash_to_ristretto255 (RFC 9380 appendix B / RFC 9496 one-way map)."""
-    return rbcl.crypto_core_ristretto255_from_hash(expand_message_xmd_sha512(msg, dst, 64))
+    return element_from_uniform(expand_message_xmd_sha512(msg, dst, 64))
+
+
+def element_from_uniform(uniform: bytes) -> bytes:
+    """The RFC 9496 one-way map of 64 uniform bytes to an element."""
+    if len(uniform) != 64:
+        raise OpaqueError("element_from_uniform: expected 64 bytes")
+    return rbcl.crypto_core_ristretto255_from_hash(uniform)
 
 
 def hash_to_scalar(msg: bytes, dst: bytes) -> bytes:

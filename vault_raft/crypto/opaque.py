@@ -97,17 +97,24 @@ class ServerSetup:
             raise OpaqueError("server setup: public key does not match private key")
         return cls(seed, sk, pk)
 
-    def fake_record(self, credential_identifier: bytes) -> bytes:
-        """A fake registration record for an unknown user (RFC 9807 s10.9).
+    def fake_credential(self, user: bytes) -> tuple[bytes, bytes]:
+        """(credential identifier, registration record) an unknown ``user`` is
+        answered with (RFC 9807 section 10.9).
 
-        Derived from the OPRF seed and the identifier, so repeated probes of
-        the same unknown user see the same (fake) credential, as they would
-        for a real one.
+        Both are derived from the OPRF seed and the user id in one HKDF
+        expansion, so repeated probes of the same unknown user see the same
+        fake credential, as they would a real one.  The identifier lies in a
+        different domain from any a real record can have (random, or the user
+        id for version 1 records), so a probe never evaluates a real record's
+        OPRF key.  The record's client key is the one-way map of uniform bytes
+        to the group (about the cost of the element check a real record gets)
+        rather than a scalar multiplication, so a fake KE2 costs what a real
+        one does.
         """
-        material = core._expand(self.oprf_seed, _cred_id(credential_identifier)
-                                + b"vault-raft FakeRecord", core.Nseed + core.Nh)
-        _, fake_pk = core.derive_dh_key_pair(material[:core.Nseed])
-        return core.fake_record(fake_pk, material[core.Nseed:])
+        m = core._expand(self.oprf_seed, _cred_id(user) + b"vault-raft FakeCredential",
+                         core.Nseed + 64 + core.Nh)
+        fake_pk = group.element_from_uniform(m[core.Nseed:core.Nseed + 64])
+        return m[:core.Nseed], core.fake_record(fake_pk, m[core.Nseed + 64:])
 
 
 def server_registration_response(setup: ServerSetup, request: bytes,
@@ -146,11 +153,15 @@ def server_login_start(setup: ServerSetup, record: bytes | None, ke1: bytes,
                        credential_identifier: bytes, *, context: bytes = DEFAULT_CONTEXT,
                        server_identity: bytes | None = None,
                        client_identity: bytes | None = None) -> tuple[ServerLogin, bytes]:
-    """Answer KE1 with KE2.  ``record=None`` means the user is unknown: a
-    fake response of identical length and cost is produced (the login can
-    then never finish)."""
+    """Answer KE1 with KE2.  ``record=None`` means the user is unknown and
+    ``credential_identifier`` is then the user id: a fake response of
+    identical length and cost is produced from :meth:`ServerSetup.fake_credential`
+    (the login can then never finish)."""
     cred = _cred_id(credential_identifier)
-    rec = setup.fake_record(cred) if record is None else core.check_record(record)
+    if record is None:
+        cred, rec = setup.fake_credential(cred)
+    else:
+        rec = core.check_record(record)
     state, ke2 = core.server_respond(
         oprf_seed=setup.oprf_seed, server_sk=setup.private_key, server_pk=setup.public_key,
         record=rec, credential_identifier=cred, ke1=ke1, context=_context(context),

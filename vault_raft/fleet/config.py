@@ -103,6 +103,21 @@ class FleetInfo:
             raise ConfigError(f"fleet file {path} is malformed: {exc}") from None
 
 
+def _default_max_attempts(d: dict, node_dir: str) -> int:
+    """node.json's ``default_max_attempts``; node directories made before the
+    field existed take it from the fleet directory's fleet.json beside them."""
+    value = d.get("default_max_attempts")
+    if value is None:
+        try:
+            with open(os.path.join(node_dir, os.pardir, "fleet.json")) as f:
+                value = json.load(f)["default_max_attempts"]
+        except (OSError, ValueError, KeyError, TypeError):
+            value = 10
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 100:
+        raise ValueError("default_max_attempts must be an integer 1..100")
+    return value
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     node_id: str
@@ -117,6 +132,7 @@ class NodeConfig:
     dial: tuple[tuple[str, str], ...] = ()  # peer raft address -> address to dial (chaos proxies)
     transport: str = "plain"  # "mtls" (fleet init's default) or pysyncobj's TCP ("plain")
     admin_key: bytes | None = None  # Ed25519 public key that signs admin requests
+    default_max_attempts: int = 10  # the fleet's published default (fleet.json)
 
     @classmethod
     def load(cls, node_dir: str) -> "NodeConfig":
@@ -130,7 +146,8 @@ class NodeConfig:
                        tuple((str(k), float(v)) for k, v in d.get("raft", {}).items()),
                        tuple((str(k), str(v)) for k, v in d.get("dial", {}).items()),
                        str(d.get("transport", "plain")),
-                       bytes.fromhex(d["admin_key"]) if d.get("admin_key") else None)
+                       bytes.fromhex(d["admin_key"]) if d.get("admin_key") else None,
+                       _default_max_attempts(d, node_dir))
         except FileNotFoundError:
             raise ConfigError(f"{path} not found: is {node_dir} a node directory "
                               "made by 'vault-raft fleet init'?") from None
@@ -226,7 +243,8 @@ def init_fleet(directory: str, nodes: int, host: str = "127.0.0.1", base_port: i
                "partners": [a for a in raft if a != raft[i - 1]],
                "api_host": host, "api_port": base_port + 100 + i,
                "peer_ids": {a: f"n{j}" for j, a in enumerate(raft, start=1)},
-               "transport": "mtls", "admin_key": admin_pk.hex()}
+               "transport": "mtls", "admin_key": admin_pk.hex(),
+               "default_max_attempts": max_attempts}
         with open(os.path.join(ndir, "node.json"), "w") as f:
             json.dump(cfg, f, indent=2)
         node_entries.append({"id": nid, "api": f"http://{host}:{base_port + 100 + i}"})

@@ -9,7 +9,8 @@ Keys (all generated at ``fleet init``, the same on every node of a fleet):
 ================  ============================================================
 opaque_setup      OPAQUE OPRF seed + server AKE key pair
 seal_key          AES-256-GCM key sealing users' secrets at rest
-token_key         AES-256-GCM key sealing KE2->KE3 server state into tokens
+token_key         AES-256-GCM key sealing KE2->KE3 server state into tokens,
+                  and enroll/start tickets (another associated data)
 enroll key        X25519 HPKE key: clients encrypt new secrets to it
 cluster_secret    authenticates and encrypts node-to-node Raft traffic
 node identity     Ed25519, one per node: signs the node's deployment statement
@@ -53,6 +54,8 @@ class Keystore(Protocol):
     def unseal_secret(self, user: bytes, version: bytes, blob: bytes) -> bytes: ...
     def seal_token(self, payload: bytes) -> bytes: ...
     def open_token(self, blob: bytes) -> bytes: ...
+    def seal_ticket(self, payload: bytes) -> bytes: ...
+    def open_ticket(self, blob: bytes) -> bytes: ...
     def open_upload(self, ciphertext: bytes, info: bytes) -> bytes: ...
     def cluster_secret(self) -> str: ...
     def enroll_public_key(self) -> bytes: ...
@@ -159,6 +162,12 @@ class FileKeystore:
 
     def open_token(self, blob: bytes) -> bytes:
         return S.unseal(self._token_key, blob, b"vault-raft token v1 " + self.fleet_id.encode())
+
+    def seal_ticket(self, payload: bytes) -> bytes:
+        return S.seal(self._token_key, payload, b"vault-raft ticket v1 " + self.fleet_id.encode())
+
+    def open_ticket(self, blob: bytes) -> bytes:
+        return S.unseal(self._token_key, blob, b"vault-raft ticket v1 " + self.fleet_id.encode())
 
     def open_upload(self, ciphertext: bytes, info: bytes) -> bytes:
         return S.hpke_open(self._enroll_sk, ciphertext, info)
