@@ -11,6 +11,9 @@ nothing in the vault_raft package can load these variants.
   committing it.
 * ``stale-secret``: releases the first secret it ever released for a user,
   even after the owner changed it.
+* ``registration-login-key``: enroll/start evaluates the OPRF under the key of
+  the user's active record (the login key) instead of a fresh one: an
+  uncounted OPRF oracle.
 """
 import argparse
 import os
@@ -91,10 +94,25 @@ def stale_secret(original):
     return recover_finish
 
 
+def registration_login_key(original):
+    async def enroll_start(self, body):
+        user = N._user(body)
+        request = N._bin(body, "request", opaque.REG_REQUEST_LEN)
+        rec = self.replica.read_state(lambda v: v.records.get(user))
+        if rec is None or rec.status != M.ACTIVE:
+            return await original(self, body)
+        out = await original(self, body)
+        # BUG: the registration response is evaluated under the active record's key.
+        out["response"] = opaque.server_registration_response(self.setup, request, rec.cred_id)
+        return out
+    return enroll_start
+
+
 BUGS = {"ke2-before-commit": ("recover_start", ke2_before_commit),
         "counter-in-memory": ("recover_start", counter_in_memory),
         "ack-without-commit": ("enroll_finish", ack_without_commit),
-        "stale-secret": ("recover_finish", stale_secret)}
+        "stale-secret": ("recover_finish", stale_secret),
+        "registration-login-key": ("enroll_start", registration_login_key)}
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
