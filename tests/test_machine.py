@@ -2,6 +2,7 @@
 import os
 
 import msgpack
+import pytest
 from hypothesis import given, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
@@ -209,3 +210,83 @@ def test_release_once_and_expiry():
     sm.apply(cmd(M.BEGIN_ATTEMPT, user=b"u", now=100, attempt_id=a3))
     assert sm.apply(cmd(M.COMPLETE_ATTEMPT, user=b"u", now=100 + M.ATTEMPT_TTL_MS + 1,
                         attempt_id=a3, version=v))["code"] == "no_attempt"
+
+
+def _enroll_cmd(user, now, **t):
+    return cmd(M.ENROLL, user=user, now=now, max_attempts=3, version=os.urandom(16),
+               opaque_record=b"r" * 192, sealed_secret=b"s", **t)
+
+
+def test_a_ticket_is_single_use_whatever_the_outcome():
+    sm = M.VaultState()
+    t = ticket(0)
+    assert sm.apply(_enroll_cmd(b"u", 1, **ticket(0)))["ok"]
+    # refused as "exists" -- and consumed, so it cannot enroll u once u is gone
+    assert sm.apply(_enroll_cmd(b"u", 2, **t))["code"] == "exists"
+    sm.records.clear()
+    assert sm.apply(_enroll_cmd(b"u", 3, **t))["code"] == "replayed"
+    assert sm.records == {}
+
+
+def test_expired_tickets_are_forgotten_and_a_slow_clock_cannot_revive_them():
+    sm = M.VaultState()
+    recorded = [dict(ticket(10)) for _ in range(50)]
+    for i, t in enumerate(recorded):
+        assert sm.apply(_enroll_cmd(f"u{i}".encode(), 10, **t))["ok"]
+    assert len(sm.tickets) == 50
+    sm.apply(cmd(M.BEGIN_ATTEMPT, user=b"u0", now=10 + M.TICKET_TTL_MS + 1,
+                 attempt_id=os.urandom(16)))
+    assert sm.tickets == {} and sm._expiries == []  # bounded: expired nonces are dropped
+    sm.records.clear()
+    for i, t in enumerate(recorded):  # a proposer whose clock is behind replays them
+        assert sm.apply(_enroll_cmd(f"u{i}".encode(), 20, **t))["code"] == "expired"
+    assert sm.records == {}
+    assert sm.clock == 10 + M.TICKET_TTL_MS + 1  # the machine's clock never went back
+
+
+def test_change_code_moves_the_record_to_the_tickets_key():
+    sm = M.VaultState()
+    v = os.urandom(16)
+    sm.apply(cmd(M.ENROLL, user=b"u", now=1, max_attempts=3, version=v,
+                 opaque_record=b"r" * 192, sealed_secret=b"s", **ticket()))
+    first = sm.records[b"u"].cred_id
+    aid = os.urandom(16)
+    assert sm.apply(cmd(M.BEGIN_ATTEMPT, user=b"u", now=2, attempt_id=aid))["cred_id"] == first
+    sm.apply(cmd(M.COMPLETE_ATTEMPT, user=b"u", now=3, attempt_id=aid, version=v))
+    t = ticket(3)
+    assert sm.apply(cmd(M.CHANGE_CODE, user=b"u", now=4, attempt_id=aid,
+                        opaque_record=b"q" * 192, **t))["ok"]
+    assert sm.records[b"u"].cred_id == t["cred_id"] != first
+
+
+def test_format_1_commands_and_snapshots_are_applied_as_written():
+    """Data written before per-record keys: the credential identifier was the user id."""
+    sm = M.VaultState()
+    old = msgpack.packb({"v": 1, "op": M.ENROLL, "user": b"old", "now": 1, "max_attempts": 3,
+                         "version": bytes(16), "opaque_record": b"r" * 192,
+                         "sealed_secret": b"s"}, use_bin_type=True)
+    assert sm.apply(old)["ok"]
+    assert sm.apply(cmd(M.BEGIN_ATTEMPT, user=b"old", now=2,
+                        attempt_id=os.urandom(16)))["cred_id"] == b"old"
+    # a format 2 enroll without a ticket is malformed
+    assert sm.apply(cmd(M.ENROLL, user=b"new", now=3, max_attempts=3, version=bytes(16),
+                        opaque_record=b"r" * 192, sealed_secret=b"s"))["code"] == "bad_command"
+    # a format 1 snapshot: 12 fields a record, no clock, no tickets
+    rec = sm.records[b"old"].to_wire()[:12]
+    snap = msgpack.packb({"v": 1, "applied": 7, "records": [[b"old", rec]]}, use_bin_type=True)
+    again = M.VaultState.from_snapshot(snap)
+    assert again.records[b"old"].cred_id == b"old" and again.applied == 7
+    assert M.VaultState.from_snapshot(again.snapshot()).records[b"old"].cred_id == b"old"
+    with pytest.raises(ValueError):
+        M.VaultState.from_snapshot(msgpack.packb({"v": 3, "applied": 0, "records": []}))
+
+
+def test_a_malformed_command_does_not_move_the_clock():
+    sm = M.VaultState()
+    sm.apply(cmd(M.BEGIN_ATTEMPT, user=b"u", now=5, attempt_id=os.urandom(16)))
+    before = sm.snapshot()
+    assert sm.apply(cmd(M.BEGIN_ATTEMPT, user=b"u", now=10**12, attempt_id=b"short"))[
+        "code"] == "bad_command"
+    assert sm.apply(cmd(M.ENROLL, user=b"u", now=10**12, **ticket(10**12)))["code"] == "bad_command"
+    sm.applied -= 2  # (the count of entries applied, for status, does move)
+    assert sm.snapshot() == before and sm.clock == 5

@@ -29,16 +29,22 @@ OPENAPI = {
                             "commit before KE2 is computed. See docs/api.md."},
     "paths": {
         "/v1/enroll/start": {"post": {
-            "summary": "OPAQUE registration: evaluate the OPRF on the blinded request",
+            "summary": "OPAQUE registration: evaluate the OPRF under a fresh credential "
+                       "identifier and issue a single-use ticket (stores nothing)",
             "requestBody": _body({"user": _USER, "request": _BIN}, ["user", "request"]),
-            "responses": {"200": _resp("registration response", {"response": _BIN}), **_COMMON}}},
+            "responses": {"200": _resp("registration response and ticket", {
+                "response": _BIN, "ticket": _BIN, "nonce": _BIN,
+                "expires_ms": {"type": "integer"}}), **_COMMON}}},
         "/v1/enroll/finish": {"post": {
             "summary": "Store the OPAQUE record and the HPKE-encrypted secret (majority commit)",
-            "requestBody": _body({"user": _USER, "record": _BIN, "upload": _BIN,
+            "requestBody": _body({"user": _USER, "record": _BIN, "ticket": _BIN, "upload": _BIN,
                                   "max_attempts": {"type": "integer", "minimum": 1, "maximum": 100}},
-                                 ["user", "record", "upload"]),
-            "responses": {"201": _resp("enrolled", {"enrolled": {"type": "boolean"}}),
-                          "409": _resp("an active record exists", _ERR), **_COMMON}}},
+                                 ["user", "record", "ticket", "upload"]),
+            "responses": {"201": _resp("enrolled", {"enrolled": {"type": "boolean"},
+                                                    "max_attempts": {"type": "integer"}}),
+                          "401": _resp("ticket invalid, expired or for another user", _ERR),
+                          "409": _resp("an active record exists, or the ticket was used", _ERR),
+                          **_COMMON}}},
         "/v1/recover/start": {"post": {
             "summary": "Count an attempt (majority commit), then answer KE1 with KE2",
             "requestBody": _body({"user": _USER, "ke1": _BIN}, ["user", "ke1"]),
@@ -57,10 +63,13 @@ OPENAPI = {
             "summary": "change_secret, change_code or delete, with proof of a fresh recovery",
             "requestBody": _body({"user": _USER, "op": {"enum": ["change_secret", "change_code",
                                                                  "delete"]},
-                                  "token": _BIN, "payload": _BIN, "proof": _BIN},
+                                  "token": _BIN, "payload": _BIN, "proof": _BIN,
+                                  "ticket": _BIN},
                                  ["user", "op", "token", "proof"]),
             "responses": {"200": _resp("done", {"done": {"type": "string"}}),
-                          "401": _resp("no valid proof", _ERR), **_COMMON}}},
+                          "401": _resp("no valid proof, or a bad ticket", _ERR),
+                          "409": _resp("the change_code ticket was used before", _ERR),
+                          "410": _resp("record destroyed", _ERR), **_COMMON}}},
         "/v1/status": {"get": {"summary": "Role, term, commit index, leader, health",
                                "responses": {"200": _resp("status", {})}}},
         "/v1/admin": {"post": {

@@ -11,8 +11,8 @@ Rules of this file (read them before changing anything):
    command, chosen by the proposing node.  The same log therefore produces
    the same state on every replica, and tests can drive it exhaustively.
 3. ``apply`` never raises.  A malformed command is answered with
-   ``{"ok": False, "code": "bad_command"}`` and changes nothing (pysyncobj
-   would retry a raising entry forever).
+   ``{"ok": False, "code": "bad_command"}`` and changes nothing, not even the
+   clock (pysyncobj would retry a raising entry forever).
 4. Commands and snapshots are msgpack with a version field; unknown versions
    are refused, not guessed at.
 5. Record transitions are the table ``TRANSITIONS`` below.  A (status, op)
@@ -184,13 +184,14 @@ class VaultState:
             op = cmd.get("op")
             user = _bytes(cmd, "user", USER_MIN, USER_MAX)
             now = _int(cmd, "now", 0, 2**62)
-            self._advance(now)
             if not isinstance(op, str) or op not in _ALL_OPS:
                 raise BadCommand("unknown op")
+            clock = max(self.clock, now)
             ticket = None
             if op in _TICKETED and cmd["v"] != LEGACY_VERSION:
-                ticket = self._check_ticket(cmd)
+                ticket = self._check_ticket(cmd, clock)
                 if isinstance(ticket, str):
+                    self._advance(clock)
                     return {"ok": False, "code": ticket}
             rec = self.records.get(user)
             status = rec.status if rec is not None else ABSENT
@@ -200,6 +201,7 @@ class VaultState:
             else:
                 fn: Callable[[bytes, Record | None, dict, int], dict] = getattr(self, handler)
                 res = fn(user, rec, cmd, now)  # raises BadCommand before changing anything
+            self._advance(clock)  # only a well-formed command moves the clock
             if ticket is not None:  # single use, whatever the outcome
                 self._use_ticket(*ticket)
             return res
@@ -210,21 +212,20 @@ class VaultState:
             return {"ok": False, "code": "bad_command", "detail": type(exc).__name__}
 
     # ------------------------------------------------------------ tickets
-    def _advance(self, now: int) -> None:
+    def _advance(self, clock: int) -> None:
         """Move the machine's clock forward and forget tickets that expired."""
-        if now > self.clock:
-            self.clock = now
+        self.clock = clock
         while self._expiries and self._expiries[0][0] < self.clock:
             _, nonce = heapq.heappop(self._expiries)
             self.tickets.pop(nonce, None)
 
-    def _check_ticket(self, cmd: dict) -> tuple[bytes, int] | str:
+    def _check_ticket(self, cmd: dict, clock: int) -> tuple[bytes, int] | str:
         """Validate a version 2 command's ticket fields; returns (nonce,
         expiry), or the refusal code.  Consumes nothing."""
         nonce = _bytes(cmd, "nonce", NONCE_LEN, NONCE_LEN)
         expiry = _int(cmd, "ticket_exp", 0, 2**62)
         _bytes(cmd, "cred_id", CRED_ID_LEN, CRED_ID_LEN)
-        if expiry < self.clock:
+        if expiry < clock:
             return "expired"
         if nonce in self.tickets:
             return "replayed"
