@@ -20,6 +20,7 @@ from .. import protocol as P
 from ..cluster import LocalCluster, free_base_port, wait_until
 from ..core import machine as M
 from ..crypto import opaque
+from ..crypto.ksf import IDENTITY_KSF
 from ..fleet.config import FleetInfo, init_fleet
 from ..replica.raft import _snapshot_bytes
 from . import etcd as E
@@ -244,6 +245,18 @@ class VaultBench:
             return st == 200
         return op
 
+    def unknown_guess_op(self, i: int):
+        """Guesses for users never enrolled: a committed attempt and a fake KE2."""
+        c = self.conn(i)
+        ke1s, seq = self._ke1s, itertools.count()
+
+        def op() -> bool:
+            n = next(seq)
+            st, _ = c.post("/v1/recover/start", {"user": b"nobody-%d" % n,
+                                                 "ke1": ke1s[n % len(ke1s)]})
+            return st == 200
+        return op
+
     def guesses_left(self) -> int:
         used = next(self._counter)
         return len(self.guess_users) * (ATTEMPTS_PER_BENCH_USER - 5) - used
@@ -284,6 +297,26 @@ class VaultBench:
         return out
 
 
+def ke2_costs(n: int) -> tuple[Result, Result]:
+    """KE2 for an enrolled user and the fake one for an unknown user, computed
+    in process (no commit): the fake must cost what the real one does."""
+    setup = opaque.ServerSetup.generate()
+    cred = os.urandom(M.CRED_ID_LEN)
+    reg, req = opaque.ClientRegistration.start(b"a code", ksf=IDENTITY_KSF)
+    record = reg.finish(opaque.server_registration_response(setup, req, cred)).record
+    ke1 = opaque.ClientLogin.start(b"a wrong code", ksf=IDENTITY_KSF)[1]
+    users = itertools.count()
+    real = lambda: bool(opaque.server_login_start(setup, record, ke1, cred))  # noqa: E731
+    fake = lambda: bool(opaque.server_login_start(  # noqa: E731
+        setup, None, ke1, b"nobody-%d" % next(users)))
+    out = []
+    for name, op in (("KE2 compute, enrolled user (in process)", real),
+                     ("KE2 compute, unknown user (in process)", fake)):
+        timed(n // 4, op, "warm-up")
+        out.append(timed(n, op, name))
+    return out[0], out[1]
+
+
 def run_vault(cfg: Config, res: dict) -> None:
     vb = VaultBench(cfg, cfg.nodes, f"vault{cfg.nodes}")
     try:
@@ -304,6 +337,11 @@ def run_vault(cfg: Config, res: dict) -> None:
             out["c1"]["guess"] = timed(cfg.samples, vb.guess_op(lead), "vault guess commit")
             out["via_follower"]["guess"] = timed(cfg.samples, vb.guess_op(follower),
                                                  "vault guess commit")
+            _progress(cfg, f"vault: {cfg.samples} guesses for unknown users (fake KE2), and "
+                           "KE2 computed in process for an enrolled and an unknown user")
+            out["c1"]["guess_unknown"] = timed(cfg.samples, vb.unknown_guess_op(lead),
+                                               "vault guess commit, unknown user")
+            out["c1"]["ke2_real"], out["c1"]["ke2_fake"] = ke2_costs(cfg.samples * 4)
         if "enroll" in cfg.workloads:
             _progress(cfg, f"vault: {cfg.samples // 2} enrollments at concurrency 1")
             seq = itertools.count()
