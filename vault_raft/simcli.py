@@ -25,6 +25,10 @@ def register(sub) -> None:
     p.add_argument("--eager-commit-notice", action="store_true",
                    help="after each commit send the followers a round with the new commit index, "
                         "as pysyncobj does (the schedules of seeds found before it was lazy)")
+    p.add_argument("--batch-bytes", type=int, default=None,
+                   help="the leader's append batch size (default 400): message boundaries, and so "
+                        "a schedule's interleaving, depend on it and on the entries' sizes; "
+                        "replaying a schedule found with other entry sizes may need another value")
     p.add_argument("--verbose", action="store_true", help="print every scheduled action")
     p.set_defaults(fn=run)
 
@@ -36,9 +40,13 @@ def run(a) -> int:
     import logging
     logging.disable(logging.CRITICAL)  # pysyncobj's own warnings; the verdicts say what matters
     from .chaos import sim as S
-    if not 3 <= a.nodes <= 7 or a.steps < 1:
-        print("vault-raft simulate: --nodes 3..7, --steps >= 1", file=sys.stderr)
+    if not 3 <= a.nodes <= 7 or a.steps < 1 or (a.batch_bytes is not None
+                                                  and not 64 <= a.batch_bytes <= 1 << 20):
+        print("vault-raft simulate: --nodes 3..7, --steps >= 1, --batch-bytes 64..1048576",
+              file=sys.stderr)
         return 2
+    if a.batch_bytes is not None:
+        S.SIM_SETTINGS["batch_bytes"] = a.batch_bytes
     S.SimJournal.RAFT_CONFORMANT_TRUNCATION = not a.upstream_truncation
     from .replica.raft import DurableReplica, RaftSettings
     DurableReplica.RAFT_CONFORMANT_SNAPSHOT = not a.upstream_snapshot
