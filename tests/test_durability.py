@@ -203,19 +203,111 @@ def test_damage_in_the_middle_is_fatal(tmp_path):
         J.DurableJournal(path)
 
 
-def test_meta_is_checksummed(tmp_path):
+def _flip_last_byte(path):
+    data = bytearray(open(path, "rb").read())
+    data[-1] ^= 0x01
+    open(path, "wb").write(bytes(data))
+
+
+def test_meta_is_checksummed_and_restored_from_the_mark(tmp_path):
     path = str(tmp_path / "j")
     j = J.DurableJournal(path)
+    j.add(b"x", 1, 7)
     j.setCurrentTerm(7, "127.0.0.1:1")
     j._destroy()
     j = J.DurableJournal(path)
     assert (j.getCurrentTerm(), j.getVotedForNodeId()) == (7, "127.0.0.1:1")
     j._destroy()
-    data = bytearray(open(path + ".meta", "rb").read())
-    data[-1] ^= 0x01
-    open(path + ".meta", "wb").write(bytes(data))
-    with pytest.raises(J.JournalCorrupt):
-        J.DurableJournal(path)
+    _flip_last_byte(path + ".meta")  # damaged: the mark's copy is used (and written back)
+    j = J.DurableJournal(path)
+    assert (j.getCurrentTerm(), j.getVotedForNodeId()) == (7, "127.0.0.1:1")
+    j._destroy()
+    os.unlink(path + ".meta")  # deleted: likewise
+    j = J.DurableJournal(path)
+    assert (j.getCurrentTerm(), j.getVotedForNodeId()) == (7, "127.0.0.1:1")
+    j._destroy()
+    # both lost (beyond the fault model): the log's last term, and no vote in it
+    os.unlink(path + ".meta")
+    os.unlink(path + ".mark")
+    j = J.DurableJournal(path)
+    assert (j.getCurrentTerm(), j.getVotedForNodeId()) == (7, J.LOST_VOTE)
+
+
+def test_a_log_shorter_than_the_mark_recovers_before_it_trusts_itself(tmp_path):
+    path = str(tmp_path / "j")
+    _fill(path, 10)
+    size = os.path.getsize(path)
+    os.truncate(path, size - 3)  # the last record, synced and maybe acknowledged, is cut
+    j = J.DurableJournal(path, snapshot_last=None)
+    assert len(j) == 9
+    assert j.recovery["need"] == 10 and "ends at entry 9" in j.recovery["reason"]
+    j._destroy()
+    j = J.DurableJournal(path, snapshot_last=None)  # a restart remembers what is missing
+    assert j.recovery["need"] == 10
+    j.add(b"cmd10", 10, 1)  # the leader sends it again
+    j.sync()
+    assert j.recovery is None
+    j._destroy()
+    assert J.DurableJournal(path, snapshot_last=None).recovery is None
+
+
+def test_a_deleted_last_segment_is_noticed(tmp_path, monkeypatch):
+    _small_segments(monkeypatch)
+    path = str(tmp_path / "j")
+    _fill(path, 60)
+    last = J.list_segments(path)[-1]
+    os.unlink(J.segment_path(path, last))
+    j = J.DurableJournal(path, snapshot_last=None)
+    assert j.recovery["need"] == 60 and j[-1][1] < 60
+
+
+def test_a_journal_starting_after_the_snapshot_is_cleared_and_recovers(tmp_path, monkeypatch):
+    _small_segments(monkeypatch)
+    path = str(tmp_path / "j")
+    _fill(path, 60)
+    os.unlink(path)  # the first segment; no snapshot covers entries 1..
+    j = J.DurableJournal(path + "", snapshot_last=None)
+    assert len(j) == 0 and j.recovery["need"] == 60
+    assert "entries 1.." in j.recovery["reason"] and "snapshot" in j.recovery["reason"]
+    j._destroy()
+    # a snapshot that covers the missing entries: nothing is lost
+    _fill(str(tmp_path / "k"), 60)
+    os.unlink(str(tmp_path / "k"))
+    k = J.DurableJournal(str(tmp_path / "k"), snapshot_last=(J.DurableJournal(
+        str(tmp_path / "k"))[0][1] - 1, 1))
+    assert k.recovery is None
+
+
+def test_commit_index_is_clamped_to_the_log(tmp_path):
+    path = str(tmp_path / "j")
+    _fill(path, 5)
+    j = J.DurableJournal(path)
+    j.setRaftCommitIndex(50)
+    j._destroy()
+    assert J.DurableJournal(path).getRaftCommitIndex() == 5
+
+
+def test_a_storage_failure_is_reported_once_and_nothing_after_the_last_sync_is_kept(
+        tmp_path, monkeypatch):
+    path = str(tmp_path / "j")
+    _fill(path, 5)
+    j = J.DurableJournal(path)
+    failures = []
+    j.on_failure = failures.append
+    j.add(b"cmd6", 6, 1)
+    real = os.fdatasync
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "fdatasync", full)
+    for _ in range(3):
+        with pytest.raises(J.StorageFailed):
+            j.sync()
+    assert len(failures) == 1 and failures[0].errno == 28
+    monkeypatch.setattr(os, "fdatasync", real)
+    # the node restarts with what was synced: entry 6 may be only in the page cache
+    k = J.DurableJournal(path, truncate_after=j.synced_index)
+    assert [e[1] for e in k] == [1, 2, 3, 4, 5]
 
 
 def test_truncate_and_compact_survive_reopen(tmp_path):

@@ -40,6 +40,7 @@ from .fleet.mirror import LogMirror
 from .fleet.operator import TRUST_FILE, OperatorError, fetch_log, load_trust_file
 from .fleet.keystore import FileKeystore, Keystore
 from .openapi import OPENAPI
+from .replica import restart
 from .replica.raft import FAIL_NAMES, RaftSettings, VaultReplica
 
 log = logging.getLogger("vault_raft.node")
@@ -617,8 +618,10 @@ def run_node(node_dir: str, settings: RaftSettings | None = None) -> int:
         tls = cfg.tls_config()
     except ConfigError as exc:
         raise SystemExit(str(exc)) from None
+    truncate_after = restart.prepare(cfg.data_dir)  # (after a storage failure: waits for the disk)
     replica = VaultReplica(cfg.raft_addr, list(cfg.partners), cfg.data_dir, ks.cluster_secret(),
-                           settings=settings, dial=dict(cfg.dial), tls=tls)
+                           settings=settings, dial=dict(cfg.dial), tls=tls,
+                           truncate_after=truncate_after)
     try:
         asyncio.run(_serve(VaultService(cfg, ks, replica), cfg.api_host, cfg.api_port))
     finally:

@@ -16,6 +16,28 @@ journal replaces it (see :mod:`vault_raft.replica.raft`) and keeps etcd's rule:
   is only lower): it is written in place once a second, with a checksum and
   without a sync, to its own file.
 
+**The durability mark** (``path.mark``): what this node has made durable
+and may have acknowledged -- the last synced entry (index and term) and the
+term and vote -- in two checksummed slots written alternately in place and
+synced right after each journal sync and each term change.  A second copy
+of something every other file also says, so that the damage of any *one*
+file (a torn or flipped last record, a deleted segment or snapshot, a lost
+term/vote file) is noticed instead of silently forgetting acknowledged
+entries: on open, a log that ends below the mark, or that starts after the
+snapshot's end (a lost first segment or snapshot), puts the journal in
+*recovery* (:attr:`DurableJournal.recovery`) until entries up to the mark
+are back from the leader; the replica then neither campaigns nor votes for
+a candidate whose log is behind the mark, and serves nothing.  A lost
+term/vote file is restored from the mark; if both are lost, the node takes
+its log's last term with an unknown vote (:data:`LOST_VOTE`), so it cannot
+vote twice in a term.
+
+**Storage failures.**  Any error writing or syncing the journal, the mark or
+the term/vote file is reported once to :attr:`DurableJournal.on_failure`
+(the replica crash-stops the node: after a failed ``fdatasync`` the page
+cache may hold data that never reaches the disk, so nothing written after
+the last good sync is trusted, see ``truncate_after``).
+
 **Segments.**  Like etcd's WAL, the log is a chain of segment files: ``path``
 (segment 0), then ``path.00000001``, ``path.00000002``, ...  Appends go to
 the last one; when it reaches :attr:`DurableJournal.SEGMENT_BYTES` it is
@@ -39,6 +61,7 @@ forget acknowledged entries.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import struct
@@ -59,6 +82,19 @@ _COMMIT = struct.Struct("<QI")  # commit index, crc32 of its 8 bytes
 
 class JournalCorrupt(Exception):
     """The journal or its metadata is damaged beyond a torn tail."""
+
+
+class StorageFailed(OSError):
+    """Writing or syncing the journal failed (disk full, I/O error); raised when
+    no ``on_failure`` handler stops the node first."""
+
+
+_MARK_SLOT = 256
+_MARK_VERSION = 1
+#: The vote of a node that lost both its term/vote file and its mark: it may
+#: have voted in its log's last term, so it must not vote again in that term.
+LOST_VOTE = "?lost"
+_UNKNOWN = object()  # snapshot_last not given: the journal alone, no gap check
 
 
 def fsync_dir(path: str) -> None:
@@ -175,46 +211,215 @@ class DurableJournal:
     SEGMENT_BYTES = 16 * 1024 * 1024
 
     def __init__(self, path: str, trace: Callable[..., None] | None = None,
-                 segment_bytes: int | None = None):
+                 segment_bytes: int | None = None, snapshot_last=_UNKNOWN,
+                 truncate_after: int | None = None):
+        """``snapshot_last``: the (index, term) of the last entry the node's
+        snapshot covers, or None if it has none (the replica passes it; the
+        journal alone, without it, cannot tell a lost first segment).
+        ``truncate_after``: drop entries after this index on open (they were
+        written after the last good sync of a node that crash-stopped on a
+        storage failure, so they may be only in the page cache)."""
         self.path = path
         if segment_bytes is not None:
             self.SEGMENT_BYTES = segment_bytes
         self.meta_path = path + ".meta"
         self.commit_path = path + ".commit"
+        self.mark_path = path + ".mark"
         self.trace = trace  # tests: trace(event, *args) records the order of I/O
         self.syncs = 0
+        self.recovery: dict | None = None  # {"need", "need_term", "reason"} while recovering
+        self.on_failure: Callable[[OSError], None] | None = None  # set by the replica
+        self.applied: Callable[[], int] | None = None  # the applied index (replica)
+        self.failed: OSError | None = None
         self._entries: list[tuple[bytes, int, int]] = []
         self._offsets: list[int] = []  # each entry's offset in its segment
         self._segs: list[_Segment] = []  # oldest first; appends go to the last
         self._dirty = False
         self._synced_idx = 0
+        self._mark_fd = -1
+        self._mark_seq = 0
+        self._mark_written: tuple | None = None  # (high, high_term, term, vote) on disk
+        self._meta_state = "ok"
         self._meta = self._load_meta()
         self._meta_dirty = False
+        mark = self._load_mark()
         self._commit = self._load_commit()
         self._commit_dirty = False
         self._commit_fd = -1
         self._retiring: list = []  # helper-thread deletions not yet known done
         self._spare = None  # Future: the next segment, made ahead of time
         self._open()
+        if truncate_after is not None and self._entries and self._entries[-1][1] > truncate_after:
+            cut = next(k for k, e in enumerate(self._entries) if e[1] > truncate_after)
+            log.warning("journal %s: dropping entries %d..%d written after the last good sync",
+                        self.path, self._entries[cut][1], self._entries[-1][1])
+            self._truncate(cut)
+            self.sync()
+        self._check_lost(mark, snapshot_last)
+        self._restore_term(mark, snapshot_last)
+        end = self._entries[-1][1] if self._entries else 0
+        if snapshot_last not in (_UNKNOWN, None):
+            end = max(end, snapshot_last[0])
+        end = max(end, 1)  # (pysyncobj's first entry, the same on every node)
+        if self._commit > end:  # a commit index is only ever as good as the log under it
+            log.warning("journal %s: saved commit index %d is past the log's end %d; "
+                        "clamped", self.path, self._commit, end)
+            self._commit = end
+            self._commit_dirty = True
 
     # ------------------------------------------------------------ files
     def _load_meta(self) -> dict:
+        """Term and vote; {} (with ``_meta_state`` saying why) if the file is
+        missing or damaged: the mark holds a second copy."""
         try:
             with open(self.meta_path, "rb") as f:
                 raw = f.read()
         except FileNotFoundError:
+            self._meta_state = "missing"
             return {}
-        if len(raw) < 4 or zlib.crc32(raw[4:]) != struct.unpack("<I", raw[:4])[0]:
-            raise JournalCorrupt(f"{self.meta_path}: checksum mismatch")
-        meta = msgpack.unpackb(raw[4:], raw=False)
-        if not isinstance(meta, dict):
-            raise JournalCorrupt(f"{self.meta_path}: not a map")
-        return meta
+        try:
+            if len(raw) < 4 or zlib.crc32(raw[4:]) != struct.unpack("<I", raw[:4])[0]:
+                raise ValueError("checksum mismatch")
+            meta = msgpack.unpackb(raw[4:], raw=False)
+            if not isinstance(meta, dict) or not isinstance(meta.get("term", 0), int):
+                raise ValueError("not a term/vote map")
+            return meta
+        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+            log.warning("journal %s: term/vote file damaged (%s)", self.meta_path, exc)
+            self._meta_state = "damaged"
+            return {}
 
     def _store_meta(self) -> None:
         body = msgpack.packb(self._meta, use_bin_type=True)
-        atomic_write(self.meta_path, struct.pack("<I", zlib.crc32(body)) + body)
+        self._io(atomic_write, self.meta_path, struct.pack("<I", zlib.crc32(body)) + body)
         self._meta_dirty = False
+
+    # -------------------------------------------------- durability mark
+    def _load_mark(self) -> dict | None:
+        """The newest intact slot of the mark, or None."""
+        try:
+            with open(self.mark_path, "rb") as f:
+                raw = f.read(2 * _MARK_SLOT)
+        except FileNotFoundError:
+            return None
+        best = None
+        for off in (0, _MARK_SLOT):
+            slot = raw[off:off + _MARK_SLOT]
+            if len(slot) < 8:
+                continue
+            length, crc = struct.unpack_from("<II", slot)
+            body = slot[8:8 + length]
+            if length > _MARK_SLOT - 8 or len(body) != length or zlib.crc32(body) != crc:
+                continue
+            try:
+                v, seq, term, vote, high, high_term = msgpack.unpackb(body, raw=False)
+            except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError):
+                continue
+            if v == _MARK_VERSION and (best is None or seq > best["seq"]):
+                best = {"seq": seq, "term": term, "vote": vote, "high": high,
+                        "high_term": high_term}
+        if best is None:
+            log.warning("journal %s: durability mark unreadable; trusting the log as it is",
+                        self.mark_path)
+        else:
+            self._mark_seq = best["seq"]
+        return best
+
+    def _store_mark(self) -> None:
+        """Write the mark (the last synced entry, term and vote) into the older
+        slot and sync it.  Called after the journal's own sync, so the mark
+        never claims an entry that is not durable; while recovering it keeps
+        the entry still to be fetched, so a restart remembers it."""
+        last = self._entries[-1] if self._entries else None
+        high = (last[1], last[2]) if last is not None and last[1] == self._synced_idx else (0, 0)
+        if self.recovery is not None:
+            high = max(high, (self.recovery["need"], self.recovery["need_term"]))
+        state = (*high, self._meta.get("term", 0), self._meta.get("vote"))
+        if state == self._mark_written:
+            return
+        if self._mark_fd < 0:
+            self._mark_fd = self._io(os.open, self.mark_path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._io(fsync_dir, self.mark_path)
+        self._mark_seq += 1
+        body = msgpack.packb([_MARK_VERSION, self._mark_seq, state[2], state[3], *high],
+                             use_bin_type=True)
+        rec = struct.pack("<II", len(body), zlib.crc32(body)) + body
+        self._io(os.pwrite, self._mark_fd, rec.ljust(_MARK_SLOT, b"\0"),
+                 (self._mark_seq % 2) * _MARK_SLOT)
+        self._io(os.fdatasync, self._mark_fd)
+        self._mark_written = state
+
+    def _check_lost(self, mark: dict | None, snapshot_last) -> None:
+        """Compare what is on disk with what this node made durable (module
+        docstring); enter recovery if acknowledged entries are missing."""
+        reasons = []
+        high, high_term = (mark["high"], mark["high_term"]) if mark else (0, 0)
+        gap = False
+        if snapshot_last is not _UNKNOWN and self._entries:
+            snap_idx = snapshot_last[0] if snapshot_last else 0
+            first, last = self._entries[0], self._entries[-1]
+            if first[1] > snap_idx + 1:
+                what = "the snapshot" if snapshot_last is None else "a journal segment"
+                reasons.append(f"entries {snap_idx + 1}..{first[1] - 1} are missing ({what} "
+                               f"was lost; {segment_path(self.path, self._segs[0].seq)} starts "
+                               f"at {first[1]})")
+                high, high_term = max((high, high_term), (last[1], last[2]))
+                gap = True
+        end = self._entries[-1][1] if self._entries and not gap else 0
+        if snapshot_last not in (_UNKNOWN, None):
+            end = max(end, snapshot_last[0])
+        if high > end and not gap:
+            where = segment_path(self.path, self._segs[-1].seq) if self._segs else self.path
+            reasons.append(f"the log ends at entry {end} ({where}) but this node had made "
+                           f"entries up to {high} durable ({self.mark_path}): its tail was "
+                           "damaged or a segment deleted")
+        if reasons:
+            self.recovery = {"need": high, "need_term": high_term, "reason": "; ".join(reasons)}
+            log.error("journal %s: this node lost acknowledged data: %s. It will not campaign "
+                      "or serve, and votes only for a log that covers entry %d, until its "
+                      "leader has sent entries up to %d.", self.path, self.recovery["reason"],
+                      high, high)
+        if gap:  # entries after a gap cannot be applied: fetch them again
+            self.clear()
+            self.sync()
+
+    def _restore_term(self, mark: dict | None, snapshot_last) -> None:
+        """Term and vote from the term/vote file, else the mark, else (both
+        lost) the log's last term with an unknown vote."""
+        def rank(term, vote):
+            return (term, vote is not None)
+        meta = (self._meta["term"], self._meta.get("vote")) if "term" in self._meta else None
+        if mark is not None and (mark["term"], mark["vote"]) != (0, None) and (
+                meta is None or rank(mark["term"], mark["vote"]) > rank(*meta)):
+            log.warning("journal %s: term/vote file %s; term %d and vote %r restored from the "
+                        "durability mark", self.path,
+                        self._meta_state if meta is None else "behind the mark",
+                        mark["term"], mark["vote"])
+            self._meta = {"term": mark["term"], "vote": mark["vote"]}
+            self._store_meta()
+            return
+        if meta is not None or mark is not None:
+            return
+        term = max([e[2] for e in self._entries[-1:]]
+                   + [snapshot_last[1] if snapshot_last not in (_UNKNOWN, None) else 0])
+        if term > 0:
+            log.warning("journal %s: term/vote file %s and no durability mark: taking term %d "
+                        "with an unknown vote (no vote in that term)", self.path,
+                        self._meta_state, term)
+            self._meta = {"term": term, "vote": LOST_VOTE}
+            self._store_meta()
+
+    def _io(self, fn, *args):
+        """Run one write or sync; report a failure once, then stop (or raise)."""
+        try:
+            return fn(*args)
+        except OSError as exc:
+            if self.failed is None:
+                self.failed = exc
+                log.critical("journal %s: storage failure: %s", self.path, exc)
+                if self.on_failure is not None:
+                    self.on_failure(exc)
+            raise StorageFailed(exc.errno, f"{self.path}: {exc.strerror or exc}") from exc
 
     def _load_commit(self) -> int:
         """The advisory commit index: its own file, else an older journal's meta, else 1."""
@@ -235,9 +440,10 @@ class DurableJournal:
 
     def _store_commit(self) -> None:
         if self._commit_fd < 0:
-            self._commit_fd = os.open(self.commit_path, os.O_WRONLY | os.O_CREAT, 0o600)
+            self._commit_fd = self._io(os.open, self.commit_path, os.O_WRONLY | os.O_CREAT,
+                                       0o600)
         value = struct.pack("<Q", self._commit)
-        os.pwrite(self._commit_fd, value + struct.pack("<I", zlib.crc32(value)), 0)
+        self._io(os.pwrite, self._commit_fd, value + struct.pack("<I", zlib.crc32(value)), 0)
         self._commit_dirty = False
 
     def _open(self) -> None:
@@ -357,7 +563,7 @@ class DurableJournal:
             self._reserve(seg, len(rec))
         view, pos = memoryview(rec), seg.end
         while view:
-            n = os.pwrite(seg.fd, view, pos)
+            n = self._io(os.pwrite, seg.fd, view, pos)
             view, pos = view[n:], pos + n
         if seg.first is None:
             seg.first = idx
@@ -377,7 +583,10 @@ class DurableJournal:
             try:
                 os.posix_fallocate(seg.fd, seg.alloc, size + self.PREALLOCATE - seg.alloc)
                 size += self.PREALLOCATE
-            except OSError as exc:  # e.g. no fallocate here: plain appends still work
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    self._io(_raise, exc)  # no space, or an I/O error: a storage failure
+                # no fallocate on this file system: plain appends still work
                 log.warning("journal %s: cannot reserve space (%s); appending", self.path, exc)
                 self.PREALLOCATE = 0
         seg.alloc = max(seg.alloc, size)
@@ -387,12 +596,12 @@ class DurableJournal:
         the last segment) and start the next one."""
         old = self._segs[-1]
         if old.alloc > old.end:
-            os.ftruncate(old.fd, old.end)
+            self._io(os.ftruncate, old.fd, old.end)
             old.alloc = old.end
-        os.fdatasync(old.fd)
+        self._io(os.fdatasync, old.fd)
         seg = self._take_spare()
         if seg is None:
-            seg = self._create_segment(old.seq + 1)
+            seg = self._io(self._create_segment, old.seq + 1)
         self._segs.append(seg)
         if self.trace:
             self.trace("segment", seg.seq)
@@ -428,12 +637,18 @@ class DurableJournal:
             os.unlink(seg.path)
 
     def sync(self) -> None:
-        """Make every written entry durable (called before each send)."""
+        """Make every written entry durable (called before each send), then the
+        mark that says so."""
         if self._dirty:
-            os.fdatasync(self._segs[-1].fd)  # older segments were synced when sealed
+            self._io(os.fdatasync, self._segs[-1].fd)  # older segments were synced when sealed
             self._dirty = False
             self.syncs += 1
             self._synced_idx = self._entries[-1][1] if self._entries else 0
+            self._store_mark()
+            if self.recovery is not None and self._synced_idx >= self.recovery["need"]:
+                log.warning("journal %s: recovered: the log holds entries up to %d again",
+                            self.path, self._synced_idx)
+                self.recovery = None
             if self.trace:
                 self.trace("sync", self._synced_idx)
 
@@ -473,13 +688,22 @@ class DurableJournal:
             return
         if entryFrom < 0:
             entryFrom = max(0, len(self._entries) + entryFrom)
-        k = self._segment_of(self._entries[entryFrom][1])
+        first_cut = self._entries[entryFrom][1]
+        if self.applied is not None and first_cut <= self.applied():
+            # A committed entry never conflicts (Raft's log matching): if one is
+            # to be cut, this node's state may already have diverged.  Stop.
+            log.critical("journal %s: asked to truncate entry %d, at or below the applied "
+                         "index %d: refusing (the state machine may have diverged); stopping "
+                         "the node", self.path, first_cut, self.applied())
+            logging.shutdown()
+            os._exit(70)
+        k = self._segment_of(first_cut)
         # later segments go first, durably: a cut entry must not come back
         self._drop_spare()
         self._drop_segments(self._segs[k + 1:])
         del self._segs[k + 1:]
         seg, cut = self._segs[k], self._offsets[entryFrom]
-        os.ftruncate(seg.fd, cut)  # also drops the reserve: no stale record survives
+        self._io(os.ftruncate, seg.fd, cut)  # also drops the reserve: no stale record survives
         seg.end = seg.alloc = cut
         if cut == len(HEADER):
             seg.first = None
@@ -560,6 +784,9 @@ class DurableJournal:
         if self._commit_fd >= 0:
             os.close(self._commit_fd)
             self._commit_fd = -1
+        if self._mark_fd >= 0:
+            os.close(self._mark_fd)
+            self._mark_fd = -1
 
     def flush(self) -> None:
         self.sync()
@@ -576,6 +803,7 @@ class DurableJournal:
         self._meta["term"] = term
         self._meta["vote"] = votedForNodeId
         self._store_meta()  # durable (file + directory) before pysyncobj sends
+        self._store_mark()  # and its second copy
         if self.trace:
             self.trace("term", term, votedForNodeId)
 
@@ -592,6 +820,10 @@ class DurableJournal:
             self._store_commit()
         if self._meta_dirty:
             self._store_meta()
+
+
+def _raise(exc: OSError):
+    raise exc
 
 
 class _Segment:

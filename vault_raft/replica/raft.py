@@ -48,7 +48,6 @@ the version check below refuses any other pysyncobj):
 from __future__ import annotations
 
 import ctypes
-import functools
 import gc
 import hashlib
 import logging
@@ -60,6 +59,7 @@ import zlib
 from typing import Callable
 
 import msgpack
+import pysyncobj.serializer as _ser
 import pysyncobj.syncobj as _so
 import pysyncobj.tcp_connection as _tcp
 from pysyncobj import SyncObj, SyncObjConf, replicated
@@ -93,6 +93,20 @@ class _DurablePath(str):
     trace: Callable | None = None
     factory: Callable | None = None
     segment_bytes: int | None = None
+    snapshot_last: tuple | None = None  # (index, term) the node's snapshot covers
+    truncate_after: int | None = None
+
+
+def _stop_on_storage_failure(exc: OSError, synced_index: int) -> None:
+    """What a node does when its disk fails (replaced by the node process,
+    which restarts itself): stop at once, acknowledging nothing more."""
+    logging.shutdown()
+    os._exit(75)
+
+
+#: Called as ``hook(error, last synced index)`` on the Raft thread when the
+#: journal cannot write or sync; must not return.
+STORAGE_FAILURE_HOOK: Callable[[OSError, int], None] = _stop_on_storage_failure
 
 
 class _ClusterSecret(str):
@@ -128,14 +142,36 @@ _tcp.zlib = _StoredZlib
 
 def _create_journal(journal_file=None):
     if isinstance(journal_file, _DurablePath):
-        make = journal_file.factory or functools.partial(
-            DurableJournal, segment_bytes=journal_file.segment_bytes)
-        journal_file.journal = make(str(journal_file), trace=journal_file.trace)
+        if journal_file.factory is not None:
+            journal_file.journal = journal_file.factory(str(journal_file),
+                                                        trace=journal_file.trace)
+        else:
+            journal_file.journal = DurableJournal(
+                str(journal_file), trace=journal_file.trace,
+                segment_bytes=journal_file.segment_bytes,
+                snapshot_last=journal_file.snapshot_last,
+                truncate_after=journal_file.truncate_after)
         return journal_file.journal
     return _original_create_journal(journal_file)
 
 
 _so.createJournal = _create_journal
+
+
+def _durable_replace(src: str, dst: str) -> None:
+    """pysyncobj's serializer renames a snapshot into place (one it wrote, or
+    one a leader sent) without syncing it: here the file is synced before the
+    rename and the directory after, in every path."""
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(src, dst)
+    fsync_dir(dst)
+
+
+_ser.atomicReplace = _durable_replace
 
 
 class _VaultTransport(TCPTransport):
@@ -252,10 +288,15 @@ class DurableReplica(SyncObj):
     FORWARD_WINDOW = 1.0
     SNAPSHOT_NICE = 19  # the forked snapshot writer's niceness
 
+    #: A node whose applied index lags its commit index by more than this many
+    #: entries is not healthy (it would answer from a stale state).
+    APPLY_LAG_BOUND = 1000
+
     def __init__(self, self_addr: str, partners: list[str], data_dir: str, cluster_secret: str,
                  settings: RaftSettings | None = None, trace: Callable | None = None,
                  auto_tick: bool = True, transport_class=None, dial: dict | None = None,
-                 journal_factory: Callable | None = None, tls: TlsConfig | None = None):
+                 journal_factory: Callable | None = None, tls: TlsConfig | None = None,
+                 truncate_after: int | None = None):
         s = settings or RaftSettings()
         os.makedirs(data_dir, exist_ok=True)
         self._trace = trace
@@ -267,11 +308,8 @@ class DurableReplica(SyncObj):
         self.journal_path.trace = trace
         self.journal_path.factory = journal_factory
         self.journal_path.segment_bytes = s.segment_bytes
-        if os.path.exists(self.snapshot_path):  # refuse to start on a damaged snapshot
-            try:
-                self._check_state(read_snapshot(self.snapshot_path)["state"])
-            except ValueError as exc:
-                raise JournalCorrupt(f"{self.snapshot_path}: {exc}") from None
+        self.journal_path.truncate_after = truncate_after
+        self.journal_path.snapshot_last = self._check_snapshot_file()
         self._tls_config = tls
         if tls is not None and transport_class is None:
             transport_class = MtlsTransport
@@ -341,6 +379,43 @@ class DurableReplica(SyncObj):
         # msgpack snapshots were written on the Raft thread.  Its fork path
         # calls the custom serializer in the child just as well: turn it on.
         self._SyncObj__serializer._Serializer__useFork = s.fork_snapshots and hasattr(os, "fork")
+        self._journal_ready()
+
+    def _check_snapshot_file(self) -> tuple | None:
+        """The (index, term) the snapshot file covers, or None if there is none.
+        A damaged snapshot is moved aside (``.damaged``) and counts as none:
+        the journal then notices what it lacks and recovers it from the
+        leader (see :class:`DurableJournal`)."""
+        if not os.path.exists(self.snapshot_path):
+            return None
+        try:
+            snap = read_snapshot(self.snapshot_path)
+            self._check_state(snap["state"])
+            return tuple(snap["entries"][0])[1:]
+        except (JournalCorrupt, ValueError, TypeError, KeyError, IndexError) as exc:
+            aside = self.snapshot_path + ".damaged"
+            log.error("snapshot %s is damaged (%s): moved to %s; the node recovers what it "
+                      "covered from its peers", self.snapshot_path, exc, aside)
+            os.replace(self.snapshot_path, aside)
+            fsync_dir(self.snapshot_path)
+            return None
+
+    def _journal_ready(self) -> None:
+        """Connect the journal to this replica once pysyncobj made it."""
+        journal = self.journal_path.journal
+        if journal is None:
+            return
+        if hasattr(journal, "on_failure"):
+            journal.on_failure = lambda exc: STORAGE_FAILURE_HOOK(exc, journal.synced_index)
+            journal.applied = lambda: self._SyncObj__raftLastApplied
+
+    @property
+    def recovery(self) -> dict | None:
+        """Set while this node lacks entries it had made durable (and may have
+        acknowledged): it does not campaign, serves nothing, and votes only for
+        a log that covers them."""
+        journal = self.journal_path.journal
+        return getattr(journal, "recovery", None) if journal is not None else None
 
     def _apply_log_entries(self):
         """Apply what is committed; tell the followers at once only if one of
@@ -468,6 +543,14 @@ class DurableReplica(SyncObj):
             self._SyncObj__transport.send(node, {"type": "pre_vote", "term": self._pv_term,
                                                  "last_log_index": idx, "last_log_term": term})
 
+    def _vote_position(self) -> tuple[int, int]:
+        """The log position a candidate must reach for this node's vote: its
+        log's end, or, while recovering, the end of the log it had made
+        durable (so a damaged log votes as the intact one would have)."""
+        pos = self._log_position()
+        rec = self.recovery
+        return max(pos, (rec["need_term"], rec["need"])) if rec else pos
+
     def _would_vote(self, msg: dict) -> bool:
         if msg["term"] <= self._term():
             return False
@@ -475,10 +558,14 @@ class DurableReplica(SyncObj):
             return not self.hasQuorum  # a leader with a quorum keeps it
         if _so.monotonicTime() - self._heard_leader < self._lease:
             return False
-        return (msg["last_log_term"], msg["last_log_index"]) >= self._log_position()
+        return (msg["last_log_term"], msg["last_log_index"]) >= self._vote_position()
 
     def _on_message(self, node, msg) -> None:
         kind = msg.get("type") if isinstance(msg, dict) else None
+        if kind == "request_vote" and self.recovery is not None and \
+                (msg.get("last_log_term", -1), msg.get("last_log_index", -1)) \
+                < self._vote_position():
+            return  # a candidate behind what this node acknowledged gets no vote (nor term)
         if kind == "append_entries" and msg.get("term", -1) >= self._term():
             self._heard_leader = _so.monotonicTime()
         elif kind == "apply_command":
@@ -522,7 +609,11 @@ class DurableReplica(SyncObj):
         journal = self.journal_path.journal
         if journal is not None:
             journal.sync()
-        if self._pre_vote:
+        if self.recovery is not None and self._SyncObj__raftState != 2:
+            # lacking acknowledged entries: never campaign (wait for a leader)
+            self._SyncObj__raftElectionDeadline = _so.monotonicTime() + \
+                self._SyncObj__generateRaftTimeout()
+        elif self._pre_vote:
             self._gate_election()
         while True:  # admin calls from other threads run here, on the Raft thread
             try:
@@ -624,7 +715,8 @@ class DurableReplica(SyncObj):
         counted after the client gave up.
         """
         try:
-            return self._getLeader() is not None and self.hasQuorum
+            return self._getLeader() is not None and self.hasQuorum and self.recovery is None \
+                and self.raftCommitIndex - self.raftLastApplied <= self.APPLY_LAG_BOUND
         except Exception:
             return False
 
@@ -651,6 +743,7 @@ class DurableReplica(SyncObj):
             "log_start": journal[0][1] if journal is not None and len(journal) else 0,
             "journal_syncs": journal.syncs if journal else 0,
             "synced_index": journal.synced_index if journal else 0,
+            "recovering": self.recovery["reason"] if self.recovery else None,
         }
 
 
