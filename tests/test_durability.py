@@ -43,7 +43,7 @@ class Recorder:
 
 def _ticket():
     """The ticket fields a node adds to an enroll command (good for ever here)."""
-    return {"nonce": os.urandom(NONCE_LEN), "ticket_exp": 2**61,
+    return {"nonce": os.urandom(NONCE_LEN), "ticket_exp": 2**61, "ticket_seq": 0,
             "cred_id": os.urandom(CRED_ID_LEN)}
 
 

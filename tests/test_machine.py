@@ -15,9 +15,10 @@ def cmd(op, **kw):
     return M.encode_command(op, **kw)
 
 
-def ticket(now=0, ttl=M.TICKET_TTL_MS):
-    """The fields a node adds to enroll and change_code from its ticket."""
-    return {"nonce": os.urandom(M.NONCE_LEN), "ticket_exp": now + ttl,
+def ticket(now=0, seq=0, ttl=M.TICKET_TTL_MS):
+    """The fields a node adds to enroll and change_code from a ticket issued
+    at time ``now`` from a state that had applied ``seq`` commands."""
+    return {"nonce": os.urandom(M.NONCE_LEN), "ticket_exp": now + ttl, "ticket_seq": seq,
             "cred_id": os.urandom(M.CRED_ID_LEN)}
 
 
@@ -47,7 +48,8 @@ class VaultModel(RuleBasedStateMachine):
         version = os.urandom(16)
         before = self.sm.summary(user)["status"]
         r = self._apply(M.ENROLL, user=user, max_attempts=max_attempts, version=version,
-                        opaque_record=b"r" * 192, sealed_secret=b"s" * 30, **ticket(self.now))
+                        opaque_record=b"r" * 192, sealed_secret=b"s" * 30,
+                        **ticket(self.now, self.sm.applied))
         if before == M.ACTIVE:
             assert r == {"ok": False, "code": "exists"}
         else:
@@ -104,7 +106,7 @@ class VaultModel(RuleBasedStateMachine):
         aid = self.completed[user][-1] if use_proof and self.completed[user] else os.urandom(16)
         extra = {}
         if op == M.CHANGE_CODE:
-            extra.update(opaque_record=b"q" * 192, **ticket(self.now))
+            extra.update(opaque_record=b"q" * 192, **ticket(self.now, self.sm.applied))
         if op == M.CHANGE_SECRET:
             extra.update(version=os.urandom(16), sealed_secret=b"t" * 30)
         before = self.sm.summary(user)
@@ -188,7 +190,7 @@ def test_destroy_on_attempt_after_limit():
                                 "total_attempts": 2, "has_secret": False}
     # re-enrollment after destruction is allowed, with fresh counters
     r = sm.apply(cmd(M.ENROLL, user=b"u", now=4, max_attempts=3, version=v,
-                     opaque_record=b"r" * 192, sealed_secret=b"s", **ticket()))
+                     opaque_record=b"r" * 192, sealed_secret=b"s", **ticket(4, sm.applied)))
     assert r["ok"]
 
 
@@ -219,13 +221,41 @@ def _enroll_cmd(user, now, **t):
 
 def test_a_ticket_is_single_use_whatever_the_outcome():
     sm = M.VaultState()
-    t = ticket(0)
     assert sm.apply(_enroll_cmd(b"u", 1, **ticket(0)))["ok"]
+    t = ticket(0, sm.applied)
     # refused as "exists" -- and consumed, so it cannot enroll u once u is gone
     assert sm.apply(_enroll_cmd(b"u", 2, **t))["code"] == "exists"
     sm.records.clear()
     assert sm.apply(_enroll_cmd(b"u", 3, **t))["code"] == "replayed"
     assert sm.records == {}
+
+
+def test_a_ticket_issued_before_the_record_changed_is_stale():
+    """A request held back (never committed) and sent after the record was
+    destroyed, deleted or re-keyed does nothing."""
+    sm = M.VaultState()
+    held = ticket(0, sm.applied)  # the owner's first enrollment, held back by an attacker
+    owner = ticket(0, sm.applied)
+    assert sm.apply(_enroll_cmd(b"u", 1, **owner))["ok"]  # the owner enrolled again
+    for n in range(4):  # the attacker uses the attempts up: destroyed
+        sm.apply(cmd(M.BEGIN_ATTEMPT, user=b"u", now=2 + n, attempt_id=os.urandom(16)))
+    assert sm.records[b"u"].status == M.DESTROYED
+    assert sm.apply(_enroll_cmd(b"u", 9, **held))["code"] == "stale"
+    assert sm.records[b"u"].status == M.DESTROYED
+    # a ticket issued after the destruction is good
+    assert sm.apply(_enroll_cmd(b"u", 10, **ticket(0, sm.applied)))["ok"]
+
+
+def test_version_1_commands_are_refused_once_version_2_ones_were_applied():
+    sm = M.VaultState()
+    old = {"v": 1, "op": M.ENROLL, "user": b"old", "now": 1, "max_attempts": 3,
+           "version": bytes(16), "opaque_record": b"r" * 192, "sealed_secret": b"s"}
+    assert sm.apply(msgpack.packb(dict(old, v=True)))["code"] == "bad_command"
+    assert sm.apply(msgpack.packb(dict(old, v=1.0)))["code"] == "bad_command"
+    assert sm.apply(_enroll_cmd(b"new", 1, **ticket(0)))["ok"]
+    assert sm.apply(msgpack.packb(old))["code"] == "bad_command"
+    assert b"old" not in sm.records
+    assert M.VaultState.from_snapshot(sm.snapshot()).format == M.COMMAND_VERSION
 
 
 def test_expired_tickets_are_forgotten_and_a_slow_clock_cannot_revive_them():
@@ -253,7 +283,7 @@ def test_change_code_moves_the_record_to_the_tickets_key():
     aid = os.urandom(16)
     assert sm.apply(cmd(M.BEGIN_ATTEMPT, user=b"u", now=2, attempt_id=aid))["cred_id"] == first
     sm.apply(cmd(M.COMPLETE_ATTEMPT, user=b"u", now=3, attempt_id=aid, version=v))
-    t = ticket(3)
+    t = ticket(3, sm.applied)
     assert sm.apply(cmd(M.CHANGE_CODE, user=b"u", now=4, attempt_id=aid,
                         opaque_record=b"q" * 192, **t))["ok"]
     assert sm.records[b"u"].cred_id == t["cred_id"] != first

@@ -190,3 +190,32 @@ def test_replays_after_a_rotation_are_refused(cluster_factory):
         _replay(cli, path, body)
     assert _state(old, b"cleo", b"cleo-code")[0] == "wrong"  # gone from the old fleet
     assert _state(new, b"cleo", b"cleo-code") == ("released", b"cleo-secret")
+
+
+def test_held_back_requests_sent_later_are_refused(cluster_factory):
+    """Requests an attacker held back (so they were never committed), sent as
+    they were or altered, after the owner enrolled again and the attacker used
+    the attempts up: nothing comes back (the tickets predate the change)."""
+    cl = cluster_factory(3)
+    owner = C.Client(_fast(cl.dir))
+    attacker = C.Client(cl.dir + "/fleet.json")
+    user, code = b"dora", b"dora's code"
+    record, start = owner._register(user, code)  # the owner's enrollment, held back
+    held = {"user": user, "record": record, "ticket": start["ticket"], "max_attempts": 3,
+            "upload": owner._upload(user, b"dora's key", b"enroll", start["nonce"])}
+    new_record, new_start = owner._register(user, b"new code", "change_code")  # held too
+    owner.enroll(user, code, b"dora's key", max_attempts=3)  # the owner tries again
+    for _ in range(3):
+        assert _state(attacker, user, b"not it")[0] == "wrong"
+    assert _state(attacker, user, b"not it") == ("destroyed",)
+    altered = dict(held, max_attempts=100,
+                   upload=owner._upload(user, b"attacker's key", b"enroll", start["nonce"]))
+    for body in (held, altered):
+        status, out = _replay(attacker, "/v1/enroll/finish", body)
+        assert status == 409 and out.get("reason") == "stale", out
+    # a change_code ticket is no enrollment ticket
+    status, out = _replay(attacker, "/v1/enroll/finish", dict(
+        held, record=new_record, ticket=new_start["ticket"],
+        upload=owner._upload(user, b"attacker's key", b"enroll", new_start["nonce"])))
+    assert status == 401, out
+    assert _state(owner, user, code) == ("destroyed",)

@@ -174,11 +174,12 @@ class Client:
         raise ServerError(f"HTTP {status}: {msg}")
 
     # ----------------------------------------------------------- operations
-    def _register(self, user: bytes, code: bytes) -> tuple[bytes, dict]:
+    def _register(self, user: bytes, code: bytes, purpose: str = "enroll") -> tuple[bytes, dict]:
         """Run OPAQUE registration; returns (record, enroll/start reply).  The
         reply's single-use ``ticket`` (and its ``nonce``) go with the record."""
         reg, request = opaque.ClientRegistration.start(code, ksf=self.fleet.ksf)
-        status, out = self.post("/v1/enroll/start", {"user": user, "request": request})
+        status, out = self.post("/v1/enroll/start", {"user": user, "request": request,
+                                                      "purpose": purpose})
         if status != 200:
             self._raise(status, out)
         try:
@@ -251,7 +252,7 @@ class Client:
 
     def _change_code_request(self, u: bytes, new_code: bytes) -> tuple[bytes, bytes]:
         """(payload, ticket) of a change_code: a new record under a fresh key."""
-        record, start = self._register(u, new_code)
+        record, start = self._register(u, new_code, "change_code")
         return record, start["ticket"]
 
     def change_secret(self, user, code, new_secret: bytes) -> Recovery:

@@ -175,33 +175,47 @@ class VaultService:
         identifier to enroll/finish or a change of code.  Nothing is stored."""
         user = _user(body)
         request = _bin(body, "request", opaque.REG_REQUEST_LEN)
+        purpose = body.get("purpose", "enroll")
+        if purpose not in P.TICKET_PURPOSES:
+            raise ApiError(400, f"purpose must be one of {', '.join(P.TICKET_PURPOSES)}")
         nonce, cred_id = os.urandom(M.NONCE_LEN), os.urandom(M.CRED_ID_LEN)
-        expires = _now_ms() + TICKET_LIFETIME_MS
+        # The state the ticket is issued from: a later change of the user's
+        # record makes it stale.  Its expiry is in the machine's time as well
+        # as ours (a clock stepped ahead elsewhere must not expire every ticket).
+        seq, clock = self.replica.read_state(lambda v: (v.applied, v.clock))
+        expires = max(_now_ms(), clock) + TICKET_LIFETIME_MS
         try:
             response = opaque.server_registration_response(self.setup, request, cred_id)
         except OpaqueError as exc:
             raise ApiError(400, f"bad registration request: {exc}") from None
-        ticket = self.ks.seal_ticket(P.pack([user, nonce, cred_id, expires]))
+        ticket = self.ks.seal_ticket(P.pack([purpose, user, nonce, cred_id, seq, expires]))
         return {"response": response, "ticket": ticket, "nonce": nonce, "expires_ms": expires}
 
-    def _open_ticket(self, user: bytes, body: dict) -> dict:
-        """The ticket's command fields (nonce, expiry, credential identifier)."""
+    def _open_ticket(self, user: bytes, body: dict, purpose: str) -> dict:
+        """The ticket's command fields (nonce, expiry, issue position, credential
+        identifier)."""
         blob = _bin(body, "ticket", 1, P.TICKET_MAX)
         try:
-            t_user, nonce, cred_id, expires = P.unpack(self.ks.open_ticket(blob))
+            t_purpose, t_user, nonce, cred_id, seq, expires = P.unpack(self.ks.open_ticket(blob))
         except (SealError, ValueError, TypeError):
             raise ApiError(401, "enrollment ticket invalid (from another fleet, or altered)") \
                 from None
         if t_user != user:
             raise ApiError(401, "enrollment ticket was issued for another user")
-        if _now_ms() > expires:
+        if t_purpose != purpose:
+            raise ApiError(401, f"enrollment ticket was issued for {t_purpose}, not {purpose}")
+        clock = self.replica.read_state(lambda v: v.clock)
+        if max(_now_ms(), clock) > expires:
             raise ApiError(401, "enrollment ticket expired; start again")
-        return {"nonce": nonce, "ticket_exp": expires, "cred_id": cred_id}
+        return {"nonce": nonce, "ticket_exp": expires, "ticket_seq": seq, "cred_id": cred_id}
 
     @staticmethod
     def _ticket_refused(code: str) -> None:
         if code == "replayed":
             raise ApiError(409, "this enrollment ticket was already used", reason="replayed")
+        if code == "stale":
+            raise ApiError(409, "the record changed after this enrollment ticket was issued; "
+                                "start again", reason="stale")
         if code == "expired":
             raise ApiError(401, "enrollment ticket expired; start again")
 
@@ -227,7 +241,7 @@ class VaultService:
         if not isinstance(max_attempts, int) or isinstance(max_attempts, bool) \
                 or not 1 <= max_attempts <= M.MAX_ATTEMPTS_LIMIT:
             raise ApiError(400, f"max_attempts must be an integer 1..{M.MAX_ATTEMPTS_LIMIT}")
-        ticket = self._open_ticket(user, body)
+        ticket = self._open_ticket(user, body, "enroll")
         secret = self._open_upload(user, _bin(body, "upload", 1, P.MAX_BODY), b"enroll",
                                    ticket["nonce"])
         version = os.urandom(M.ID_LEN)
@@ -352,7 +366,7 @@ class VaultService:
                 fields["opaque_record"] = opaque.check_registration_record(payload)
             except OpaqueError as exc:
                 raise ApiError(400, f"bad registration record: {exc}") from None
-            fields.update(self._open_ticket(user, body))
+            fields.update(self._open_ticket(user, body, "change_code"))
         res = await self.commit(op, deadline_ms=body.get("deadline_ms"), **fields)
         self._ticket_refused(res["code"])
         if res["code"] == "destroyed":

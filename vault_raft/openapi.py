@@ -31,7 +31,9 @@ OPENAPI = {
         "/v1/enroll/start": {"post": {
             "summary": "OPAQUE registration: evaluate the OPRF under a fresh credential "
                        "identifier and issue a single-use ticket (stores nothing)",
-            "requestBody": _body({"user": _USER, "request": _BIN}, ["user", "request"]),
+            "requestBody": _body({"user": _USER, "request": _BIN,
+                                  "purpose": {"enum": ["enroll", "change_code"]}},
+                                 ["user", "request"]),
             "responses": {"200": _resp("registration response and ticket", {
                 "response": _BIN, "ticket": _BIN, "nonce": _BIN,
                 "expires_ms": {"type": "integer"}}), **_COMMON}}},
@@ -43,7 +45,8 @@ OPENAPI = {
             "responses": {"201": _resp("enrolled", {"enrolled": {"type": "boolean"},
                                                     "max_attempts": {"type": "integer"}}),
                           "401": _resp("ticket invalid, expired or for another user", _ERR),
-                          "409": _resp("an active record exists, or the ticket was used", _ERR),
+                          "409": _resp("an active record exists, or the ticket was used or "
+                                       "is stale", _ERR),
                           **_COMMON}}},
         "/v1/recover/start": {"post": {
             "summary": "Count an attempt (majority commit), then answer KE1 with KE2",

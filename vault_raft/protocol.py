@@ -27,7 +27,8 @@ CONTENT_TYPE = "application/msgpack"
 MAX_BODY = 64 * 1024
 MAX_SECRET = 4096
 USER_MAX = 256
-TICKET_MAX = 1024  # an enroll/start ticket (sealed; about 120 bytes)
+TICKET_MAX = 1024  # an enroll/start ticket (sealed; about 130 bytes)
+TICKET_PURPOSES = ("enroll", "change_code")  # what an enroll/start ticket may be used for
 
 # HTTP status -> error code used in bodies {"error": code, "message": text}
 ERRORS = {

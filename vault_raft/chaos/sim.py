@@ -575,7 +575,7 @@ class SimWorkload:
                 op = sim.propose(lead, "enroll", user, {
                     "max_attempts": mx, "version": bytes(16), "opaque_record": bytes(192),
                     "sealed_secret": b"s", "nonce": _digest(b"nonce", user, M.NONCE_LEN),
-                    "cred_id": _digest(b"cred", user, M.CRED_ID_LEN),
+                    "cred_id": _digest(b"cred", user, M.CRED_ID_LEN), "ticket_seq": 0,
                     # tickets short-lived in virtual time: pruned before the faults
                     "ticket_exp": int((sim.clock.now - 1000) * 1000) + SIM_TICKET_TTL_MS,
                     "_value": {"max_attempts": mx, "secret": "00"}}, "setup")

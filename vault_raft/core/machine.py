@@ -33,18 +33,29 @@ which the fleet derives the record's OPRF key.  Registration evaluates a
 *fresh* identifier's key, never an existing record's, so it is no oracle.
 
 Single-use enrollment: ``enroll`` and ``change_code`` carry the ticket the
-node issued at ``enroll/start`` (a nonce and an expiry).  The machine refuses
-a ticket whose expiry has passed on its own clock (the highest ``now`` it has
-applied: monotone, so clock skew between proposers cannot revive a ticket)
-and one whose nonce it has already accepted.  Nonces are remembered until
-their expiry passes, so memory is bounded by the tickets accepted within
-``TICKET_TTL_MS``.  A recorded request replayed later is therefore refused in
-every state.
+node issued at ``enroll/start``: a nonce, an expiry, and the position in the
+log of the state it was issued from (``ticket_seq``, the count of commands
+that state had applied).  The machine refuses a ticket
+
+* whose expiry has passed on the machine's clock (the highest ``now``
+  applied: monotone, so clock skew between proposers cannot revive one);
+* whose nonce it has already seen (whatever that command's outcome);
+* issued before the user's record last changed identity (enrolled, code
+  changed, destroyed or deleted): a request held back and sent after such a
+  change is stale.
+
+Nonces are remembered until the clock passes their expiry, so that memory
+is bounded by the tickets used within ``TICKET_TTL_MS``; the position of
+each user's last identity change is kept for good (one integer per user
+ever enrolled, next to the records themselves).  A recorded or held-back
+request is therefore refused in every state.
 
 Format history: version 1 commands and snapshots (before per-record keys)
 are still applied, as they were written: a version 1 record's credential
 identifier is its user id (the key the old ``enroll/start`` evaluated for
-anyone).  Nodes propose only version 2.
+anyone).  Nodes propose only version 2, and once a version 2 command has
+been applied a version 1 command is refused (a node of the old version left
+in the fleet cannot add records without tickets).
 """
 
 from __future__ import annotations
@@ -169,18 +180,23 @@ class VaultState:
 
     def __init__(self) -> None:
         self.records: dict[bytes, Record] = {}
-        self.applied = 0  # number of commands applied (for status only)
+        self.applied = 0  # number of commands applied: a position in the log
         self.clock = 0  # the highest ``now`` applied (ms): never goes back
+        self.format = LEGACY_VERSION  # COMMAND_VERSION once such a command was applied
         self.tickets: dict[bytes, int] = {}  # nonce -> expiry, until the clock passes it
         self._expiries: list[tuple[int, bytes]] = []  # heap of (expiry, nonce)
+        self.changes: dict[bytes, int] = {}  # user -> ``applied`` at its last identity change
 
     # ------------------------------------------------------------- entry
     def apply(self, command: bytes) -> dict:
         self.applied += 1
         try:
             cmd = msgpack.unpackb(command, raw=False, strict_map_key=False)
-            if not isinstance(cmd, dict) or cmd.get("v") not in (COMMAND_VERSION, LEGACY_VERSION):
+            v = cmd.get("v") if isinstance(cmd, dict) else None
+            if type(v) is not int or v not in (COMMAND_VERSION, LEGACY_VERSION):
                 raise BadCommand("unknown command version")
+            if v == LEGACY_VERSION and self.format != LEGACY_VERSION:
+                raise BadCommand("a version 1 command after version 2 ones")
             op = cmd.get("op")
             user = _bytes(cmd, "user", USER_MIN, USER_MAX)
             now = _int(cmd, "now", 0, 2**62)
@@ -188,10 +204,10 @@ class VaultState:
                 raise BadCommand("unknown op")
             clock = max(self.clock, now)
             ticket = None
-            if op in _TICKETED and cmd["v"] != LEGACY_VERSION:
-                ticket = self._check_ticket(cmd, clock)
+            if op in _TICKETED and v != LEGACY_VERSION:
+                ticket = self._check_ticket(user, cmd, clock)
                 if isinstance(ticket, str):
-                    self._advance(clock)
+                    self._advance(clock, v)
                     return {"ok": False, "code": ticket}
             rec = self.records.get(user)
             status = rec.status if rec is not None else ABSENT
@@ -201,9 +217,11 @@ class VaultState:
             else:
                 fn: Callable[[bytes, Record | None, dict, int], dict] = getattr(self, handler)
                 res = fn(user, rec, cmd, now)  # raises BadCommand before changing anything
-            self._advance(clock)  # only a well-formed command moves the clock
+            self._advance(clock, v)  # only a well-formed command moves the clock
             if ticket is not None:  # single use, whatever the outcome
                 self._use_ticket(*ticket)
+            if (res["ok"] and op in _IDENTITY_OPS) or res.get("just_destroyed"):
+                self._changed(user)
             return res
         except BadCommand as exc:
             return {"ok": False, "code": "bad_command", "detail": str(exc)}
@@ -212,30 +230,38 @@ class VaultState:
             return {"ok": False, "code": "bad_command", "detail": type(exc).__name__}
 
     # ------------------------------------------------------------ tickets
-    def _advance(self, clock: int) -> None:
+    def _advance(self, clock: int, version: int) -> None:
         """Move the machine's clock forward and forget tickets that expired."""
         self.clock = clock
+        self.format = max(self.format, version)
         while self._expiries and self._expiries[0][0] < self.clock:
             _, nonce = heapq.heappop(self._expiries)
             self.tickets.pop(nonce, None)
 
-    def _check_ticket(self, cmd: dict, clock: int) -> tuple[bytes, int] | str:
+    def _changed(self, user: bytes) -> None:
+        """``user``'s record changed identity: tickets issued before are stale."""
+        self.changes[user] = self.applied
+
+    def _check_ticket(self, user: bytes, cmd: dict, clock: int) -> tuple[bytes, int] | str:
         """Validate a version 2 command's ticket fields; returns (nonce,
         expiry), or the refusal code.  Consumes nothing."""
         nonce = _bytes(cmd, "nonce", NONCE_LEN, NONCE_LEN)
         expiry = _int(cmd, "ticket_exp", 0, 2**62)
+        issued = _int(cmd, "ticket_seq", 0, 2**62)
         _bytes(cmd, "cred_id", CRED_ID_LEN, CRED_ID_LEN)
         if expiry < clock:
             return "expired"
         if nonce in self.tickets:
             return "replayed"
+        if issued < self.changes.get(user, 0):
+            return "stale"
         return nonce, expiry
 
     @staticmethod
     def _cred_id(user: bytes, cmd: dict) -> bytes:
         """The credential identifier a command gives a record: the ticket's
         (version 2), or the user id (version 1, as it was written)."""
-        return user if cmd["v"] == LEGACY_VERSION else cmd["cred_id"]
+        return user if cmd["v"] == LEGACY_VERSION else cmd["cred_id"]  # (v: checked, an int)
 
     def _use_ticket(self, nonce: bytes, expiry: int) -> None:
         self.tickets[nonce] = expiry
@@ -352,8 +378,9 @@ class VaultState:
     # -------------------------------------------------------- snapshots
     def snapshot(self) -> bytes:
         return msgpack.packb({"v": SNAPSHOT_VERSION, "applied": self.applied,
-                              "clock": self.clock,
+                              "clock": self.clock, "format": self.format,
                               "tickets": sorted([n, e] for n, e in self.tickets.items()),
+                              "changes": sorted([u, a] for u, a in self.changes.items()),
                               "records": [[u, r.to_wire()] for u, r in self.records.items()]},
                              use_bin_type=True)
 
@@ -367,13 +394,18 @@ class VaultState:
                                                                    LEGACY_VERSION):
                 raise ValueError("unknown snapshot version")
             st = cls()
-            st.applied = int(snap["applied"])
+            st.applied = _snap_int(snap["applied"])
             if snap["v"] == SNAPSHOT_VERSION:
-                st.clock = int(snap["clock"])
+                st.clock = _snap_int(snap["clock"])
+                st.format = _snap_int(snap["format"])
                 for nonce, expiry in snap["tickets"]:
-                    if not isinstance(nonce, bytes) or not isinstance(expiry, int):
+                    if not isinstance(nonce, bytes):
                         raise ValueError("bad ticket in snapshot")
-                    st._use_ticket(nonce, expiry)
+                    st._use_ticket(nonce, _snap_int(expiry))
+                for user, at in snap["changes"]:
+                    if not isinstance(user, bytes):
+                        raise ValueError("bad change in snapshot")
+                    st.changes[user] = _snap_int(at)
             for user, wire in snap["records"]:
                 if not isinstance(user, bytes):
                     raise ValueError("bad user id in snapshot")
@@ -386,6 +418,14 @@ class VaultState:
 
 _ALL_OPS = {ENROLL, BEGIN_ATTEMPT, COMPLETE_ATTEMPT, CHANGE_SECRET, CHANGE_CODE, DELETE}
 _TICKETED = {ENROLL, CHANGE_CODE}  # carry an enroll/start ticket (version 2)
+# After these succeed (and after a destruction), a ticket issued earlier is stale.
+_IDENTITY_OPS = {ENROLL, CHANGE_CODE, DELETE}
+
+
+def _snap_int(v) -> int:
+    if type(v) is not int:
+        raise ValueError("snapshot: expected an integer")
+    return v
 
 
 def _refusal(status: str) -> str:
