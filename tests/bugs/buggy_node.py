@@ -14,6 +14,9 @@ nothing in the vault_raft package can load these variants.
 * ``registration-login-key``: enroll/start evaluates the OPRF under the key of
   the user's active record (the login key) instead of a fresh one: an
   uncounted OPRF oracle.
+* ``trust-damaged-tail``: the journal ignores its durability mark, so a log
+  cut short by damage is taken as it is (the node votes, campaigns and
+  serves with entries it acknowledged missing).
 """
 import argparse
 import os
@@ -114,11 +117,21 @@ BUGS = {"ke2-before-commit": ("recover_start", ke2_before_commit),
         "stale-secret": ("recover_finish", stale_secret),
         "registration-login-key": ("enroll_start", registration_login_key)}
 
+def trust_damaged_tail():
+    from vault_raft.replica import journal as J
+    J.DurableJournal._check_lost = lambda self, mark, snapshot_last: None  # BUG
+
+
+JOURNAL_BUGS = {"trust-damaged-tail": trust_damaged_tail}
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("--bug", required=True, choices=sorted(BUGS))
+    ap.add_argument("--bug", required=True, choices=sorted(BUGS) + sorted(JOURNAL_BUGS))
     ap.add_argument("--dir", required=True)
     a = ap.parse_args()
-    method, patch = BUGS[a.bug]
-    setattr(N.VaultService, method, patch(getattr(N.VaultService, method)))
+    if a.bug in JOURNAL_BUGS:
+        JOURNAL_BUGS[a.bug]()
+    else:
+        method, patch = BUGS[a.bug]
+        setattr(N.VaultService, method, patch(getattr(N.VaultService, method)))
     sys.exit(N.run_node(a.dir))

@@ -634,7 +634,10 @@ class DurableJournal:
         seg = self._take_spare()
         if seg is not None:
             os.close(seg.fd)
-            os.unlink(seg.path)
+            try:
+                os.unlink(seg.path)
+            except FileNotFoundError:
+                pass
 
     def sync(self) -> None:
         """Make every written entry durable (called before each send), then the
