@@ -106,8 +106,13 @@ def _write_secret(path: str, data: bytes, force: bool) -> None:
 # ---------------------------------------------------------------- commands
 
 def cmd_fleet_init(a) -> int:
-    path = init_fleet(a.dir, a.nodes, a.host, a.base_port, a.max_attempts)
+    path = init_fleet(a.dir, a.nodes, a.host, a.base_port, a.max_attempts,
+                      api_tls=not a.insecure_http)
     print(f"fleet created: {path}")
+    if a.insecure_http:
+        print("warning: the nodes' API is PLAIN HTTP (--insecure-http): user ids, OPAQUE "
+              "messages and counters cross the network unencrypted; for local debugging only",
+              file=sys.stderr)
     print(f"start it with: vault-raft cluster up --dir {a.dir}")
     return 0
 
@@ -241,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Raft ports are base+i, API ports base+100+i")
     fi.add_argument("--max-attempts", type=int, default=10,
                     help="default guess limit for new records")
+    fi.add_argument("--insecure-http", action="store_true",
+                    help="serve the client API over plain HTTP instead of TLS 1.3 (local "
+                    "debugging only; clients holding client.json refuse such a fleet)")
     fi.set_defaults(fn=cmd_fleet_init)
     trustcli.register(sub, fsub)
 
