@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from .. import protocol as P
+from ..channel import for_fleet
 from ..cluster import LocalCluster, free_base_port, wait_until
 from ..core import machine as M
 from ..crypto import opaque
@@ -144,12 +145,14 @@ class _RememberedKSF:
 
 
 class VaultBench:
-    def __init__(self, cfg: Config, nodes: int, tag: str, transport: str | None = None):
+    def __init__(self, cfg: Config, nodes: int, tag: str, transport: str | None = None,
+                 api_tls: bool = True):
         self.cfg = cfg
         self.dir = os.path.join(cfg.out, "work", tag)
         shutil.rmtree(self.dir, ignore_errors=True)
         os.makedirs(self.dir)
-        self.fleet_path = init_fleet(self.dir, nodes, base_port=free_base(nodes))
+        self.fleet_path = init_fleet(self.dir, nodes, base_port=free_base(nodes),
+                                     api_tls=api_tls)
         if transport is not None:  # the A/B comparison of Raft transports
             for i in range(1, nodes + 1):
                 p = os.path.join(self.dir, f"n{i}", "node.json")
@@ -159,6 +162,8 @@ class VaultBench:
                 with open(p, "w") as f:
                     json.dump(d, f)
         self.fleet = FleetInfo.load(self.fleet_path)
+        self.channel = for_fleet(self.fleet)  # TLS 1.3 pinned to the fleet CA, as clients do
+        self.fresh_connections = False  # True: every request on a new connection
         self.cluster = LocalCluster(self.dir)
         self.guess_users: list[bytes] = []
         self.real_users: list[tuple[bytes, bytes]] = []
@@ -177,7 +182,8 @@ class VaultBench:
         self.cluster.stop()
 
     def conn(self, i: int) -> KeepAlive:
-        return KeepAlive(self.fleet.nodes[i % len(self.fleet.nodes)].api)
+        return KeepAlive(self.fleet.nodes[i % len(self.fleet.nodes)].api, channel=self.channel,
+                         reuse=not self.fresh_connections)
 
     def entry_points(self) -> tuple[int, int]:
         """(index of the leader, index of a follower) in the fleet's node list."""
@@ -391,6 +397,7 @@ def run_raw(cfg: Config, res: dict) -> None:
     fleet = init_fleet(d, cfg.nodes, base_port=free_base(cfg.nodes))
     cl = LocalCluster(d, node_cmd=[sys.executable, "-m", "vault_raft.bench.rawnode"])
     info = FleetInfo.load(fleet)
+    channel = for_fleet(info)
     try:
         _progress(cfg, "raw pysyncobj: starting a counter cluster on the same replica stack")
         cl.start()
@@ -401,7 +408,7 @@ def run_raw(cfg: Config, res: dict) -> None:
                    what="raw cluster healthy")
 
         def inc_op(i: int):
-            c = KeepAlive(info.nodes[i % len(info.nodes)].api)
+            c = KeepAlive(info.nodes[i % len(info.nodes)].api, channel=channel)
             key = f"k{i}".encode()
             return lambda: c.post("/inc", {"key": key})[0] == 200
         closed_loop("warmup", inc_op, 4, min(2.0, cfg.duration))
