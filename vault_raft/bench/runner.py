@@ -516,6 +516,47 @@ def run_transport_ab(cfg: Config, res: dict, rounds: int = 4) -> None:
             vb.stop()
 
 
+def run_channel_ab(cfg: Config, res: dict, rounds: int = 4) -> None:
+    """The client channel's cost: guesses at concurrency 1 through TLS 1.3 (the
+    default: pinned to the fleet CA) and through plain HTTP (a second fleet made
+    with ``--insecure-http``), both clusters up at once and measured in
+    alternating blocks.  Each block is taken twice: over a kept-alive connection
+    (the load generator's, and any client that keeps its connection) and with a
+    new connection per guess (TCP + handshake each time: what the library
+    client's one-call-per-request transport pays)."""
+    benches: dict[str, VaultBench] = {}
+    try:
+        per_round = max(25, cfg.samples // rounds)
+        for name, tls in (("tls", True), ("plain", False)):  # the first holds its ports
+            _progress(cfg, f"channel A/B: starting the {name} cluster")
+            vb = benches[name] = VaultBench(cfg, cfg.nodes, f"channel-{name}", api_tls=tls)
+            vb.start()
+            vb.prepare((2 * per_round * rounds + 1500) // (ATTEMPTS_PER_BENCH_USER - 5) + 4, 0)
+            closed_loop("warmup", vb.guess_op, 2, 1.0)
+        label = {"tls": "TLS 1.3 (pinned)", "plain": "plain HTTP"}
+        out = {t: {mode: Result(f"vault guess, {label[t]}, {mode}", 1, "closed", 0.0)
+                   for mode in ("keepalive", "new_connection")} for t in benches}
+        for k in range(rounds):
+            for t, vb in (benches.items() if k % 2 == 0 else reversed(benches.items())):
+                _progress(cfg, f"channel A/B round {k + 1}/{rounds}: {t}")
+                lead = vb.entry_points()[0]
+                for mode in ("keepalive", "new_connection"):
+                    vb.fresh_connections = mode == "new_connection"
+                    op = vb.guess_op(lead)
+                    vb.fresh_connections = False
+                    op()  # the block's connection is opened outside the clock
+                    r = timed(per_round, op, t)
+                    acc = out[t][mode]
+                    acc.hist.add(r.hist)
+                    acc.ok += r.ok
+                    acc.errors += r.errors
+                    acc.duration += r.duration
+        res["channel"] = out
+    finally:
+        for vb in benches.values():
+            vb.stop()
+
+
 def run_sizes(cfg: Config, res: dict) -> None:
     out = {}
     for n in cfg.sizes:
@@ -667,6 +708,8 @@ def run(cfg: Config) -> dict:
         run_etcd(cfg, res)
     if "plain" in cfg.compare:
         run_transport_ab(cfg, res)
+    if "channel" in cfg.compare:
+        run_channel_ab(cfg, res)
     if cfg.sizes:
         run_sizes(cfg, res)
     if cfg.growth:
