@@ -3,7 +3,8 @@
 exit codes (a contract; scripts may rely on them):
   0 success    3 wrong recovery code    4 no such record / destroyed
   5 unavailable (no majority reachable in time)
-  6 the fleet's signed bundle did not verify (nothing was sent)
+  6 the fleet's signed bundle did not verify, or a node is not the pinned
+    fleet's (its TLS certificate): nothing was sent
   2 usage    1 anything else
 
 Users' commands trust the fleet through --client client.json (the operator's and
