@@ -33,7 +33,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-MAX_CA_DER = 4096  # a fleet CA certificate (Ed25519) is about 350 bytes
+MAX_CA_DER = 4096  # a fleet CA certificate (Ed25519) is about 380 bytes
 
 
 class ChannelError(ConnectionError):

@@ -2,8 +2,9 @@
 
 Same durable journal, same sync-before-send transport, same Raft settings,
 same aiohttp front (TLS 1.3 unless node.json says ``api_tls: false``) and
-commit bridge -- only the state machine is a bare counter.  The difference between this and the vault is what the vault's
-layers (OPAQUE, sealing, the record state machine) cost.
+commit bridge -- only the state machine is a bare counter.  The difference
+between this and the vault is what the vault's layers (OPAQUE, sealing, the
+record state machine) cost.
 
     python -m vault_raft.bench.rawnode --dir FLEET/nK     (uses the node's node.json)
 """
