@@ -287,7 +287,10 @@ def run_vault(cfg: Config, res: dict) -> None:
     try:
         _progress(cfg, f"vault: starting a {cfg.nodes}-node cluster")
         vb.start()
-        n_guess_users = max(20, int(len(cfg.concurrency) * cfg.duration * 1500
+        # the warm-up (4 workers, up to 2 s) guesses too: without it a fast short
+        # run used every user up and its last phases (the target check) only failed
+        n_guess_users = max(20, int((len(cfg.concurrency) * cfg.duration
+                                     + min(2.0, cfg.duration)) * 1500
                                     / (ATTEMPTS_PER_BENCH_USER - 5)) + cfg.samples // 50)
         _progress(cfg, f"vault: enrolling {n_guess_users} guess users and 4 recovering users")
         vb.prepare(n_guess_users, 4)
