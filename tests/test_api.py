@@ -1,5 +1,4 @@
 """The node API against bad input, the change/delete flows, and process lifecycle."""
-import http.client
 import json
 import os
 import signal
@@ -8,6 +7,7 @@ import stat
 import msgpack
 import pytest
 
+from vault_raft import channel as CH
 from vault_raft import client as C
 from vault_raft.cluster import LocalCluster, wait_until
 from vault_raft.crypto import opaque
@@ -18,9 +18,8 @@ from conftest import make_fleet, vault_cli
 pytestmark = pytest.mark.cluster
 
 
-def _raw(url, path, body: bytes, ctype="application/msgpack", method="POST"):
-    host, port = url.split("//")[1].split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+def _raw(cl, url, path, body: bytes, ctype="application/msgpack", method="POST"):
+    conn = CH.connection(url, 5, cl.channel)  # TLS 1.3, pinned to the fleet CA
     try:
         conn.request(method, path, body=body, headers={"Content-Type": ctype})
         resp = conn.getresponse()
@@ -61,7 +60,7 @@ def test_bad_input_gets_4xx_and_changes_nothing(cluster_factory):
         ("/v1/recover/start", b"\x00" * (70 * 1024), "application/msgpack", 413),
     ]
     for path, body, ctype, want in cases:
-        status, data = _raw(url, path, body, ctype)
+        status, data = _raw(cl, url, path, body, ctype)
         assert status == want, (path, body[:40], status, data[:200])
         reply = msgpack.unpackb(data, raw=False)
         assert reply["error"] and "Traceback" not in reply["message"]
@@ -69,7 +68,7 @@ def test_bad_input_gets_4xx_and_changes_nothing(cluster_factory):
     with pytest.raises(C.WrongCode) as exc:
         cli.recover("alice", "wrong")
     assert exc.value.attempts_left == 4
-    status, data = _raw(url, "/openapi.json", b"", method="GET")
+    status, data = _raw(cl, url, "/openapi.json", b"", method="GET")
     assert status == 200 and json.loads(data)["openapi"].startswith("3.")
 
 

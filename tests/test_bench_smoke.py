@@ -44,8 +44,13 @@ def test_bench_smoke(tmp_path):
         assert res["etcd"]["c1"]["put"]["ok"] > 0 and res["etcd"]["c1"]["cas_increment"]["ok"] > 0
     else:
         assert "unavailable" in res["etcd"]
+    for t in ("tls", "plain"):  # the client channel A/B: guesses with and without TLS
+        for mode in ("keepalive", "new_connection"):
+            s = res["channel"][t][mode]
+            assert s["ok"] > 0 and s["errors"] == 0 and s["p50_ms"] <= s["p99_ms"], (t, mode, s)
     table = (out / "table.txt").read_text()
     assert "vault guess commit" in table and "p50/fsync" in table
+    assert "TLS 1.3, pinned, kept-alive connection" in table and "TLS / plain" in table
     for pic in ("latency_cdf.png", "throughput_latency.png"):
         data = (out / pic).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000

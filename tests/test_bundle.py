@@ -149,3 +149,38 @@ def test_malformed_bundle(world):
     sb.bundle = sb.bundle + b"\x00"
     with pytest.raises(B.BundleMalformed):
         B.verify(sb, op_pk, w.pk, state, NOW)
+
+
+# ---------------------------------------------------- the channel key (v2)
+
+def test_channel_ca_is_encoded_and_covered_by_the_signature(world):
+    """A v2 bundle carries each fleet's channel CA; changing it breaks the
+    operator signature; a v1 bundle (none) still decodes, canonically."""
+    import dataclasses
+
+    import msgpack
+    op_sk, op_pk, w, state = world
+    ca = b"\x30" + b"c" * 300
+    b = B.Bundle("f1", 1, (dataclasses.replace(_entry(), channel_ca=ca),), NOW - 10, NOW + 3600)
+    assert b.version == B.BUNDLE_V and B.Bundle.from_canonical(b.canonical()) == b
+    assert B.Bundle.from_canonical(b.canonical()).current.channel_ca == ca
+    sb = w.cosign(op_sk, b)
+    assert B.verify(sb, op_pk, w.pk, state, NOW).current.channel_ca == ca
+    swapped = dataclasses.replace(b, fleets=(dataclasses.replace(b.current, channel_ca=b"\x30" +
+                                                                 b"d" * 300),))
+    sb.bundle = swapped.canonical()
+    with pytest.raises(B.BadOperatorSignature):
+        B.verify(sb, op_pk, w.pk, B.TrustState(), NOW)
+    v1 = _bundle()
+    assert v1.version == B.BUNDLE_V1 and v1.current.channel_ca == b""
+    assert B.Bundle.from_canonical(v1.canonical()) == v1
+    # no v2 entry without a channel CA, no v1 entry with one, no mixed bundle
+    arr = msgpack.unpackb(b.canonical(), raw=False)
+    for bad in ([B.BUNDLE_V1] + arr[1:],
+                [B.BUNDLE_V] + msgpack.unpackb(v1.canonical(), raw=False)[1:],
+                arr[:3] + [[arr[3][0][:8] + [b""]]] + arr[4:]):
+        with pytest.raises(B.BundleMalformed):
+            B.Bundle.from_canonical(msgpack.packb(bad, use_bin_type=True))
+    mixed = B.Bundle("f1", 1, (b.current, _entry(b"n" * 32, "fb", "retiring")), NOW, NOW + 1)
+    with pytest.raises(ValueError):
+        mixed.canonical()

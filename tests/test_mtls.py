@@ -311,22 +311,24 @@ def test_admin_status_and_transfer_need_the_admin_key(cluster_factory, tmp_path)
     cl = cluster_factory(3)
     leader = cl.leader()
     # public status: health only; the signed admin status has the details
-    public = W.call(cl.api[leader], "GET", "/v1/status")[1]
+    public = W.call(cl.api[leader], "GET", "/v1/status", channel=cl.channel)[1]
     assert "records" not in public and "stats" not in public
     code, detail = cl.admin(leader, "status")
     assert code == 200 and "records" in detail and detail["transport"] == "mtls"
     # forged, replayed, or addressed to another node: refused
     forged = sign_request(new_signing_key()[0], cl.fleet.fleet_id, leader, "transfer")
-    assert W.call(cl.api[leader], "POST", "/v1/admin", forged)[0] == 401
+    assert W.call(cl.api[leader], "POST", "/v1/admin", forged, channel=cl.channel)[0] == 401
     good = sign_request(cl._admin_sk, cl.fleet.fleet_id, leader, "status")
-    assert W.call(cl.api[leader], "POST", "/v1/admin", good)[0] == 200
-    assert W.call(cl.api[leader], "POST", "/v1/admin", good)[0] == 401  # replay
+    assert W.call(cl.api[leader], "POST", "/v1/admin", good, channel=cl.channel)[0] == 200
+    assert W.call(cl.api[leader], "POST", "/v1/admin", good,
+                  channel=cl.channel)[0] == 401  # replay
     other = next(n for n in cl.ids if n != leader)
     assert W.call(cl.api[other], "POST", "/v1/admin",
-                  sign_request(cl._admin_sk, cl.fleet.fleet_id, leader, "status"))[0] == 401
+                  sign_request(cl._admin_sk, cl.fleet.fleet_id, leader, "status"),
+                  channel=cl.channel)[0] == 401
     stale = sign_request(cl._admin_sk, cl.fleet.fleet_id, leader, "status",
                          now_ms=int(time.time() * 1000) - 120_000)
-    assert W.call(cl.api[leader], "POST", "/v1/admin", stale)[0] == 401
+    assert W.call(cl.api[leader], "POST", "/v1/admin", stale, channel=cl.channel)[0] == 401
     # the transfer itself, through the CLI
     r = vault_cli("cluster", "transfer", "--dir", cl.dir, "--to", other)
     assert r.returncode == 0, r.stderr

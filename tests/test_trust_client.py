@@ -1,12 +1,17 @@
 """The trusted client refuses a fleet it cannot authenticate -- before it sends
 anything derived from the recovery code (issue 6, acceptance 1).
 
-A fake node (a real HTTP server in this process) serves the trust answer each
-test chooses and records every request it receives; a positive control shows
-that a verified bundle does lead to a code-derived request being recorded.
+A fake node (a real HTTPS server in this process, with a fleet certificate)
+serves the trust answer each test chooses and records every request it
+receives; a positive control shows that a verified bundle does lead to a
+code-derived request being recorded.
 """
+import dataclasses
 import http.server
 import json
+import os
+import ssl
+import tempfile
 import threading
 
 import pytest
@@ -20,14 +25,30 @@ from vault_raft.fleet import bundle as B
 from vault_raft.fleet import merkle
 from vault_raft.fleet.mirror import LogMirror
 from vault_raft.fleet.witness import WitnessLog
+from vault_raft.channel import ca_der_from_pem, server_context
+from vault_raft.replica.tls import issue_node_cert, make_ca
 
 NOW = 1_800_000_000
 
 
+def fleet_pki(directory: str, fleet_id: str = "f1") -> tuple[bytes, str, str]:
+    """A fleet CA and one node certificate: (CA DER, cert file, key file)."""
+    ca_key, ca_cert = make_ca(fleet_id)
+    key, cert = issue_node_cert(ca_key, ca_cert, fleet_id, "n1", "127.0.0.1:1")
+    paths = os.path.join(directory, "tls.crt"), os.path.join(directory, "tls.key")
+    for path, data in zip(paths, (cert, key)):
+        with open(path, "wb") as f:
+            f.write(data)
+    return ca_der_from_pem(ca_cert), *paths
+
+
 class FakeNode:
-    """Serves ``self.trust`` at GET /v1/trust; records every request."""
+    """Serves ``self.trust`` at GET /v1/trust over TLS with a node certificate of
+    fleet f1 (``self.ca``: its CA); records every request."""
 
     def __init__(self):
+        self._tmp = tempfile.TemporaryDirectory()
+        self.ca, cert, key = fleet_pki(self._tmp.name)
         self.trust: dict | None = None
         self.requests: list[tuple[str, str]] = []
         node = self
@@ -57,8 +78,10 @@ class FakeNode:
                 self._send(503, {"error": "unavailable", "message": "fake", "proposed": False})
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server.socket = server_context(cert, key).wrap_socket(self.server.socket,
+                                                                   server_side=True)
+        self.url = f"https://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
     @property
     def posts(self):
@@ -67,6 +90,7 @@ class FakeNode:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
+        self._tmp.cleanup()
 
 
 class World:
@@ -78,7 +102,8 @@ class World:
         self.witness = WitnessLog(str(tmp_path / "witness.log"), self.w_sk)
         _, enroll_pk = S.hpke_keypair()
         self.entry = B.FleetEntry("f1", "current", ServerSetup.generate().public_key, enroll_pk,
-                                  tuple(sorted(IDENTITY_KSF.to_dict().items())), 10, (node.url,))
+                                  tuple(sorted(IDENTITY_KSF.to_dict().items())), 10, (node.url,),
+                                  channel_ca=node.ca)
         cfg = {"version": 1, "namespace": "acme", "operator_key": self.op_pk.hex(),
                "witness_key": self.w_pk.hex(), "endpoints": [node.url]}
         self.config = str(tmp_path / "client.json")
@@ -183,7 +208,8 @@ def test_forked_log(world):
     # a second witness history, signed with the same witness key, that rewrote entry 0
     fork = WitnessLog(str(world.tmp / "fork.log"), world.w_sk)
     evil = B.FleetEntry("f1", "current", ServerSetup.generate().public_key,
-                        world.entry.enroll_key, world.entry.ksf, 10, world.entry.endpoints)
+                        world.entry.enroll_key, world.entry.ksf, 10, world.entry.endpoints,
+                        channel_ca=world.entry.channel_ca)
     for b in (world.bundle(1, entry=evil), world.bundle(2, entry=evil)):
         canon = b.canonical()
         st, wsig, idx = fork.cosign(canon, world.op_sk.sign(canon), world.op_pk, NOW)
@@ -231,3 +257,31 @@ def test_a_lagging_node_with_a_consistent_older_head_is_accepted(world):
 def test_malformed_trust_answer(world):
     world.node.trust = {"bundle": b"x"}
     _refused(world, B.BundleMalformed)
+
+
+# ------------------------------------------------------- the pinned channel
+
+def test_a_v1_bundle_verifies_but_its_fleet_is_not_used_unpinned(world):
+    """A bundle from before channel keys (v1) still verifies; the client then
+    refuses to talk to its fleet, since it could not authenticate the channel."""
+    v1 = dataclasses.replace(world.entry, channel_ca=b"")
+    world.serve(world.publish(world.bundle(1, entry=v1)))
+    b = world.client().verify_fleet()
+    assert b.canonical()[:30].find(B.BUNDLE_V1.encode()) >= 0
+    _refused(world, B.UnpinnedChannel)
+
+
+def test_a_node_whose_certificate_is_not_the_pinned_fleets_gets_nothing(world, tmp_path):
+    """The bundle pins another CA (same fleet id, another key): the node's TLS
+    certificate does not chain to it, so not even the request line is sent."""
+    other_ca, _, _ = fleet_pki(str(tmp_path))
+    entry = dataclasses.replace(world.entry, channel_ca=other_ca)
+    world.serve(world.publish(world.bundle(1, entry=entry)))
+    _refused(world, B.WrongChannelKey)
+    assert [p for _, p in world.node.requests if not p.startswith("/v1/trust")] == []
+
+
+def test_a_fleet_listing_plain_http_endpoints_is_refused(world):
+    entry = dataclasses.replace(world.entry, endpoints=("http://127.0.0.1:9",))
+    world.serve(world.publish(world.bundle(1, entry=entry)))
+    _refused(world, B.UnpinnedChannel)

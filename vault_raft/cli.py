@@ -3,7 +3,8 @@
 exit codes (a contract; scripts may rely on them):
   0 success    3 wrong recovery code    4 no such record / destroyed
   5 unavailable (no majority reachable in time)
-  6 the fleet's signed bundle did not verify (nothing was sent)
+  6 the fleet's signed bundle did not verify, or a node is not the pinned
+    fleet's (its TLS certificate): nothing was sent
   2 usage    1 anything else
 
 Users' commands trust the fleet through --client client.json (the operator's and
@@ -106,8 +107,13 @@ def _write_secret(path: str, data: bytes, force: bool) -> None:
 # ---------------------------------------------------------------- commands
 
 def cmd_fleet_init(a) -> int:
-    path = init_fleet(a.dir, a.nodes, a.host, a.base_port, a.max_attempts)
+    path = init_fleet(a.dir, a.nodes, a.host, a.base_port, a.max_attempts,
+                      api_tls=not a.insecure_http)
     print(f"fleet created: {path}")
+    if a.insecure_http:
+        print("warning: the nodes' API is PLAIN HTTP (--insecure-http): user ids, OPAQUE "
+              "messages and counters cross the network unencrypted; for local debugging only",
+              file=sys.stderr)
     print(f"start it with: vault-raft cluster up --dir {a.dir}")
     return 0
 
@@ -241,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Raft ports are base+i, API ports base+100+i")
     fi.add_argument("--max-attempts", type=int, default=10,
                     help="default guess limit for new records")
+    fi.add_argument("--insecure-http", action="store_true",
+                    help="serve the client API over plain HTTP instead of TLS 1.3 (local "
+                    "debugging only; clients holding client.json refuse such a fleet)")
     fi.set_defaults(fn=cmd_fleet_init)
     trustcli.register(sub, fsub)
 

@@ -29,6 +29,7 @@ import socket
 import time
 from dataclasses import dataclass
 
+from . import channel as CH
 from . import protocol as P
 from . import wire
 from .crypto import opaque
@@ -75,8 +76,9 @@ class ServerError(VaultError):
 
 
 class Untrusted(VaultError):
-    """The fleet could not be authenticated through its signed bundle; nothing
-    derived from the recovery code was sent.  ``reason`` is the specific
+    """The fleet could not be authenticated through its signed bundle, or a
+    node through the channel key the fleet pins; nothing derived from the
+    recovery code was sent.  ``reason`` is the specific
     :class:`~vault_raft.fleet.bundle.TrustError` subclass."""
     exit_code = 6
 
@@ -119,11 +121,21 @@ class Client:
         self.endpoints = list(nodes or [n.api for n in self.fleet.nodes])
         self._next = random.randrange(len(self.endpoints))
         self.last_node: str | None = None
+        # TLS 1.3 to every node, pinned to the fleet's CA; http:// endpoints only
+        # for a fleet made with --insecure-http (the operator's debugging opt-in)
+        self.channel = CH.for_fleet(self.fleet)
+        if self.channel is None and any(not e.startswith("http://") for e in self.endpoints):
+            raise Untrusted(f"fleet {self.fleet.fleet_id} pins no channel key: refusing to "
+                            "talk to its nodes over a channel that cannot be authenticated",
+                            B.UnpinnedChannel)
 
     # ------------------------------------------------------------ transport
     def _post_once(self, url: str, path: str, body: dict) -> tuple[int, dict]:
         try:
-            return wire.call(url, "POST", path, body, self.request_timeout)
+            return wire.call(url, "POST", path, body, self.request_timeout, self.channel)
+        except CH.ChannelRefused as exc:  # nothing was sent; an impostor stops everything
+            raise Untrusted(f"{url} is not a node of fleet {self.fleet.fleet_id}: {exc}; "
+                            "nothing was sent", B.WrongChannelKey) from None
         except wire.WireError as exc:
             raise ServerError(str(exc)) from None
 
@@ -341,9 +353,9 @@ class TrustedClient:
             raise Untrusted("no endpoints to fetch the fleet's bundle from")
         stale, last = None, "no node answered"
         for url in urls:
-            try:
+            try:  # TLS, but not pinned yet: the answer authenticates itself (verify below)
                 status, out = wire.call(url, "GET", f"/v1/trust?since={state.tree_size}",
-                                        timeout=self.request_timeout)
+                                        timeout=self.request_timeout, channel=CH.UNPINNED)
             except (OSError, http.client.HTTPException, wire.WireError) as exc:
                 last = f"{url}: {exc.__class__.__name__}"
                 continue
@@ -381,6 +393,18 @@ class TrustedClient:
                 info = FleetInfo.from_entry(entry)
             except ConfigError as exc:
                 raise Untrusted(str(exc), B.BundleMalformed) from None
+            if info.channel_ca is None:
+                raise Untrusted(f"the verified bundle names no channel key for fleet "
+                                f"{entry.fleet_id} (a v1 bundle): refusing to talk to it over "
+                                "a channel that cannot be authenticated; the operator must "
+                                "publish a new epoch ('vault-raft fleet publish')",
+                                B.UnpinnedChannel)
+            plain = [e for e in entry.endpoints if not e.startswith("https://")]
+            if plain:
+                raise Untrusted(f"fleet {entry.fleet_id} lists endpoints without TLS "
+                                f"({', '.join(plain)}): a fleet made with --insecure-http is "
+                                "for local debugging through fleet.json only",
+                                B.UnpinnedChannel)
             self._clients[entry] = Client(info, timeout=self.timeout,
                                           request_timeout=self.request_timeout)
         return self._clients[entry]

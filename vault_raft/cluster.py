@@ -17,6 +17,7 @@ import sys
 import time
 from typing import Callable, Iterable
 
+from . import channel as CH
 from . import wire
 from .admin import sign_request
 from .fleet.config import ADMIN_KEY_FILE, FleetInfo, port_free
@@ -63,10 +64,11 @@ def free_base_port(nodes: int, *, host: str = "127.0.0.1", extra: tuple[int, ...
     raise ClusterError(f"no free range of ports for {nodes} nodes on {host}")
 
 
-def http_status(url: str, timeout: float = 1.0) -> dict | None:
-    """GET /v1/status of one node; None if it does not answer."""
+def http_status(url: str, timeout: float = 1.0, channel: CH.Channel | None = None) -> dict | None:
+    """GET /v1/status of one node (through the fleet's pinned ``channel`` for an
+    https URL); None if it does not answer, or is not the fleet's."""
     try:
-        status, out = wire.call(url, "GET", "/v1/status", timeout=timeout)
+        status, out = wire.call(url, "GET", "/v1/status", timeout=timeout, channel=channel)
     except (OSError, http.client.HTTPException, wire.WireError):
         return None
     return out if status == 200 else None
@@ -92,6 +94,7 @@ class LocalCluster:
         self.fleet = FleetInfo.load(os.path.join(self.dir, "fleet.json"))
         self.ids = [n.id for n in self.fleet.nodes]
         self.api = {n.id: n.api for n in self.fleet.nodes}
+        self.channel = CH.for_fleet(self.fleet)  # TLS pinned to the fleet CA (fleet.json)
         self.node_cmd = node_cmd or [sys.executable, "-m", "vault_raft", "node"]
         admin_key = os.path.join(self.dir, ADMIN_KEY_FILE)
         self._admin_sk = load_signing_key(admin_key, "admin key") \
@@ -209,13 +212,14 @@ class LocalCluster:
         """A node's status: the detailed one through the signed admin path when
         this fleet directory holds the admin key, else the public one."""
         if self._admin_sk is None:
-            return http_status(self.api[nid], timeout)
+            return http_status(self.api[nid], timeout, self.channel)
         try:
             code, out = self.admin(nid, "status", timeout=timeout)
         except (OSError, http.client.HTTPException):
             return None
         except wire.WireError:  # a node program without the admin path (the bench's raw
-            return http_status(self.api[nid], timeout)  # counter answers 404 in plain text)
+            # counter answers 404 in plain text)
+            return http_status(self.api[nid], timeout, self.channel)
         return out if code == 200 else None
 
     def admin(self, nid: str, op: str, args: dict | None = None,
@@ -225,7 +229,8 @@ class LocalCluster:
             raise ClusterError(f"{self.dir}/{ADMIN_KEY_FILE} not found: admin requests need "
                                "the fleet's admin key")
         body = sign_request(self._admin_sk, self.fleet.fleet_id, nid, op, args)
-        return wire.call(self.api[nid], "POST", "/v1/admin", body, timeout=timeout)
+        return wire.call(self.api[nid], "POST", "/v1/admin", body, timeout=timeout,
+                         channel=self.channel)
 
     def transfer(self, to: str | None = None, timeout: float = 10.0) -> str:
         """Hand leadership to ``to`` (or the best follower); returns the new leader."""

@@ -54,6 +54,8 @@ def run_demo(directory: str | None = None, keep: bool = False) -> int:
         cli = C.TrustedClient(client_json)
         cli.verify_fleet()
         _say("   client verified both signatures, validity, log inclusion; fleet keys trusted")
+        _say(f"   channel: TLS 1.3 to {bundle.current.endpoints[0]} and the other nodes, pinned "
+             "to the fleet CA the bundle names (no Web PKI)")
         alice_secret = os.urandom(32)
         _say("\n   enroll alice (max 3 attempts) and bob (default 10)")
         cli.enroll("alice", "correct horse battery staple", alice_secret, max_attempts=3)

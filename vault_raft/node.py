@@ -599,18 +599,27 @@ def build_app(service: VaultService, trust: TrustService | None = None) -> web.A
     return app
 
 
-async def _serve(service: VaultService, host: str, port: int) -> None:
+async def _serve(service: VaultService, host: str, port: int, ssl_context=None) -> None:
+    """Serve the API until SIGTERM/SIGINT: over TLS 1.3 with the node's fleet
+    certificate when ``ssl_context`` is given (the default), else plain HTTP
+    (node.json ``"api_tls": false``: local debugging only)."""
     trust = TrustService(service.cfg.dir)
     runner = web.AppRunner(build_app(service, trust), access_log=None)
     await runner.setup()
     refresher = asyncio.create_task(trust.run())
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
     await site.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("node %s serving the API on http://%s:%d", service.cfg.node_id, host, port)
+    if ssl_context is None:
+        log.warning("node %s serving the API on http://%s:%d: PLAIN HTTP, unencrypted and "
+                    "unauthenticated (api_tls is false: for local debugging only)",
+                    service.cfg.node_id, host, port)
+    else:
+        log.info("node %s serving the API on https://%s:%d (TLS 1.3, fleet certificate)",
+                 service.cfg.node_id, host, port)
     await stop.wait()
     log.info("node %s stopping", service.cfg.node_id)
     refresher.cancel()
@@ -630,6 +639,7 @@ def run_node(node_dir: str, settings: RaftSettings | None = None) -> int:
             raise SystemExit(f"{node_dir}/node.json: bad raft setting: {exc}") from None
     try:
         tls = cfg.tls_config()
+        api_ssl = cfg.api_ssl_context()
     except ConfigError as exc:
         raise SystemExit(str(exc)) from None
     truncate_after = restart.prepare(cfg.data_dir)  # (after a storage failure: waits for the disk)
@@ -637,7 +647,8 @@ def run_node(node_dir: str, settings: RaftSettings | None = None) -> int:
                            settings=settings, dial=dict(cfg.dial), tls=tls,
                            truncate_after=truncate_after)
     try:
-        asyncio.run(_serve(VaultService(cfg, ks, replica), cfg.api_host, cfg.api_port))
+        asyncio.run(_serve(VaultService(cfg, ks, replica), cfg.api_host, cfg.api_port,
+                           api_ssl))
     finally:
         replica.destroy_synchronous()  # syncs and closes the journal
     return 0

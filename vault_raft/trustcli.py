@@ -4,6 +4,7 @@ verify-deployment`` and ``audit verify``.  Errors are reported by ``cli.main``."
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 import sys
 
@@ -43,8 +44,10 @@ def _show_bundle(b: B.Bundle) -> None:
     print(f"namespace {b.namespace}  epoch {b.epoch}  digest {b.digest.hex()[:16]}")
     print(f"valid {_ts(b.not_before)} .. {_ts(b.not_after)}")
     for f in b.fleets:
+        ca = hashlib.sha256(f.channel_ca).hexdigest()[:16] if f.channel_ca else "NONE (v1)"
         print(f"  {f.role:9} fleet {f.fleet_id}  opaque key {f.opaque_server_key.hex()[:16]}  "
-              f"{len(f.endpoints)} nodes  deployment {f.deployment.hex()[:16]}")
+              f"{len(f.endpoints)} nodes  deployment {f.deployment.hex()[:16]}  "
+              f"channel CA {ca}")
 
 
 # ------------------------------------------------------------------ witness
@@ -97,6 +100,7 @@ def cmd_fleet_verify(a) -> int:
 
 
 def cmd_fleet_verify_deployment(a) -> int:
+    from . import channel as CH
     from . import wire
     from .fleet import deployment as D
     tc = _trusted(a)
@@ -108,9 +112,14 @@ def cmd_fleet_verify_deployment(a) -> int:
             failed += 1
             continue
         rec, err = None, "no node answered"
+        pin = CH.for_fleet(entry)  # the verified bundle's channel key
         for url in entry.endpoints:
             try:
-                status, out = wire.call(url, "GET", f"/v1/deployment?fleet={entry.fleet_id}")
+                status, out = wire.call(url, "GET", f"/v1/deployment?fleet={entry.fleet_id}",
+                                        channel=pin)
+            except CH.ChannelRefused as exc:
+                err = f"{url}: not a node of this fleet ({exc})"
+                continue
             except (OSError, wire.WireError) as exc:
                 err = f"{url}: {exc.__class__.__name__}"
                 continue

@@ -7,7 +7,9 @@ here, a tenth of a guess.  This client writes the request line and headers
 itself and reads only what it needs from the answer (status, Content-Length
 or chunked framing, Connection), over one socket.  It is used alike for the
 vault, raw pysyncobj and etcd, so every system is measured through the same
-client.
+client.  ``https://`` URLs go through a :class:`~vault_raft.channel.Channel`
+(TLS 1.3, the server pinned to its fleet's CA, checked before the first
+request byte), exactly as the vault's own client connects.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import socket
 import urllib.parse
 
 from .. import protocol as P
+from ..channel import Channel
 
 _MAX_HEAD = 64 * 1024
 _MAX_BODY = 64 * 1024 * 1024
@@ -27,10 +30,15 @@ class HttpError(OSError):
 
 
 class KeepAlive:
-    def __init__(self, url: str, timeout: float = 10.0):
+    def __init__(self, url: str, timeout: float = 10.0, channel: Channel | None = None,
+                 reuse: bool = True):
         u = urllib.parse.urlsplit(url)
-        if u.scheme != "http" or not u.hostname or not u.port:
-            raise ValueError(f"need an http://host:port URL, got {url!r}")
+        if u.scheme not in ("http", "https") or not u.hostname or not u.port:
+            raise ValueError(f"need an http(s)://host:port URL, got {url!r}")
+        if u.scheme == "https" and channel is None:
+            raise ValueError(f"{url}: an https URL needs the fleet's pinned channel")
+        self.channel = channel if u.scheme == "https" else None
+        self.reuse = reuse  # False: a new connection (and handshake) per request
         self.host, self.port, self.timeout = u.hostname, u.port, timeout
         self._host_header = f"{self.host}:{self.port}".encode()
         self.sock: socket.socket | None = None
@@ -41,7 +49,7 @@ class KeepAlive:
         s = socket.create_connection((self.host, self.port), timeout=self.timeout)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._buf.clear()
-        return s
+        return s if self.channel is None else self.channel.wrap(s, self.host)
 
     def _fill(self) -> None:
         data = self.sock.recv(65536)
@@ -117,7 +125,7 @@ class KeepAlive:
                     self.sock = self._connect()
                 self.sock.sendall(data)
                 status, out, close = self._read_response()
-                if close:
+                if close or not self.reuse:
                     self.close()
                 return status, out
             except (OSError, ValueError):

@@ -1,9 +1,10 @@
 """Baseline node: a replicated counter on the *same* replica stack as the vault.
 
 Same durable journal, same sync-before-send transport, same Raft settings,
-same aiohttp front and commit bridge -- only the state machine is a bare
-counter.  The difference between this and the vault is what the vault's
-layers (OPAQUE, sealing, the record state machine) cost.
+same aiohttp front (TLS 1.3 unless node.json says ``api_tls: false``) and
+commit bridge -- only the state machine is a bare counter.  The difference
+between this and the vault is what the vault's layers (OPAQUE, sealing, the
+record state machine) cost.
 
     python -m vault_raft.bench.rawnode --dir FLEET/nK     (uses the node's node.json)
 """
@@ -82,7 +83,9 @@ def main(argv=None) -> int:
         app.router.add_get("/v1/status", status)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, cfg.api_host, cfg.api_port, reuse_address=True).start()
+        # the same TLS front as the vault's nodes (api_tls in node.json)
+        await web.TCPSite(runner, cfg.api_host, cfg.api_port, reuse_address=True,
+                          ssl_context=cfg.api_ssl_context()).start()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)

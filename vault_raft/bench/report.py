@@ -137,6 +137,19 @@ def table(res: dict) -> str:
         lines.append(f"{'mTLS / plain':30} {_ratio(_pct(m['c1'], 50), _pct(p['c1'], 50)):>7} "
                      f"{_ratio(_pct(m['c1'], 99), _pct(p['c1'], 99)):>7} "
                      f"{_ratio(m['throughput'], p['throughput']):>9}")
+    ch = res.get("channel")
+    if ch:
+        lines += ["", f"{'client channel A/B (guess, c=1, ms)':44} {'n':>5} {'err':>4} "
+                      f"{'p50':>7} {'p99':>7}"]
+        for mode, what in (("keepalive", "kept-alive connection"),
+                           ("new_connection", "new connection per guess")):
+            t, p = ch["tls"][mode], ch["plain"][mode]
+            for name, r in (("TLS 1.3, pinned, " + what, t), ("plain HTTP, " + what, p)):
+                lines.append(f"{name:44} {r.hist.get_total_count():5d} {r.errors:4d} "
+                             f"{_fmt(_pct(r, 50)):>7} {_fmt(_pct(r, 99)):>7}")
+            lines.append(f"{'  TLS / plain':44} {'':5} {'':4} "
+                         f"{_ratio(_pct(t, 50), _pct(p, 50)):>7} "
+                         f"{_ratio(_pct(t, 99), _pct(p, 99)):>7}")
     v = res.get("vault", {})
     if v.get("client_phases_ms"):
         lines += ["", "right-code recovery, median phases (ms): " +

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from .. import protocol as P
+from ..channel import for_fleet
 from ..cluster import LocalCluster, free_base_port, wait_until
 from ..core import machine as M
 from ..crypto import opaque
@@ -144,12 +145,14 @@ class _RememberedKSF:
 
 
 class VaultBench:
-    def __init__(self, cfg: Config, nodes: int, tag: str, transport: str | None = None):
+    def __init__(self, cfg: Config, nodes: int, tag: str, transport: str | None = None,
+                 api_tls: bool = True):
         self.cfg = cfg
         self.dir = os.path.join(cfg.out, "work", tag)
         shutil.rmtree(self.dir, ignore_errors=True)
         os.makedirs(self.dir)
-        self.fleet_path = init_fleet(self.dir, nodes, base_port=free_base(nodes))
+        self.fleet_path = init_fleet(self.dir, nodes, base_port=free_base(nodes),
+                                     api_tls=api_tls)
         if transport is not None:  # the A/B comparison of Raft transports
             for i in range(1, nodes + 1):
                 p = os.path.join(self.dir, f"n{i}", "node.json")
@@ -159,6 +162,8 @@ class VaultBench:
                 with open(p, "w") as f:
                     json.dump(d, f)
         self.fleet = FleetInfo.load(self.fleet_path)
+        self.channel = for_fleet(self.fleet)  # TLS 1.3 pinned to the fleet CA, as clients do
+        self.fresh_connections = False  # True: every request on a new connection
         self.cluster = LocalCluster(self.dir)
         self.guess_users: list[bytes] = []
         self.real_users: list[tuple[bytes, bytes]] = []
@@ -177,7 +182,8 @@ class VaultBench:
         self.cluster.stop()
 
     def conn(self, i: int) -> KeepAlive:
-        return KeepAlive(self.fleet.nodes[i % len(self.fleet.nodes)].api)
+        return KeepAlive(self.fleet.nodes[i % len(self.fleet.nodes)].api, channel=self.channel,
+                         reuse=not self.fresh_connections)
 
     def entry_points(self) -> tuple[int, int]:
         """(index of the leader, index of a follower) in the fleet's node list."""
@@ -322,7 +328,10 @@ def run_vault(cfg: Config, res: dict) -> None:
     try:
         _progress(cfg, f"vault: starting a {cfg.nodes}-node cluster")
         vb.start()
-        n_guess_users = max(20, int(len(cfg.concurrency) * cfg.duration * 1500
+        # the warm-up (4 workers, up to 2 s) guesses too: without it a fast short
+        # run used every user up and its last phases (the target check) only failed
+        n_guess_users = max(20, int((len(cfg.concurrency) * cfg.duration
+                                     + min(2.0, cfg.duration)) * 1500
                                     / (ATTEMPTS_PER_BENCH_USER - 5)) + cfg.samples // 50)
         _progress(cfg, f"vault: enrolling {n_guess_users} guess users and 4 recovering users")
         vb.prepare(n_guess_users, 4)
@@ -437,6 +446,7 @@ def run_raw(cfg: Config, res: dict) -> None:
     fleet = init_fleet(d, cfg.nodes, base_port=free_base(cfg.nodes))
     cl = LocalCluster(d, node_cmd=[sys.executable, "-m", "vault_raft.bench.rawnode"])
     info = FleetInfo.load(fleet)
+    channel = for_fleet(info)
     try:
         _progress(cfg, "raw pysyncobj: starting a counter cluster on the same replica stack")
         cl.start()
@@ -447,7 +457,7 @@ def run_raw(cfg: Config, res: dict) -> None:
                    what="raw cluster healthy")
 
         def inc_op(i: int):
-            c = KeepAlive(info.nodes[i % len(info.nodes)].api)
+            c = KeepAlive(info.nodes[i % len(info.nodes)].api, channel=channel)
             key = f"k{i}".encode()
             return lambda: c.post("/inc", {"key": key})[0] == 200
         closed_loop("warmup", inc_op, 4, min(2.0, cfg.duration))
@@ -550,6 +560,47 @@ def run_transport_ab(cfg: Config, res: dict, rounds: int = 4) -> None:
                                                     sum(r.duration for r in thr[t]), 1),
                                 "concurrency": conc}
                             for t in benches}
+    finally:
+        for vb in benches.values():
+            vb.stop()
+
+
+def run_channel_ab(cfg: Config, res: dict, rounds: int = 4) -> None:
+    """The client channel's cost: guesses at concurrency 1 through TLS 1.3 (the
+    default: pinned to the fleet CA) and through plain HTTP (a second fleet made
+    with ``--insecure-http``), both clusters up at once and measured in
+    alternating blocks.  Each block is taken twice: over a kept-alive connection
+    (the load generator's, and any client that keeps its connection) and with a
+    new connection per guess (TCP + handshake each time: what the library
+    client's one-call-per-request transport pays)."""
+    benches: dict[str, VaultBench] = {}
+    try:
+        per_round = max(25, cfg.samples // rounds)
+        for name, tls in (("tls", True), ("plain", False)):  # the first holds its ports
+            _progress(cfg, f"channel A/B: starting the {name} cluster")
+            vb = benches[name] = VaultBench(cfg, cfg.nodes, f"channel-{name}", api_tls=tls)
+            vb.start()
+            vb.prepare((2 * per_round * rounds + 1500) // (ATTEMPTS_PER_BENCH_USER - 5) + 4, 0)
+            closed_loop("warmup", vb.guess_op, 2, 1.0)
+        label = {"tls": "TLS 1.3 (pinned)", "plain": "plain HTTP"}
+        out = {t: {mode: Result(f"vault guess, {label[t]}, {mode}", 1, "closed", 0.0)
+                   for mode in ("keepalive", "new_connection")} for t in benches}
+        for k in range(rounds):
+            for t, vb in (benches.items() if k % 2 == 0 else reversed(benches.items())):
+                _progress(cfg, f"channel A/B round {k + 1}/{rounds}: {t}")
+                lead = vb.entry_points()[0]
+                for mode in ("keepalive", "new_connection"):
+                    vb.fresh_connections = mode == "new_connection"
+                    op = vb.guess_op(lead)
+                    vb.fresh_connections = False
+                    op()  # the block's connection is opened outside the clock
+                    r = timed(per_round, op, t)
+                    acc = out[t][mode]
+                    acc.hist.add(r.hist)
+                    acc.ok += r.ok
+                    acc.errors += r.errors
+                    acc.duration += r.duration
+        res["channel"] = out
     finally:
         for vb in benches.values():
             vb.stop()
@@ -707,6 +758,8 @@ def run(cfg: Config) -> dict:
         run_etcd(cfg, res)
     if "plain" in cfg.compare:
         run_transport_ab(cfg, res)
+    if "channel" in cfg.compare:
+        run_channel_ab(cfg, res)
     if cfg.sizes:
         run_sizes(cfg, res)
     if cfg.growth:

@@ -16,10 +16,10 @@ import shutil
 import sys
 import threading
 import time
-import urllib.parse
 from dataclasses import dataclass, field
 
 from .. import protocol as P
+from ..channel import connection, for_fleet
 from ..cluster import LocalCluster, free_base_port, wait_until
 from ..crypto import opaque
 from ..crypto.errors import OpaqueError
@@ -66,14 +66,14 @@ class Actor:
         self.name, self.fleet, self.hist, self.rng = name, fleet, hist, rng
         self.urls = urls
         self.timeout = timeout
+        self.channel = for_fleet(fleet)  # TLS 1.3 pinned to the fleet CA, as clients connect
 
     def _post(self, nid: str, path: str, body: dict) -> tuple[int, dict]:
-        u = urllib.parse.urlsplit(self.urls[nid])
         body = dict(body, deadline_ms=int((time.time() + self.timeout) * 1000))
-        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=self.timeout)
+        conn = connection(self.urls[nid], self.timeout, self.channel)
         try:
             try:
-                conn.connect()
+                conn.connect()  # TCP and the TLS handshake: a failure sent nothing
             except OSError as exc:
                 raise _Unsent(str(exc)) from None
             conn.request("POST", path, body=P.pack(body),

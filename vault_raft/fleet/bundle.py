@@ -34,7 +34,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from . import merkle
 
-BUNDLE_V = "vault-raft bundle v1"
+BUNDLE_V1 = "vault-raft bundle v1"  # fleet entries without a channel CA (still verify)
+BUNDLE_V = "vault-raft bundle v2"  # every fleet entry pins its API channel (its CA)
+MAX_CHANNEL_CA = 4096
 STATEMENT_V = 1
 STH_V = "vault-raft tree head v1"
 
@@ -71,6 +73,16 @@ class ReplayedBundle(TrustError):
     pass
 
 
+class UnpinnedChannel(TrustError):
+    """The verified bundle names no channel key for the fleet (a v1 bundle): the
+    client will not talk to it over a channel it cannot authenticate."""
+
+
+class WrongChannelKey(TrustError):
+    """A node's TLS certificate does not chain to the fleet's pinned CA or names
+    another fleet; nothing was sent to it."""
+
+
 def _pack(obj) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
@@ -83,6 +95,8 @@ class FleetEntry:
     (recover only, then move to the current fleet: see ``docs/trust.md``).
     ``deployment`` is the SHA-256 of the fleet's deployment record (zero if
     none was published), so the record is logged through the bundle.
+    ``channel_ca`` is the DER certificate of the fleet's CA: clients pin the
+    nodes' TLS to it (empty only in a v1 bundle, which predates it).
     """
     fleet_id: str
     role: str
@@ -92,22 +106,29 @@ class FleetEntry:
     max_attempts: int
     endpoints: tuple
     deployment: bytes = bytes(32)
+    channel_ca: bytes = b""
 
     def to_list(self) -> list:
-        return [self.fleet_id, self.role, self.opaque_server_key, self.enroll_key,
-                [list(kv) for kv in self.ksf], self.max_attempts, list(self.endpoints),
-                self.deployment]
+        out = [self.fleet_id, self.role, self.opaque_server_key, self.enroll_key,
+               [list(kv) for kv in self.ksf], self.max_attempts, list(self.endpoints),
+               self.deployment]
+        return out + [self.channel_ca] if self.channel_ca else out
 
     @classmethod
-    def from_list(cls, x) -> "FleetEntry":
-        fid, role, osk, ek, ksf, m, eps, dep = x
+    def from_list(cls, x, version: str = BUNDLE_V) -> "FleetEntry":
+        if version == BUNDLE_V1:
+            (fid, role, osk, ek, ksf, m, eps, dep), ca = x, b""
+        else:
+            fid, role, osk, ek, ksf, m, eps, dep, ca = x
+            if not isinstance(ca, bytes) or not 0 < len(ca) <= MAX_CHANNEL_CA:
+                raise ValueError("fleet entry: channel CA must be 1..4096 bytes")
         if role not in ROLES or not isinstance(m, int) or not eps:
             raise ValueError("fleet entry")
         for k in (osk, ek, dep):
             if not isinstance(k, bytes) or len(k) != 32:
                 raise ValueError("fleet entry keys must be 32 bytes")
         return cls(str(fid), role, osk, ek, tuple((str(k), v) for k, v in ksf), m,
-                   tuple(map(str, eps)), dep)
+                   tuple(map(str, eps)), dep, ca)
 
 
 ROLES = ("current", "retiring")
@@ -122,9 +143,20 @@ class Bundle:
     not_after: int
     prev_hash: bytes = bytes(32)
 
+    @property
+    def version(self) -> str:
+        """v2 when every fleet pins its channel, v1 when none does (older bundles)."""
+        pins = [bool(f.channel_ca) for f in self.fleets]
+        if all(pins):
+            return BUNDLE_V
+        if not any(pins):
+            return BUNDLE_V1
+        raise ValueError("either every fleet of a bundle names its channel CA or none does")
+
     def canonical(self) -> bytes:
-        return _pack([BUNDLE_V, self.namespace, self.epoch, [f.to_list() for f in self.fleets],
-                      self.not_before, self.not_after, self.prev_hash])
+        return _pack([self.version, self.namespace, self.epoch,
+                      [f.to_list() for f in self.fleets], self.not_before, self.not_after,
+                      self.prev_hash])
 
     @property
     def digest(self) -> bytes:
@@ -142,9 +174,9 @@ class Bundle:
     def from_canonical(cls, data: bytes) -> "Bundle":
         try:
             v, ns, epoch, fleets, nb, na, prev = msgpack.unpackb(data, raw=False)
-            if v != BUNDLE_V or not isinstance(epoch, int) or epoch < 1:
+            if v not in (BUNDLE_V, BUNDLE_V1) or not isinstance(epoch, int) or epoch < 1:
                 raise ValueError("version/epoch")
-            b = cls(str(ns), epoch, tuple(FleetEntry.from_list(f) for f in fleets),
+            b = cls(str(ns), epoch, tuple(FleetEntry.from_list(f, v) for f in fleets),
                     int(nb), int(na), bytes(prev))
             if sum(f.role == "current" for f in b.fleets) != 1:
                 raise ValueError("a bundle names exactly one current fleet")

@@ -5,12 +5,19 @@
     {"version": 1, "fleet_id": "...", "context": "...",
      "opaque_server_public_key": hex, "enroll_public_key": hex,
      "ksf": {...}, "default_max_attempts": 10,
-     "nodes": [{"id": "n1", "api": "http://127.0.0.1:7201"}, ...]}
+     "channel_ca": hex DER of the fleet CA certificate (pins the API's TLS),
+     "nodes": [{"id": "n1", "api": "https://127.0.0.1:7201"}, ...]}
 
 ``DIR/nK/node.json`` (one per node) names its Raft address, its peers and
-its API address; ``DIR/nK/keystore.bin`` (mode 0600) holds the fleet keys and
-the node's own identity key; ``DIR/node-statements.bin`` holds every node's
-signed statement of its keys (deployment evidence, see :mod:`.deployment`).
+its API address (and ``api_tls``: false only for ``fleet init
+--insecure-http``); ``DIR/nK/keystore.bin`` (mode 0600) holds the fleet keys
+and the node's own identity key; ``DIR/node-statements.bin`` holds every
+node's signed statement of its keys (deployment evidence, see :mod:`.deployment`).
+
+A ``fleet.json`` written before the API had TLS has no ``channel_ca``: it is
+read with the CA from ``ca.crt`` beside it and its ``http://`` node URLs as
+``https://`` (its nodes' ``node.json`` has no ``api_tls`` either, so they
+serve TLS).
 
 ``fleet.json`` *pins* the fleet's keys: it is for the operator's own tools on
 the machine that made the fleet (bench, chaos, tests).  End-user clients trust
@@ -30,6 +37,7 @@ import msgpack
 from ..crypto.ksf import DEFAULT_KSF, KSF
 from ..crypto.errors import OpaqueError
 from ..replica.journal import atomic_write
+from ..channel import ca_der_from_pem, check_ca, server_context
 from .bundle import FleetEntry
 from .keystore import FileKeystore, new_signing_key_file
 
@@ -62,11 +70,13 @@ class FleetInfo:
     ksf: KSF
     default_max_attempts: int
     nodes: tuple[NodeInfo, ...]
+    channel_ca: bytes | None = None  # DER of the fleet CA: the client channel's pin
 
     def to_entry(self, role: str, deployment: bytes = bytes(32)) -> FleetEntry:
         return FleetEntry(self.fleet_id, role, self.opaque_server_public_key,
                           self.enroll_public_key, tuple(sorted(self.ksf.to_dict().items())),
-                          self.default_max_attempts, tuple(n.api for n in self.nodes), deployment)
+                          self.default_max_attempts, tuple(n.api for n in self.nodes), deployment,
+                          self.channel_ca or b"")
 
     @classmethod
     def from_entry(cls, entry) -> "FleetInfo":
@@ -75,10 +85,16 @@ class FleetInfo:
             ksf = KSF.from_dict(dict(entry.ksf))
         except OpaqueError as exc:
             raise ConfigError(f"bundle entry {entry.fleet_id}: bad KSF: {exc}") from None
+        ca = entry.channel_ca or None
+        if ca is not None:
+            try:
+                check_ca(ca, entry.fleet_id)
+            except ValueError as exc:
+                raise ConfigError(f"bundle entry {entry.fleet_id}: bad channel CA: {exc}") from None
         return cls(entry.fleet_id, opaque_context(entry.fleet_id), entry.opaque_server_key,
                    entry.enroll_key, ksf, entry.max_attempts,
                    tuple(NodeInfo(f"{entry.fleet_id}/{i}", url)
-                         for i, url in enumerate(entry.endpoints, start=1)))
+                         for i, url in enumerate(entry.endpoints, start=1)), ca)
 
     @classmethod
     def load(cls, path: str) -> "FleetInfo":
@@ -95,10 +111,21 @@ class FleetInfo:
             nodes = tuple(NodeInfo(str(n["id"]), str(n["api"])) for n in d["nodes"])
             if not nodes:
                 raise ConfigError(f"fleet file {path}: no nodes")
-            return cls(str(d["fleet_id"]), d["context"].encode(),
+            fleet_id = str(d["fleet_id"])
+            if "channel_ca" in d:
+                ca = bytes.fromhex(d["channel_ca"])
+            else:  # written before the API had TLS: its nodes serve TLS now
+                ca = _legacy_channel_ca(os.path.dirname(os.path.abspath(path)))
+                if ca is not None:
+                    nodes = tuple(NodeInfo(n.id, "https://" + n.api[len("http://"):]
+                                           if n.api.startswith("http://") else n.api)
+                                  for n in nodes)
+            if ca is not None:
+                check_ca(ca, fleet_id)
+            return cls(fleet_id, d["context"].encode(),
                        bytes.fromhex(d["opaque_server_public_key"]),
                        bytes.fromhex(d["enroll_public_key"]), KSF.from_dict(d["ksf"]),
-                       int(d["default_max_attempts"]), nodes)
+                       int(d["default_max_attempts"]), nodes, ca)
         except (KeyError, TypeError, ValueError, AttributeError, OpaqueError) as exc:
             raise ConfigError(f"fleet file {path} is malformed: {exc}") from None
 
@@ -118,6 +145,14 @@ def _default_max_attempts(d: dict, node_dir: str) -> int:
     return value
 
 
+def _legacy_channel_ca(fleet_dir: str) -> bytes | None:
+    try:
+        with open(os.path.join(fleet_dir, "ca.crt"), "rb") as f:
+            return ca_der_from_pem(f.read())
+    except FileNotFoundError:
+        return None
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     node_id: str
@@ -133,6 +168,7 @@ class NodeConfig:
     transport: str = "plain"  # "mtls" (fleet init's default) or pysyncobj's TCP ("plain")
     admin_key: bytes | None = None  # Ed25519 public key that signs admin requests
     default_max_attempts: int = 10  # the fleet's published default (fleet.json)
+    api_tls: bool | None = None  # None (field absent): TLS if the node's TLS files exist
 
     @classmethod
     def load(cls, node_dir: str) -> "NodeConfig":
@@ -147,7 +183,8 @@ class NodeConfig:
                        tuple((str(k), str(v)) for k, v in d.get("dial", {}).items()),
                        str(d.get("transport", "plain")),
                        bytes.fromhex(d["admin_key"]) if d.get("admin_key") else None,
-                       _default_max_attempts(d, node_dir))
+                       _default_max_attempts(d, node_dir),
+                       _api_tls(d.get("api_tls")))
         except FileNotFoundError:
             raise ConfigError(f"{path} not found: is {node_dir} a node directory "
                               "made by 'vault-raft fleet init'?") from None
@@ -161,6 +198,24 @@ class NodeConfig:
     @property
     def data_dir(self) -> str:
         return os.path.join(self.dir, "data")
+
+    def api_ssl_context(self):
+        """The API's TLS 1.3 server context (the node's fleet certificate), or
+        None when node.json says ``"api_tls": false`` (plain HTTP: debugging only).
+        Without the field the node serves TLS; ConfigError if it cannot."""
+        if self.api_tls is False:
+            return None
+        cert, key = (os.path.join(self.dir, f) for f in ("tls.crt", "tls.key"))
+        missing = [p for p in (cert, key) if not os.path.exists(p)]
+        if missing:
+            raise ConfigError(f"{self.dir}: the API is served over TLS, but {missing} are "
+                              "missing (re-create the fleet, or set \"api_tls\": false in "
+                              "node.json to serve plain HTTP for local debugging)")
+        try:
+            return server_context(cert, key)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{self.dir}: the API's TLS key or certificate is unusable: "
+                              f"{exc}") from None
 
     def tls_config(self):
         """The mTLS transport's config, or None for the plain transport."""
@@ -177,6 +232,12 @@ class NodeConfig:
                          {nid: addr for addr, nid in self.peer_ids})
 
 
+def _api_tls(v) -> bool | None:
+    if v is None or isinstance(v, bool):
+        return v
+    raise ValueError("api_tls must be true or false")
+
+
 def port_free(host: str, port: int) -> bool:
     """Can ``host:port`` be bound right now?"""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -189,12 +250,15 @@ def port_free(host: str, port: int) -> bool:
 
 
 def init_fleet(directory: str, nodes: int, host: str = "127.0.0.1", base_port: int = 7100,
-               max_attempts: int = 10, ksf: KSF = DEFAULT_KSF, check_ports: bool = True) -> str:
+               max_attempts: int = 10, ksf: KSF = DEFAULT_KSF, check_ports: bool = True,
+               api_tls: bool = True) -> str:
     """Create a fleet directory; returns the path of ``fleet.json``.
 
     Raft ports are ``base_port + i``, API ports ``base_port + 100 + i``
     (i = 1..nodes).  Refuses to overwrite an existing fleet; writes nothing
-    unless every check passes.
+    unless every check passes.  The API is served over TLS 1.3 with each
+    node's fleet certificate; ``api_tls=False`` (``--insecure-http``) serves
+    plain HTTP instead, for local debugging only.
     """
     if not 3 <= nodes <= MAX_NODES:
         raise ConfigError(f"--nodes must be 3..{MAX_NODES} (a vault needs a majority that "
@@ -243,11 +307,12 @@ def init_fleet(directory: str, nodes: int, host: str = "127.0.0.1", base_port: i
                "partners": [a for a in raft if a != raft[i - 1]],
                "api_host": host, "api_port": base_port + 100 + i,
                "peer_ids": {a: f"n{j}" for j, a in enumerate(raft, start=1)},
-               "transport": "mtls", "admin_key": admin_pk.hex(),
+               "transport": "mtls", "admin_key": admin_pk.hex(), "api_tls": api_tls,
                "default_max_attempts": max_attempts}
         with open(os.path.join(ndir, "node.json"), "w") as f:
             json.dump(cfg, f, indent=2)
-        node_entries.append({"id": nid, "api": f"http://{host}:{base_port + 100 + i}"})
+        scheme = "https" if api_tls else "http"
+        node_entries.append({"id": nid, "api": f"{scheme}://{host}:{base_port + 100 + i}"})
     fleet = {
         "version": FLEET_VERSION,
         "fleet_id": fleet_id,
@@ -256,6 +321,7 @@ def init_fleet(directory: str, nodes: int, host: str = "127.0.0.1", base_port: i
         "enroll_public_key": ks.enroll_public_key().hex(),
         "ksf": ksf.to_dict(),
         "default_max_attempts": max_attempts,
+        "channel_ca": ca_der_from_pem(ca_cert).hex(),
         "nodes": node_entries,
     }
     atomic_write(os.path.join(directory, STATEMENTS_FILE),

@@ -159,6 +159,10 @@ class Operator:
         for (d, info), role in [((cur_dir, cur), "current")] + [(x, "retiring") for x in ret]:
             dep = self._deployment(d, info)
             deployments[info.fleet_id] = dep
+            if not info.channel_ca:  # clients would refuse it: say so here
+                raise OperatorError(f"{d}: fleet {info.fleet_id} has no channel CA (no "
+                                    "channel_ca in fleet.json, no ca.crt): clients pin the "
+                                    "nodes' TLS to it, so it cannot be published")
             entries.append(info.to_entry(role, D.digest(dep["record"])))
         pending = self.state.get("pending")
         if pending and pending["fleets"] == [cur_dir] + [d for d, _ in ret]:
