@@ -251,6 +251,15 @@ def test_a_log_shorter_than_the_mark_recovers_before_it_trusts_itself(tmp_path):
     assert J.DurableJournal(path, snapshot_last=None).recovery is None
 
 
+def test_a_deleted_middle_segment_is_named(tmp_path, monkeypatch):
+    _small_segments(monkeypatch)
+    path = str(tmp_path / "j")
+    _fill(path, 60)
+    os.unlink(J.segment_path(path, 2))
+    with pytest.raises(J.JournalCorrupt, match=r"j\.00000002 is missing"):
+        J.DurableJournal(path)
+
+
 def test_a_deleted_last_segment_is_noticed(tmp_path, monkeypatch):
     _small_segments(monkeypatch)
     path = str(tmp_path / "j")

@@ -451,6 +451,13 @@ class DurableJournal:
         if not seqs:
             atomic_write(self.path, HEADER)
             seqs = [0]
+        for a, b in zip(seqs, seqs[1:]):  # compaction deletes from the front only
+            if b != a + 1:
+                raise JournalCorrupt(
+                    f"{segment_path(self.path, a + 1)} is missing (between "
+                    f"{os.path.basename(segment_path(self.path, a))} and "
+                    f"{os.path.basename(segment_path(self.path, b))}); refusing to start "
+                    "(acknowledged entries were in it)")
         prev_idx = None
         images = []
         damage = None  # (segment position, offset): where the intact log ends
