@@ -208,3 +208,39 @@ def test_upstream_snapshot_install_is_caught_and_the_replica_fixes_it():
     assert "acked_entries    FAIL" in upstream.stdout
     ours = _simulate(*found)
     assert ours.returncode == 0, ours.stdout + ours.stderr
+
+
+# ------------------------------------------------------- storage-fault nemesis
+
+def _storage_sweep(seeds, mark=True):
+    """Schedules with the storage nemesis (a stopped node's log tail cut, its
+    term/vote file, mark or snapshot lost; one damaged node at a time)."""
+    import logging
+    from vault_raft.chaos import sim as S
+    saved = S.SimJournal.USE_DURABILITY_MARK
+    S.SimJournal.USE_DURABILITY_MARK = mark
+    logging.disable(logging.CRITICAL)
+    try:
+        out = {}
+        for seed in seeds:
+            v = random_run(seed, 3 if seed % 2 else 5, 60, storage=True)
+            bad = [x.name for x in v if x.name in HARD and x.status == "fail"]
+            if bad:
+                out[seed] = bad
+        return out
+    finally:
+        S.SimJournal.USE_DURABILITY_MARK = saved
+        logging.disable(logging.NOTSET)
+
+
+def test_storage_fault_schedules_keep_every_invariant():
+    failed = _storage_sweep(range(3000 if LONG else 200))
+    assert not failed, f"seeds that broke an invariant: {failed}"
+
+
+def test_storage_nemesis_catches_a_journal_that_ignores_its_mark():
+    """The same schedules on a journal that takes a damaged log as it is: nodes
+    lose acknowledged entries without knowing, and vote or lead with them."""
+    failed = _storage_sweep(range(120), mark=False)
+    assert len(failed) >= 20, failed
+    assert any("raft_safety" in v or "guess_limit" in v for v in failed.values()), failed

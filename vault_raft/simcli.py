@@ -29,6 +29,13 @@ def register(sub) -> None:
                    help="the leader's append batch size (default 400): message boundaries, and so "
                         "a schedule's interleaving, depend on it and on the entries' sizes; "
                         "replaying a schedule found with other entry sizes may need another value")
+    p.add_argument("--storage-faults", action="store_true",
+                   help="storage nemesis: damage a stopped node's disk (cut its log's tail, lose "
+                        "its term/vote file, its durability mark or its snapshot), one node at "
+                        "a time")
+    p.add_argument("--no-durability-mark", action="store_true",
+                   help="a journal that ignores its durability mark, taking a damaged log as it "
+                        "is (shows the bug the mark fixes)")
     p.add_argument("--verbose", action="store_true", help="print every scheduled action")
     p.set_defaults(fn=run)
 
@@ -52,8 +59,9 @@ def run(a) -> int:
     DurableReplica.RAFT_CONFORMANT_SNAPSHOT = not a.upstream_snapshot
     RaftSettings.PRE_VOTE = not a.no_pre_vote
     DurableReplica.LAZY_COMMIT_NOTICE = not a.eager_commit_notice
+    S.SimJournal.USE_DURABILITY_MARK = not a.no_durability_mark
     verdicts = S.random_run(a.seed, a.nodes, a.steps, mode=a.network,
-                            log=print if a.verbose else None)
+                            log=print if a.verbose else None, storage=a.storage_faults)
     for v in verdicts:
         print(f"{v.name:16} {v.status.upper():8} {v.detail}")
         for p in v.problems[:10]:

@@ -14,4 +14,5 @@ class AckBeforeSyncJournal(SimJournal):
 
 
 def factory(disk):
-    return lambda path, trace=None: AckBeforeSyncJournal(path, trace, disk)
+    return lambda path, trace=None, **kw: AckBeforeSyncJournal(path, trace, disk, **kw)
+

@@ -27,6 +27,8 @@ def baselines(res: dict) -> dict[str, Result]:
     if et:
         out["etcd put"] = et["put"]
         out["etcd CAS"] = et["cas_increment"]
+        if "cas_cached" in et:
+            out["etcd CAS 1 txn"] = et["cas_cached"]
     raw = res.get("pysyncobj", {}).get("c1", {})
     if raw:
         out["pysyncobj"] = raw["increment"]
@@ -126,17 +128,24 @@ def table(res: dict) -> str:
                          f"{_fmt(_pct(comp.get('guess'), 99)):>10} "
                          f"{_fmt(comp.get('max_guess_ms')):>10} "
                          f"{comp['guess'].errors if comp.get('guess') else '-':>7}")
-    tr = res.get("transport")
-    if tr:
-        m, p = tr["mtls"], tr["plain"]
-        lines += ["", f"{'Raft transport A/B (guess)':30} {'p50':>7} {'p99':>7} "
-                      f"{'c=' + str(m['concurrency']) + ' /s':>9}"]
-        for name, v in (("mTLS + msgpack frames", m), ("pysyncobj TCP + frame cipher", p)):
-            lines.append(f"{name:30} {_fmt(_pct(v['c1'], 50)):>7} {_fmt(_pct(v['c1'], 99)):>7} "
+    for key, title, names, ratio in (
+            ("transport", "Raft transport A/B (guess)",
+             {"mtls": "mTLS + msgpack frames", "plain": "pysyncobj TCP + frame cipher"},
+             "mTLS / plain"),
+            ("mark", "durability mark A/B (guess)",
+             {"with": "with the mark", "without": "without the mark"}, "with / without")):
+        ab = res.get(key)
+        if not ab:
+            continue
+        (a, va), (_, vb) = list(ab.items())[:2]
+        lines += ["", f"{title:30} {'p50':>7} {'p99':>7} "
+                      f"{'c=' + str(va['concurrency']) + ' /s':>9}"]
+        for t, v in ab.items():
+            lines.append(f"{names[t]:30} {_fmt(_pct(v['c1'], 50)):>7} {_fmt(_pct(v['c1'], 99)):>7} "
                          f"{v['throughput']:9.0f}")
-        lines.append(f"{'mTLS / plain':30} {_ratio(_pct(m['c1'], 50), _pct(p['c1'], 50)):>7} "
-                     f"{_ratio(_pct(m['c1'], 99), _pct(p['c1'], 99)):>7} "
-                     f"{_ratio(m['throughput'], p['throughput']):>9}")
+        lines.append(f"{ratio:30} {_ratio(_pct(va['c1'], 50), _pct(vb['c1'], 50)):>7} "
+                     f"{_ratio(_pct(va['c1'], 99), _pct(vb['c1'], 99)):>7} "
+                     f"{_ratio(va['throughput'], vb['throughput']):>9}")
     ch = res.get("channel")
     if ch:
         lines += ["", f"{'client channel A/B (guess, c=1, ms)':44} {'n':>5} {'err':>4} "

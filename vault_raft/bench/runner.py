@@ -146,19 +146,21 @@ class _RememberedKSF:
 
 class VaultBench:
     def __init__(self, cfg: Config, nodes: int, tag: str, transport: str | None = None,
-                 api_tls: bool = True):
+                 api_tls: bool = True, raft: dict | None = None):
         self.cfg = cfg
         self.dir = os.path.join(cfg.out, "work", tag)
         shutil.rmtree(self.dir, ignore_errors=True)
         os.makedirs(self.dir)
         self.fleet_path = init_fleet(self.dir, nodes, base_port=free_base(nodes),
                                      api_tls=api_tls)
-        if transport is not None:  # the A/B comparison of Raft transports
+        if transport is not None or raft:  # A/B comparisons: the Raft transport, settings
             for i in range(1, nodes + 1):
                 p = os.path.join(self.dir, f"n{i}", "node.json")
                 with open(p) as f:
                     d = json.load(f)
-                d["transport"] = transport
+                if transport is not None:
+                    d["transport"] = transport
+                d.setdefault("raft", {}).update(raft or {})
                 with open(p, "w") as f:
                     json.dump(d, f)
         self.fleet = FleetInfo.load(self.fleet_path)
@@ -500,7 +502,9 @@ def run_etcd(cfg: Config, res: dict) -> None:
         lead, follower = roles_to_entry_points(ec.roles())
         out = {"c1": {"put": timed(cfg.samples, ops(lead).put, "etcd put"),
                       "cas_increment": timed(cfg.samples, ops(lead).cas_increment,
-                                             "etcd CAS increment")},
+                                             "etcd CAS increment"),
+                      "cas_cached": timed(cfg.samples, ops(lead).cas_cached,
+                                          "etcd CAS, one txn (value cached)")},
                "via_follower": {"put": timed(cfg.samples, ops(follower).put, "etcd put")},
                "curve": {}, "version": _etcd_version(binary)}
         for conc in cfg.concurrency:
@@ -529,25 +533,27 @@ def _etcd_version(binary: str) -> str:
 
 # ---------------------------------------------------------- sizes and growth
 
-def run_transport_ab(cfg: Config, res: dict, rounds: int = 4) -> None:
-    """mTLS (the default) against pysyncobj's TCP transport with the frame
-    cipher ("plain"): two clusters up at once, measured in alternating
-    blocks so that drift on the machine hits both alike."""
+def run_ab(cfg: Config, variants: dict[str, dict], label: str,
+           rounds: int = 4) -> dict:
+    """Guesses on two (or more) fleets that differ in one setting (``variants``:
+    name -> VaultBench keyword arguments), all up at once and measured in
+    alternating blocks so that drift on the machine hits them alike: at
+    concurrency 1 through the leader, and closed-loop throughput."""
     benches: dict[str, VaultBench] = {}
     try:
         per_round = max(50, cfg.samples // rounds)
         conc = max(cfg.concurrency)
-        for t in ("mtls", "plain"):  # one after the other: the first holds its ports
-            _progress(cfg, f"transport A/B: starting the {t} cluster")
-            vb = benches[t] = VaultBench(cfg, cfg.nodes, f"transport-{t}", transport=t)
+        for t, kwargs in variants.items():  # one after the other: the first holds its ports
+            _progress(cfg, f"{label} A/B: starting the {t} cluster")
+            vb = benches[t] = VaultBench(cfg, cfg.nodes, f"{label}-{t}", **kwargs)
             vb.start()
             vb.prepare((per_round * rounds + 3000) // (ATTEMPTS_PER_BENCH_USER - 5) + 4 * conc, 0)
             closed_loop("warmup", vb.guess_op, 2, 1.0)
-        c1 = {t: Result(f"vault guess, {t} transport", 1, "closed", 0.0) for t in benches}
+        c1 = {t: Result(f"vault guess, {label} {t}", 1, "closed", 0.0) for t in benches}
         thr: dict = {t: [] for t in benches}
         for k in range(rounds):
             for t, vb in (benches.items() if k % 2 == 0 else reversed(benches.items())):
-                _progress(cfg, f"transport A/B round {k + 1}/{rounds}: {t}")
+                _progress(cfg, f"{label} A/B round {k + 1}/{rounds}: {t}")
                 r = timed(per_round, vb.guess_op(vb.entry_points()[0]), t)
                 c1[t].hist.add(r.hist)
                 c1[t].ok += r.ok
@@ -555,14 +561,27 @@ def run_transport_ab(cfg: Config, res: dict, rounds: int = 4) -> None:
                 c1[t].duration += r.duration
                 thr[t].append(closed_loop(f"vault guess c={conc}, {t}", vb.guess_op, conc,
                                           max(1.0, cfg.duration / rounds)))
-        res["transport"] = {t: {"c1": c1[t],
-                                "throughput": round(sum(r.ok for r in thr[t]) /
-                                                    sum(r.duration for r in thr[t]), 1),
-                                "concurrency": conc}
-                            for t in benches}
+        return {t: {"c1": c1[t],
+                    "throughput": round(sum(r.ok for r in thr[t]) /
+                                        sum(r.duration for r in thr[t]), 1),
+                    "concurrency": conc}
+                for t in benches}
     finally:
         for vb in benches.values():
             vb.stop()
+
+
+def run_transport_ab(cfg: Config, res: dict, rounds: int = 4) -> None:
+    """mTLS (the default) against pysyncobj's TCP transport with the frame cipher."""
+    res["transport"] = run_ab(cfg, {"mtls": {"transport": "mtls"},
+                                    "plain": {"transport": "plain"}}, "transport", rounds)
+
+
+def run_mark_ab(cfg: Config, res: dict, rounds: int = 4) -> None:
+    """The durability mark's cost: its extra write and fdatasync after each
+    journal sync, against a fleet with the mark switched off."""
+    res["mark"] = run_ab(cfg, {"with": {}, "without": {"raft": {"durability_mark": 0}}},
+                         "mark", rounds)
 
 
 def run_channel_ab(cfg: Config, res: dict, rounds: int = 4) -> None:
@@ -760,6 +779,8 @@ def run(cfg: Config) -> dict:
         run_transport_ab(cfg, res)
     if "channel" in cfg.compare:
         run_channel_ab(cfg, res)
+    if "mark" in cfg.compare:
+        run_mark_ab(cfg, res)
     if cfg.sizes:
         run_sizes(cfg, res)
     if cfg.growth:

@@ -37,7 +37,7 @@ import pysyncobj.syncobj as _so
 from pysyncobj.transport import Transport
 
 from ..core import machine as M
-from ..replica.journal import raft_add_position
+from ..replica.journal import assess_loss, raft_add_position, restore_term
 from ..replica.raft import RaftSettings, VaultReplica
 from .history import History
 
@@ -51,9 +51,10 @@ SIM_SETTINGS = dict(election_min=0.4, election_max=1.0, heartbeat=0.05, leader_f
 
 @dataclass
 class SimDisk:
-    """What survives a crash."""
+    """What survives a crash: the log, the term/vote file, the durability mark."""
     entries: list = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    mark: dict | None = None
 
 
 class SimJournal:
@@ -61,8 +62,12 @@ class SimJournal:
     Raft-conformant truncation like DurableJournal."""
 
     RAFT_CONFORMANT_TRUNCATION = True
+    #: False: ignore the durability mark, taking a damaged log as it is
+    #: (``vault-raft simulate --no-durability-mark`` shows what the mark fixes)
+    USE_DURABILITY_MARK = True
 
-    def __init__(self, path: str, trace=None, disk: SimDisk | None = None):
+    def __init__(self, path: str, trace=None, disk: SimDisk | None = None,
+                 snapshot_last=None, truncate_after=None, durability_mark=True):
         self.disk = disk if disk is not None else SimDisk()
         self.trace = trace
         self._entries = list(self.disk.entries)
@@ -70,6 +75,37 @@ class SimJournal:
         self._dirty = False
         self.syncs = 0
         self._synced_idx = self._entries[-1][1] if self._entries else 0
+        self.recovery = None
+        self._recover(snapshot_last)
+
+    def _recover(self, snapshot_last) -> None:
+        """DurableJournal's rules on open (the same functions decide)."""
+        mark = self.disk.mark if self.USE_DURABILITY_MARK else None
+        first = self._entries[0][1:] if self._entries else None
+        last = self._entries[-1][1:] if self._entries else None
+        loss = assess_loss(first, last, snapshot_last, mark)
+        if loss is not None:
+            self.recovery = {"need": loss["need"], "need_term": loss["need_term"],
+                             "reason": "simulated damage"}
+            if loss["gap"]:
+                self._entries = []
+                self.disk.entries = []
+                self._synced_idx = 0
+        last_term = max([e[2] for e in self._entries[-1:]]
+                        + [snapshot_last[1] if snapshot_last else 0])
+        new = restore_term(self._meta if "term" in self._meta else None, mark, last_term)
+        if new is not None:
+            self._meta.update(new)
+            self.disk.meta = dict(self._meta)
+        self._store_mark()
+
+    def _store_mark(self) -> None:
+        last = self._entries[-1] if self._entries else None
+        high = (last[1], last[2]) if last is not None and last[1] == self._synced_idx else (0, 0)
+        if self.recovery is not None:
+            high = max(high, (self.recovery["need"], self.recovery["need_term"]))
+        self.disk.mark = {"high": high[0], "high_term": high[1],
+                          "term": self._meta.get("term", 0), "vote": self._meta.get("vote")}
 
     def add(self, command, idx, term):
         if self.RAFT_CONFORMANT_TRUNCATION:
@@ -87,6 +123,9 @@ class SimJournal:
             self._dirty = False
             self.syncs += 1
             self._synced_idx = self._entries[-1][1] if self._entries else 0
+            if self.recovery is not None and self._synced_idx >= self.recovery["need"]:
+                self.recovery = None
+            self._store_mark()
 
     @property
     def synced_index(self):
@@ -130,6 +169,7 @@ class SimJournal:
     def setCurrentTerm(self, term, voted):
         self._meta["term"], self._meta["vote"] = term, voted
         self.disk.meta = dict(self._meta)  # synchronous, as in DurableJournal
+        self._store_mark()
 
     def getCurrentTerm(self):
         return self._meta.get("term", 0)
@@ -293,6 +333,7 @@ class Sim:
         self.dir = workdir or tempfile.mkdtemp(prefix="vault-sim-")
         self.ids = [f"127.0.0.1:{20001 + i}" for i in range(nodes)]
         self.disks = {i: SimDisk() for i in self.ids}
+        self._damaged: set[str] = set()
         self.replicas: dict[str, VaultReplica] = {}
         self.paused: set[str] = set()
         self.paused_at: dict[str, float] = {}
@@ -307,7 +348,7 @@ class Sim:
         self.pending: list = []  # (deadline, op, kind)
         self.settings = RaftSettings(**(settings or SIM_SETTINGS))
         self._journal_factory = journal_factory or (lambda disk: (
-            lambda path, trace=None: SimJournal(path, trace, disk)))
+            lambda path, trace=None, **kw: SimJournal(path, trace, disk, **kw)))
         self._saved = (_so.monotonicTime, _so.random)
         _so.monotonicTime = self.clock.monotonic
         _so.random = random.Random(seed + 2)
@@ -341,6 +382,34 @@ class Sim:
     def restart(self, nid: str) -> None:
         if nid not in self.replicas:
             self.start_node(nid)
+
+    def damaged(self) -> list[str]:
+        """Nodes whose storage was damaged and that have not recovered yet."""
+        return [n for n in self.ids if n in self._damaged and (
+            n not in self.replicas or getattr(self.replicas[n].journal_path.journal,
+                                              "recovery", None) is not None)]
+
+    def damage(self, nid: str, kind: str, rng: random.Random) -> str:
+        """A storage fault on a stopped node (crashed first): one file of its
+        disk is cut, lost or deleted.  Returns what was done."""
+        self.crash(nid)
+        disk = self.disks[nid]
+        self._damaged.add(nid)
+        if kind == "cut" and disk.entries:  # a damaged tail: synced entries gone
+            k = rng.randint(1, min(5, len(disk.entries)))
+            del disk.entries[-k:]
+            return f"cut {k} entries"
+        if kind == "meta":
+            disk.meta = {}
+            return "lost the term/vote file"
+        if kind == "mark":
+            disk.mark = None
+            return "lost the durability mark"
+        snap = os.path.join(self.dir, nid.replace(":", "_"), "snapshot.bin")
+        if os.path.exists(snap):
+            os.unlink(snap)
+            return "deleted the snapshot"
+        return "nothing to damage"
 
     def pause(self, nid: str) -> None:
         if nid in self.replicas:
@@ -484,6 +553,8 @@ class Sim:
         self.checked[nid] = max(self.checked.get(nid, 0), last)
         # A node never lacks an entry it acknowledged that was then committed
         # unchanged (same index and term; by log matching, so is all before it).
+        if getattr(journal, "recovery", None) is not None:
+            return  # it knows what it lost: no vote, no service until it has it back
         have = journal[-1][1] if len(journal) else 0
         for term, idx in self.net.acked.get(nid, {}).items():
             committed = self.applied.get(idx)
@@ -626,18 +697,30 @@ class SimWorkload:
 
 ACTIONS = ("guess", "guess", "guess", "recover", "run", "run", "partition", "heal", "crash",
            "restart", "pause", "resume", "lossy", "drift", "one_way")
+# The storage nemesis adds these (a damaged node, restarted later by the schedule).
+STORAGE_ACTIONS = ("damage", "damage", "restart", "run")
+STORAGE_FAULTS = ("cut", "cut", "cut", "meta", "mark", "snapshot")
 
 
 def random_run(seed: int, nodes: int = 3, steps: int = 60, journal_factory=None,
-               log: Callable | None = None, mode: str = "tcp"):
-    """A seeded random fault schedule: what ``vault-raft simulate --seed K`` replays."""
-    sim = Sim(nodes, seed, journal_factory=journal_factory, mode=mode)
+               log: Callable | None = None, mode: str = "tcp", storage: bool = False):
+    """A seeded random fault schedule: what ``vault-raft simulate --seed K`` replays.
+    ``storage``: also damage stopped nodes' disks (one node at a time: the
+    fault model; see docs/design.md)."""
+    settings = dict(SIM_SETTINGS, compaction_min_entries=20) if storage else None
+    sim = Sim(nodes, seed, journal_factory=journal_factory, mode=mode, settings=settings)
+    actions = ACTIONS + STORAGE_ACTIONS if storage else ACTIONS
     try:
         wl = SimWorkload(sim)
         rng = random.Random(seed + 3)
         for k in range(steps):
-            a = rng.choice(ACTIONS)
+            a = rng.choice(actions)
             nid = rng.choice(sim.ids)
+            if a == "damage":
+                if sim.damaged():  # one damaged node at a time
+                    a = "restart"
+                else:
+                    a = f"damage ({sim.damage(nid, rng.choice(STORAGE_FAULTS), rng)})"
             if log:
                 log(f"t={sim.clock.now - 1000:7.2f}s {a} {nid}")
             if a == "guess":

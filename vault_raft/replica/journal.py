@@ -212,13 +212,15 @@ class DurableJournal:
 
     def __init__(self, path: str, trace: Callable[..., None] | None = None,
                  segment_bytes: int | None = None, snapshot_last=_UNKNOWN,
-                 truncate_after: int | None = None):
+                 truncate_after: int | None = None, durability_mark: bool = True):
         """``snapshot_last``: the (index, term) of the last entry the node's
         snapshot covers, or None if it has none (the replica passes it; the
         journal alone, without it, cannot tell a lost first segment).
         ``truncate_after``: drop entries after this index on open (they were
         written after the last good sync of a node that crash-stopped on a
-        storage failure, so they may be only in the page cache)."""
+        storage failure, so they may be only in the page cache).
+        ``durability_mark=False`` writes no mark (only the bench's A/B uses it)."""
+        self.durability_mark = durability_mark
         self.path = path
         if segment_bytes is not None:
             self.SEGMENT_BYTES = segment_bytes
@@ -335,7 +337,7 @@ class DurableJournal:
         if self.recovery is not None:
             high = max(high, (self.recovery["need"], self.recovery["need_term"]))
         state = (*high, self._meta.get("term", 0), self._meta.get("vote"))
-        if state == self._mark_written:
+        if state == self._mark_written or not self.durability_mark:
             return
         if self._mark_fd < 0:
             self._mark_fd = self._io(os.open, self.mark_path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -352,62 +354,52 @@ class DurableJournal:
     def _check_lost(self, mark: dict | None, snapshot_last) -> None:
         """Compare what is on disk with what this node made durable (module
         docstring); enter recovery if acknowledged entries are missing."""
+        first = self._entries[0][1:] if self._entries else None
+        last = self._entries[-1][1:] if self._entries else None
+        loss = assess_loss(first, last, snapshot_last, mark)
+        if loss is None:
+            return
         reasons = []
-        high, high_term = (mark["high"], mark["high_term"]) if mark else (0, 0)
-        gap = False
-        if snapshot_last is not _UNKNOWN and self._entries:
-            snap_idx = snapshot_last[0] if snapshot_last else 0
-            first, last = self._entries[0], self._entries[-1]
-            if first[1] > snap_idx + 1:
-                what = "the snapshot" if snapshot_last is None else "a journal segment"
-                reasons.append(f"entries {snap_idx + 1}..{first[1] - 1} are missing ({what} "
-                               f"was lost; {segment_path(self.path, self._segs[0].seq)} starts "
-                               f"at {first[1]})")
-                high, high_term = max((high, high_term), (last[1], last[2]))
-                gap = True
-        end = self._entries[-1][1] if self._entries and not gap else 0
-        if snapshot_last not in (_UNKNOWN, None):
-            end = max(end, snapshot_last[0])
-        if high > end and not gap:
+        if loss["gap"]:
+            what = "the snapshot" if snapshot_last is None else "a journal segment"
+            reasons.append(f"entries {loss['gap'][0]}..{loss['gap'][1]} are missing ({what} was "
+                           f"lost; {segment_path(self.path, self._segs[0].seq)} starts at "
+                           f"{first[0]})")
+        else:
             where = segment_path(self.path, self._segs[-1].seq) if self._segs else self.path
-            reasons.append(f"the log ends at entry {end} ({where}) but this node had made "
-                           f"entries up to {high} durable ({self.mark_path}): its tail was "
-                           "damaged or a segment deleted")
-        if reasons:
-            self.recovery = {"need": high, "need_term": high_term, "reason": "; ".join(reasons)}
-            log.error("journal %s: this node lost acknowledged data: %s. It will not campaign "
-                      "or serve, and votes only for a log that covers entry %d, until its "
-                      "leader has sent entries up to %d.", self.path, self.recovery["reason"],
-                      high, high)
-        if gap:  # entries after a gap cannot be applied: fetch them again
+            reasons.append(f"the log ends at entry {loss['end']} ({where}) but this node had "
+                           f"made entries up to {loss['need']} durable ({self.mark_path}): its "
+                           "tail was damaged or a segment deleted")
+        self.recovery = {"need": loss["need"], "need_term": loss["need_term"],
+                         "reason": "; ".join(reasons)}
+        log.error("journal %s: this node lost acknowledged data: %s. It will not campaign or "
+                  "serve, and votes only for a log that covers entry %d, until its leader has "
+                  "sent entries up to %d.", self.path, self.recovery["reason"], loss["need"],
+                  loss["need"])
+        if loss["gap"]:  # entries after a gap cannot be applied: fetch them again
             self.clear()
             self.sync()
 
     def _restore_term(self, mark: dict | None, snapshot_last) -> None:
         """Term and vote from the term/vote file, else the mark, else (both
         lost) the log's last term with an unknown vote."""
-        def rank(term, vote):
-            return (term, vote is not None)
-        meta = (self._meta["term"], self._meta.get("vote")) if "term" in self._meta else None
-        if mark is not None and (mark["term"], mark["vote"]) != (0, None) and (
-                meta is None or rank(mark["term"], mark["vote"]) > rank(*meta)):
+        meta = self._meta if "term" in self._meta else None
+        last_term = max([e[2] for e in self._entries[-1:]]
+                        + [snapshot_last[1] if snapshot_last not in (_UNKNOWN, None) else 0])
+        new = restore_term(meta, mark, last_term)
+        if new is None:
+            return
+        if new["vote"] == LOST_VOTE:
+            log.warning("journal %s: term/vote file %s and no durability mark: taking term %d "
+                        "with an unknown vote (no vote in that term)", self.path,
+                        self._meta_state, new["term"])
+        else:
             log.warning("journal %s: term/vote file %s; term %d and vote %r restored from the "
                         "durability mark", self.path,
                         self._meta_state if meta is None else "behind the mark",
-                        mark["term"], mark["vote"])
-            self._meta = {"term": mark["term"], "vote": mark["vote"]}
-            self._store_meta()
-            return
-        if meta is not None or mark is not None:
-            return
-        term = max([e[2] for e in self._entries[-1:]]
-                   + [snapshot_last[1] if snapshot_last not in (_UNKNOWN, None) else 0])
-        if term > 0:
-            log.warning("journal %s: term/vote file %s and no durability mark: taking term %d "
-                        "with an unknown vote (no vote in that term)", self.path,
-                        self._meta_state, term)
-            self._meta = {"term": term, "vote": LOST_VOTE}
-            self._store_meta()
+                        new["term"], new["vote"])
+        self._meta = new
+        self._store_meta()
 
     def _io(self, fn, *args):
         """Run one write or sync; report a failure once, then stop (or raise)."""
@@ -834,6 +826,44 @@ class DurableJournal:
 
 def _raise(exc: OSError):
     raise exc
+
+
+# --------------------------------------------- what a node lost (pure rules)
+# Shared by DurableJournal and the simulation's in-memory journal.
+
+def assess_loss(first: tuple[int, int] | None, last: tuple[int, int] | None,
+                snapshot_last, mark: dict | None) -> dict | None:
+    """Compare a log (its ``first`` and ``last`` (index, term), None if empty)
+    and the snapshot's last entry with the durability mark.  None if nothing
+    acknowledged is missing; else ``{"need", "need_term", "gap", "end"}``:
+    entries up to ``need`` (of term ``need_term``) must come back from a
+    leader; ``gap`` is the (from, to) range missing before the log (whose
+    entries then cannot be applied), ``end`` where the usable log ends."""
+    high = (mark["high"], mark["high_term"]) if mark else (0, 0)
+    gap = None
+    snap_idx = snapshot_last[0] if snapshot_last not in (_UNKNOWN, None) else 0
+    if snapshot_last is not _UNKNOWN and first is not None and first[0] > snap_idx + 1:
+        gap = (snap_idx + 1, first[0] - 1)
+        high = max(high, last)
+    end = snap_idx if gap else max(last[0] if last else 0, snap_idx)
+    if gap is None and high[0] <= end:
+        return None
+    return {"need": high[0], "need_term": high[1], "gap": gap, "end": end}
+
+
+def restore_term(meta: dict | None, mark: dict | None, last_term: int) -> dict | None:
+    """Term and vote to use when they differ from ``meta`` (the term/vote
+    file's, None if lost): the mark's copy if it is ahead, or (both lost) the
+    log's last term with :data:`LOST_VOTE`; None to keep ``meta``."""
+    def rank(term, vote):
+        return (term, vote is not None)
+    if mark is not None and (mark["term"], mark["vote"]) != (0, None) and (
+            meta is None or rank(mark["term"], mark["vote"]) > rank(meta["term"],
+                                                                      meta.get("vote"))):
+        return {"term": mark["term"], "vote": mark["vote"]}
+    if meta is None and mark is None and last_term > 0:
+        return {"term": last_term, "vote": LOST_VOTE}
+    return None
 
 
 class _Segment:

@@ -95,6 +95,7 @@ class _DurablePath(str):
     segment_bytes: int | None = None
     snapshot_last: tuple | None = None  # (index, term) the node's snapshot covers
     truncate_after: int | None = None
+    durability_mark: bool = True
 
 
 def _stop_on_storage_failure(exc: OSError, synced_index: int) -> None:
@@ -142,15 +143,16 @@ _tcp.zlib = _StoredZlib
 
 def _create_journal(journal_file=None):
     if isinstance(journal_file, _DurablePath):
+        kw = dict(snapshot_last=journal_file.snapshot_last,
+                  truncate_after=journal_file.truncate_after,
+                  durability_mark=journal_file.durability_mark)
         if journal_file.factory is not None:
             journal_file.journal = journal_file.factory(str(journal_file),
-                                                        trace=journal_file.trace)
+                                                        trace=journal_file.trace, **kw)
         else:
             journal_file.journal = DurableJournal(
                 str(journal_file), trace=journal_file.trace,
-                segment_bytes=journal_file.segment_bytes,
-                snapshot_last=journal_file.snapshot_last,
-                truncate_after=journal_file.truncate_after)
+                segment_bytes=journal_file.segment_bytes, **kw)
         return journal_file.journal
     return _original_create_journal(journal_file)
 
@@ -252,7 +254,7 @@ class RaftSettings:
                  leader_fallback=1.0, connection_timeout=1.5, reconnect=0.3,
                  compaction_min_entries=50_000, compaction_min_time=600.0,
                  batch_bytes=65536, pre_vote=None, fork_snapshots=True,
-                 segment_bytes=None):
+                 segment_bytes=None, durability_mark=True):
         self.election_min = election_min
         self.election_max = election_max
         self.heartbeat = heartbeat
@@ -268,6 +270,8 @@ class RaftSettings:
         self.segment_bytes = None if segment_bytes is None else int(segment_bytes)
         if self.segment_bytes is not None and self.segment_bytes < 1024:
             raise TypeError("segment_bytes must be at least 1024")
+        # the journal's durability mark (off only to measure what it costs: bench)
+        self.durability_mark = bool(durability_mark)
 
 
 class DurableReplica(SyncObj):
@@ -309,6 +313,7 @@ class DurableReplica(SyncObj):
         self.journal_path.factory = journal_factory
         self.journal_path.segment_bytes = s.segment_bytes
         self.journal_path.truncate_after = truncate_after
+        self.journal_path.durability_mark = s.durability_mark
         self.journal_path.snapshot_last = self._check_snapshot_file()
         self._tls_config = tls
         if tls is not None and transport_class is None:
