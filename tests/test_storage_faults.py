@@ -18,6 +18,7 @@ import sys
 import pytest
 
 from vault_raft import client as C
+from vault_raft.chaos.disk import cut_at
 from vault_raft.cluster import wait_until
 from vault_raft.crypto.ksf import IDENTITY_KSF
 from vault_raft.replica import journal as J
@@ -70,24 +71,6 @@ def _journal(cl, nid):
     return os.path.join(cl.node_dir(nid), "data", "raft.journal")
 
 
-def cut_at(path: str, idx: int) -> None:
-    """Cut a journal's last segment inside the record of entry ``idx`` (and drop
-    everything after it): a committed record damaged at the log's end."""
-    seqs = J.list_segments(path)
-    seg = J.segment_path(path, seqs[-1])
-    data = open(seg, "rb").read()
-    off = len(J.HEADER)
-    while off + J._REC.size <= len(data):
-        length, _, i, _ = J._REC.unpack_from(data, off)
-        if length == 0:
-            break
-        if i >= idx:
-            os.truncate(seg, off + 11)  # inside the record: a torn-looking tail
-            return
-        off += 8 + length
-    raise AssertionError(f"entry {idx} not in {seg}")
-
-
 def _synced(cl, nid) -> int:
     return cl.status(nid)["synced_index"]
 
@@ -112,7 +95,7 @@ def _damaged_plus_lagging(cluster_factory, node_cmd=None) -> Guesser:
         assert g.guess() == "wrong"
     wait_until(lambda: _synced(cl, damaged) >= before + 3, 10)
     cl.stop([intact, damaged])
-    cut_at(_journal(cl, damaged), before + 1)  # it loses the three counted attempts
+    cut_at(cl.node_dir(damaged), before + 1)  # it loses the three counted attempts
     cl.start([damaged, lagging])  # the node that holds them is down
     for _ in range(4):
         g.guess()
@@ -146,8 +129,8 @@ def test_two_damaged_nodes_elect_the_intact_one(cluster_factory):
         assert g.guess() == "wrong"
     wait_until(lambda: all(_synced(cl, n) >= before + 3 for n in cl.ids), 10)
     cl.stop()
-    cut_at(_journal(cl, "n1"), before + 1)
-    cut_at(_journal(cl, "n2"), before + 1)
+    cut_at(cl.node_dir("n1"), before + 1)
+    cut_at(cl.node_dir("n2"), before + 1)
     cl.start()
     assert cl.wait_leader(30) == "n3"  # the damaged ones vote only for a log covering theirs
     g.until_destroyed()

@@ -10,7 +10,7 @@ def register(sub) -> None:
     p.add_argument("--nodes", type=int, default=5)
     p.add_argument("--duration", type=float, default=60.0, help="seconds of faults and load")
     p.add_argument("--nemesis", default="partition,kill,pause",
-                   help="comma-separated: partition,kill,pause,slow,lossy,clock (or 'none')")
+                   help="comma-separated: partition,kill,pause,slow,lossy,clock,disk (or 'none')")
     p.add_argument("--seed", type=int, default=0, help="same seed, same fault schedule")
     p.add_argument("--owners", type=int, default=4)
     p.add_argument("--attackers", type=int, default=4)

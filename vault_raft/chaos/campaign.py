@@ -26,10 +26,12 @@ from ..crypto.errors import OpaqueError
 from ..fleet.config import FleetInfo, init_fleet
 from .skewclock import set_offset
 from .checker import Verdict, check_all
+from .disk import KINDS as DISK_KINDS
+from .disk import damage
 from .history import History, Op
 from .proxy import ProxyNet
 
-NEMESES = ("partition", "kill", "pause", "slow", "lossy", "clock")
+NEMESES = ("partition", "kill", "pause", "slow", "lossy", "clock", "disk")
 
 
 @dataclass
@@ -223,9 +225,12 @@ def schedule(seed: int, duration: float, kinds: tuple[str, ...], nodes: list[str
             order = nodes[:]
             rng.shuffle(order)
             p["order"] = order
-        elif kind in ("kill", "pause"):
+        elif kind in ("kill", "pause", "disk"):
             p["target"] = rng.choice(["leader", "random"])
             p["pick"] = rng.randrange(n)
+            if kind == "disk":  # the node is stopped and one file of its disk damaged
+                p["damage"] = rng.choice(DISK_KINDS)
+                p["seed"] = rng.randrange(1 << 30)
         elif kind == "slow":
             p["delay"] = round(rng.uniform(0.02, 0.15), 3)
         elif kind == "lossy":
@@ -304,6 +309,12 @@ class Nemesis:
         elif f.kind == "kill":
             t = self._target(p)
             self.cluster.kill(t)
+            self._down.append(t)
+            p["node"] = t
+        elif f.kind == "disk":
+            t = self._target(p)
+            self.cluster.stop([t])
+            p["did"] = damage(self.cluster.node_dir(t), p["damage"], random.Random(p["seed"]))
             self._down.append(t)
             p["node"] = t
         elif f.kind == "pause":
@@ -538,7 +549,7 @@ def timeline(hist: History, path: str, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(11, 5))
-    colors = {"partition": "#f4b6b6", "kill": "#b6c8f4", "pause": "#f4e3b6", "slow": "#c9f4b6",
+    colors = {"disk": "#d9b6f4", "partition": "#f4b6b6", "kill": "#b6c8f4", "pause": "#f4e3b6", "slow": "#c9f4b6",
               "lossy": "#e0b6f4"}
     top = 1.0
     done = [o for o in hist.ops if o.complete is not None]
