@@ -176,6 +176,21 @@ def _durable_replace(src: str, dst: str) -> None:
 _ser.atomicReplace = _durable_replace
 
 
+class _NoFalseTruncationAlarm(logging.Filter):
+    """pysyncobj logs CRITICAL "truncating already-applied log entries" whenever
+    an old or duplicated append reaches a follower, and then asks the journal
+    to truncate -- which the Raft-conformant journal ignores (it cuts only on a
+    term conflict, and stops the node itself if that would cut an applied
+    entry).  The line is a false alarm here; keep it out of the node log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (DurableJournal.RAFT_CONFORMANT_TRUNCATION
+                    and str(record.msg).startswith("truncating already-applied"))
+
+
+logging.getLogger("pysyncobj.syncobj").addFilter(_NoFalseTruncationAlarm())
+
+
 class _VaultTransport(TCPTransport):
     """TCP transport that syncs the journal before anything leaves the node
     and closes pysyncobj's unauthenticated-by-role side doors."""
