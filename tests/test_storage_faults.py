@@ -244,6 +244,8 @@ def test_a_full_disk_stops_the_node_and_the_fleet_keeps_serving(small_disk, clus
     text = open(log_path).read()
     assert text.count("storage failure (") == 1  # said once, not in a loop
     assert "waiting" in text
+    down = cl.status(nid) or {}  # while it waits, its status says why
+    assert down.get("healthy") is False and "No space left" in down.get("reason", ""), down
     os.unlink(filler)  # space returns: the node resumes
     wait_until(lambda: (cl.status(nid) or {}).get("healthy"), 60)
     g.until_destroyed(tries=200)

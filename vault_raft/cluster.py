@@ -220,7 +220,9 @@ class LocalCluster:
         except wire.WireError:  # a node program without the admin path (the bench's raw
             # counter answers 404 in plain text)
             return http_status(self.api[nid], timeout, self.channel)
-        return out if code == 200 else None
+        if code == 200:
+            return out
+        return http_status(self.api[nid], timeout, self.channel)  # (a node that is down says why)
 
     def admin(self, nid: str, op: str, args: dict | None = None,
               timeout: float = 5.0) -> tuple[int, dict]:
@@ -267,13 +269,17 @@ class LocalCluster:
         wait_until(ok, timeout, 0.1, f"nodes {', '.join(ids)} to be healthy")
 
     def table(self) -> str:
-        rows = [("node", "pid", "role", "term", "commit", "applied", "leader", "healthy")]
+        rows = [("node", "pid", "role", "term", "commit", "applied", "leader", "healthy",
+                 "note")]
         for nid in self.ids:
             st = self.status(nid) or {}
+            note = st.get("reason") or (f"recovering: {st['recovering']}"
+                                        if st.get("recovering") else "")
             rows.append((nid, str(self.pid(nid) or "-"), str(st.get("role", "down")),
                          str(st.get("term", "-")), str(st.get("commit_index", "-")),
                          str(st.get("last_applied", "-")), str(st.get("leader") or "-"),
-                         "yes" if st.get("healthy") else "no"))
+                         "yes" if st.get("healthy") else "no",
+                         note if len(note) <= 90 else note[:87] + "..."))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
 

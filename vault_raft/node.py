@@ -626,6 +626,50 @@ async def _serve(service: VaultService, host: str, port: int, ssl_context=None) 
     await runner.cleanup()
 
 
+class _ServingDown:
+    """While the node cannot run (its disk takes no writes), its API port
+    answers ``/v1/status`` with ``healthy: false`` and the reason, and every
+    other request with 503 (nothing proposed): clients fail over at once and
+    operators see why, instead of a refused connection."""
+
+    def __init__(self, cfg: NodeConfig, ssl_context, reason: str):
+        self.cfg, self.ssl, self.reason = cfg, ssl_context, reason
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    async def _start(self) -> web.AppRunner:
+        async def status(request):
+            return _reply(200, {"node_id": self.cfg.node_id, "fleet_id": self.cfg.fleet_id,
+                                "role": "down", "healthy": False, "reason": self.reason})
+
+        async def down(request):
+            return _error(503, self.reason, proposed=False)
+        app = web.Application()
+        app.router.add_get("/v1/status", status)
+        app.router.add_route("*", "/{tail:.*}", down)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, self.cfg.api_host, self.cfg.api_port, reuse_address=True,
+                          ssl_context=self.ssl).start()
+        return runner
+
+    def __enter__(self):
+        self._thread.start()
+        try:
+            self._runner = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        except OSError as exc:  # the port is not ours to take: wait without it
+            log.warning("cannot serve the status while waiting: %s", exc)
+            self._runner = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        return False
+
+
 def run_node(node_dir: str, settings: RaftSettings | None = None) -> int:
     """Run one node in the foreground until SIGTERM/SIGINT. Returns an exit code."""
     cfg = NodeConfig.load(node_dir)
@@ -642,7 +686,9 @@ def run_node(node_dir: str, settings: RaftSettings | None = None) -> int:
         api_ssl = cfg.api_ssl_context()
     except ConfigError as exc:
         raise SystemExit(str(exc)) from None
-    truncate_after = restart.prepare(cfg.data_dir)  # (after a storage failure: waits for the disk)
+    # after a storage failure: waits for the disk, serving its status meanwhile
+    truncate_after = restart.prepare(
+        cfg.data_dir, while_waiting=lambda reason: _ServingDown(cfg, api_ssl, reason))
     replica = VaultReplica(cfg.raft_addr, list(cfg.partners), cfg.data_dir, ks.cluster_secret(),
                            settings=settings, dial=dict(cfg.dial), tls=tls,
                            truncate_after=truncate_after)

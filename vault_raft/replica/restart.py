@@ -71,11 +71,14 @@ def disk_takes_writes(directory: str, size: int = PROBE_BYTES) -> OSError | None
         return exc
 
 
-def prepare(data_dir: str, poll: float = 1.0) -> int | None:
+def prepare(data_dir: str, poll: float = 1.0, while_waiting=None) -> int | None:
     """At node start: install the restart-on-failure hook, and if this process
     replaced one that stopped on a storage failure, wait until ``data_dir``
     takes writes again (logging once) and return the index after which the
-    journal must drop entries (None on a normal start)."""
+    journal must drop entries (None on a normal start).
+
+    ``while_waiting(reason)``, if given, is a context manager that runs while
+    this waits (the node serves its status, saying why, and 503 otherwise)."""
     raft.STORAGE_FAILURE_HOOK = _reexec
     value = os.environ.pop(ENV, None)
     if value is None:
@@ -83,10 +86,20 @@ def prepare(data_dir: str, poll: float = 1.0) -> int | None:
     os.makedirs(data_dir, exist_ok=True)
     err = disk_takes_writes(data_dir)
     if err is not None:
+        reason = f"storage failure: {data_dir} does not take writes ({err.strerror or err})"
         log.error("restarted after a storage failure; %s does not take writes (%s): waiting "
                   "(checked every %.0f s)", data_dir, err, poll)
-        while err is not None:
-            time.sleep(poll)
-            err = disk_takes_writes(data_dir)
+        with while_waiting(reason) if while_waiting else _nothing():
+            while err is not None:
+                time.sleep(poll)
+                err = disk_takes_writes(data_dir)
         log.warning("%s takes writes again: starting", data_dir)
     return int(value)
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
