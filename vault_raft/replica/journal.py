@@ -131,6 +131,17 @@ def _helper() -> ThreadPoolExecutor:
     return _HELPER
 
 
+_MARK_SYNCER: ThreadPoolExecutor | None = None
+
+
+def _mark_syncer() -> ThreadPoolExecutor:
+    """One thread that syncs the durability mark while the journal syncs."""
+    global _MARK_SYNCER
+    if _MARK_SYNCER is None:
+        _MARK_SYNCER = ThreadPoolExecutor(1, thread_name_prefix="journal-mark")
+    return _MARK_SYNCER
+
+
 def _free(lists: list[list]) -> None:
     """Drop the last references to the items of ``lists`` a slice at a time,
     sleeping in between so that other threads get the GIL (one ``del`` of a
@@ -328,17 +339,22 @@ class DurableJournal:
         return best
 
     def _store_mark(self) -> None:
-        """Write the mark (the last synced entry, term and vote) into the older
-        slot and sync it.  Called after the journal's own sync, so the mark
-        never claims an entry that is not durable; while recovering it keeps
-        the entry still to be fetched, so a restart remembers it."""
+        """Write the mark (the last synced entry, term and vote) and sync it."""
+        if self._write_mark(self._synced_idx):
+            self._io(os.fdatasync, self._mark_fd)
+
+    def _write_mark(self, synced: int) -> bool:
+        """Write the mark, claiming entries up to ``synced`` durable, into the
+        older slot (not synced); False if there was nothing new to write.
+        While recovering it keeps the entry still to be fetched, so a restart
+        remembers it."""
         last = self._entries[-1] if self._entries else None
-        high = (last[1], last[2]) if last is not None and last[1] == self._synced_idx else (0, 0)
+        high = (last[1], last[2]) if last is not None and last[1] == synced else (0, 0)
         if self.recovery is not None:
             high = max(high, (self.recovery["need"], self.recovery["need_term"]))
         state = (*high, self._meta.get("term", 0), self._meta.get("vote"))
         if state == self._mark_written or not self.durability_mark:
-            return
+            return False
         if self._mark_fd < 0:
             self._mark_fd = self._io(os.open, self.mark_path, os.O_RDWR | os.O_CREAT, 0o600)
             self._io(fsync_dir, self.mark_path)
@@ -348,8 +364,8 @@ class DurableJournal:
         rec = struct.pack("<II", len(body), zlib.crc32(body)) + body
         self._io(os.pwrite, self._mark_fd, rec.ljust(_MARK_SLOT, b"\0"),
                  (self._mark_seq % 2) * _MARK_SLOT)
-        self._io(os.fdatasync, self._mark_fd)
         self._mark_written = state
+        return True
 
     def _check_lost(self, mark: dict | None, snapshot_last) -> None:
         """Compare what is on disk with what this node made durable (module
@@ -642,11 +658,19 @@ class DurableJournal:
         """Make every written entry durable (called before each send), then the
         mark that says so."""
         if self._dirty:
+            # The mark's sync runs beside the journal's (one more disk flush in
+            # parallel, not in series).  Should the journal's fail or the node
+            # crash in between, the mark claims entries that may be missing:
+            # the node then fetches them again (the safe direction).
+            end = self._entries[-1][1] if self._entries else 0
+            marked = self._write_mark(end)
+            mark_sync = _mark_syncer().submit(os.fdatasync, self._mark_fd) if marked else None
             self._io(os.fdatasync, self._segs[-1].fd)  # older segments were synced when sealed
+            if mark_sync is not None:
+                self._io(mark_sync.result)
             self._dirty = False
             self.syncs += 1
-            self._synced_idx = self._entries[-1][1] if self._entries else 0
-            self._store_mark()
+            self._synced_idx = end
             if self.recovery is not None and self._synced_idx >= self.recovery["need"]:
                 log.warning("journal %s: recovered: the log holds entries up to %d again",
                             self.path, self._synced_idx)
