@@ -179,3 +179,39 @@ def test_importing_the_curve_leaves_no_library_copy_behind(tmp_path):
     assert out.returncode == 0, out.stderr
     assert len(bytes.fromhex(out.stdout.strip())) == 32
     assert os.listdir(tmp_path) == []
+
+
+def test_a_fake_ke2_does_the_work_of_a_real_one(monkeypatch):
+    """The fake path (unknown user) performs the same group operations as the
+    real one -- the same OPRF evaluation, key share and three Diffie-Hellman
+    products -- with one map of uniform bytes to the group in place of the
+    real record's element check (their costs are compared by the bench)."""
+    from vault_raft.crypto import group
+    counts = {}
+
+    def counting(name):
+        real = getattr(group, name)
+
+        def wrapper(*a, **kw):
+            counts[name] = counts.get(name, 0) + 1
+            return real(*a, **kw)
+        return wrapper
+    names = ("scalar_mult", "scalar_mult_base", "check_element", "element_from_uniform",
+             "hash_to_scalar")
+    for name in names:
+        monkeypatch.setattr(group, name, counting(name))
+    reg = _enroll(b"pw", b"known")
+    _, ke1 = O.ClientLogin.start(b"pw", ksf=IDENTITY_KSF)
+    cred = os.urandom(32)
+    record = reg.record
+
+    def run(rec, cid):
+        counts.clear()
+        O.server_login_start(SETUP, rec, ke1, cid)
+        return dict(counts)
+    real, fake = run(record, cred), run(None, b"unknown user")
+    assert real.get("scalar_mult", 0) >= 4  # (the counters see the work)
+    for op in ("scalar_mult", "scalar_mult_base", "hash_to_scalar"):
+        assert real.get(op) == fake.get(op), (op, real, fake)
+    assert real.get("check_element", 0) == fake.get("check_element", 0) + 1
+    assert fake.get("element_from_uniform") == 1 and "element_from_uniform" not in real

@@ -18,10 +18,11 @@ import sys
 import pytest
 
 from vault_raft import client as C
-from vault_raft.chaos.disk import cut_at
+from vault_raft.chaos.disk import cut_at, records
 from vault_raft.cluster import wait_until
 from vault_raft.crypto.ksf import IDENTITY_KSF
 from vault_raft.replica import journal as J
+from vault_raft.replica.raft import read_snapshot
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 pytestmark = pytest.mark.cluster
@@ -160,6 +161,19 @@ def test_deleted_last_segment_snapshot_and_term_file_are_recovered(cluster_facto
     log = open(os.path.join(cl.node_dir("n1"), "node.log")).read()
     assert "restored from the durability mark" in log
     assert "are missing (the snapshot was lost" in log
+    # another node loses its first segment while the snapshot still needs it: a gap
+    cl.stop(["n2"])
+    j2 = _journal(cl, "n2")
+    first = J.segment_path(j2, J.list_segments(j2)[0])
+    covered = read_snapshot(os.path.join(cl.node_dir("n2"), "data", "snapshot.bin"))
+    needed = records(first)[-1][2] > covered["entries"][0][1]  # entries past the snapshot?
+    os.unlink(first)
+    cl.start(["n2"])
+    _wait_recovered(cl, "n2")
+    # it recovers what the snapshot did not cover, or (nothing lost) just starts
+    lost = "(a journal segment was lost" in open(os.path.join(cl.node_dir("n2"),
+                                                               "node.log")).read()
+    assert lost == needed
     # n1 holds the same state: with n1 and one other node only, the count goes on
     leader = cl.leader()
     cl.stop([next(n for n in cl.ids if n not in ("n1", leader))])
