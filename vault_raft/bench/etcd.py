@@ -151,16 +151,20 @@ class EtcdOps:
             kvs = json.loads(r).get("kvs", [])
             mod = int(kvs[0].get("mod_revision", 0)) if kvs else 0
             val = int(base64.b64decode(kvs[0]["value"])) if kvs else 0
-            txn = {"compare": [{"key": self.counter, "result": "EQUAL", "target": "MOD",
-                                "mod_revision": str(mod)}],
-                   "success": [{"request_put": {"key": self.counter,
-                                                "value": _b64(str(val + 1).encode())}}]}
-            st, r = self.c.post_json("/v3/kv/txn", txn)
+            st, r = self._increment_if(mod, val)
             if st != 200:
                 return False
             if json.loads(r).get("succeeded"):
                 return True
         return False
+
+    def _increment_if(self, mod: int, val: int):
+        """One transaction: if the counter's revision is still ``mod``, put val + 1."""
+        txn = {"compare": [{"key": self.counter, "result": "EQUAL", "target": "MOD",
+                            "mod_revision": str(mod)}],
+               "success": [{"request_put": {"key": self.counter,
+                                            "value": _b64(str(val + 1).encode())}}]}
+        return self.c.post_json("/v3/kv/txn", txn)
 
     def cas_cached(self) -> bool:
         """One transaction per update while the cached revision holds."""
@@ -173,11 +177,7 @@ class EtcdOps:
                 self._cached = (int(kvs[0].get("mod_revision", 0)) if kvs else 0,
                                 int(base64.b64decode(kvs[0]["value"])) if kvs else 0)
             mod, val = self._cached
-            txn = {"compare": [{"key": self.counter, "result": "EQUAL", "target": "MOD",
-                                "mod_revision": str(mod)}],
-                   "success": [{"request_put": {"key": self.counter,
-                                                "value": _b64(str(val + 1).encode())}}]}
-            st, r = self.c.post_json("/v3/kv/txn", txn)
+            st, r = self._increment_if(mod, val)
             if st != 200:
                 return False
             out = json.loads(r)

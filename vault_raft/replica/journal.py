@@ -120,26 +120,24 @@ def atomic_write(path: str, data: bytes) -> None:
     fsync_dir(path)
 
 
-_HELPER: ThreadPoolExecutor | None = None
+_THREADS: dict[str, ThreadPoolExecutor] = {}
+
+
+def _thread(name: str) -> ThreadPoolExecutor:
+    """A single worker thread, made on first use."""
+    if name not in _THREADS:
+        _THREADS[name] = ThreadPoolExecutor(1, thread_name_prefix=name)
+    return _THREADS[name]
 
 
 def _helper() -> ThreadPoolExecutor:
-    """One thread for file work the Raft thread must not wait for."""
-    global _HELPER
-    if _HELPER is None:
-        _HELPER = ThreadPoolExecutor(1, thread_name_prefix="journal-helper")
-    return _HELPER
-
-
-_MARK_SYNCER: ThreadPoolExecutor | None = None
+    """The thread for file work the Raft thread must not wait for."""
+    return _thread("journal-helper")
 
 
 def _mark_syncer() -> ThreadPoolExecutor:
-    """One thread that syncs the durability mark while the journal syncs."""
-    global _MARK_SYNCER
-    if _MARK_SYNCER is None:
-        _MARK_SYNCER = ThreadPoolExecutor(1, thread_name_prefix="journal-mark")
-    return _MARK_SYNCER
+    """The thread that syncs the durability mark while the journal syncs."""
+    return _thread("journal-mark")
 
 
 def _free(lists: list[list]) -> None:
