@@ -71,3 +71,16 @@ def vault_cli(*args, env=None, stdin=None, timeout=60):
         e.update(env)
     return subprocess.run([sys.executable, "-m", "vault_raft", *args], input=stdin,
                           capture_output=True, text=True, env=e, timeout=timeout)
+
+
+def app_tenant(fleet_dirs, namespace, name="app"):
+    """Register one app tenant (one key) on every fleet of a namespace; returns
+    its token source (user -> token), as the app's server would mint them."""
+    from vault_raft import tenant as T
+    from vault_raft.fleet.keystore import load_signing_key
+    first, *others = fleet_dirs
+    key = T.add_tenant(first, name, audiences=(namespace,))
+    pk = load_signing_key(key).public_key().public_bytes_raw()
+    for d in others:
+        T.add_tenant(d, name, audiences=(namespace,), public_key=pk)
+    return T.local_token_source(first, namespace, name)

@@ -18,6 +18,7 @@ import pytest
 
 from vault_raft import channel as CH
 from vault_raft import client as C
+from vault_raft.tenant import local_token_source
 from vault_raft import wire
 from vault_raft.cluster import LocalCluster
 from vault_raft.crypto import opaque
@@ -269,7 +270,8 @@ def test_real_nodes_speak_only_tls_and_an_observer_sees_no_plaintext(cluster_fac
     ke1s = _capture_ke1(monkeypatch)
     relay = Relay((host, int(port)))
     try:
-        cli = C.Client(fleet, nodes=[relay.url("https")], timeout=10)
+        cli = C.Client(fleet, nodes=[relay.url("https")], timeout=10,
+                       token=local_token_source(cl.dir, fleet.fleet_id))
         cli.enroll("alice-observed", "the right code", b"the secret of alice")
         with pytest.raises(C.WrongCode):
             cli.recover("alice-observed", "a wrong code")
@@ -293,7 +295,9 @@ def test_real_nodes_speak_only_tls_and_an_observer_sees_no_plaintext(cluster_fac
     assert ei.value.reason is B.WrongChannelKey
     assert cl.status(n1)["stats"] == before
     with pytest.raises(C.WrongCode) as wc:  # the refused attempt was not counted
-        C.Client(fleet, nodes=[fleet.nodes[0].api]).recover("alice-observed", "wrong again")
+        C.Client(fleet, nodes=[fleet.nodes[0].api],
+                 token=local_token_source(cl.dir, fleet.fleet_id)).recover("alice-observed",
+                                                                           "wrong again")
     assert wc.value.attempts_left == 4  # 5 - this one (the recovery above reset the count)
 
 
@@ -323,7 +327,8 @@ def test_insecure_http_opt_in_works_end_to_end(tmp_path, monkeypatch):
         relay = Relay((host, int(port)))
         try:
             with pytest.raises(C.WrongCode):
-                C.Client(fleet, nodes=[relay.url("http")]).recover("bob", "wrong")
+                C.Client(fleet, nodes=[relay.url("http")],
+                         token=local_token_source(d, fleet.fleet_id)).recover("bob", "wrong")
         finally:
             relay.close()
         assert b"bob" in relay.seen and ke1s[0] in relay.seen and b"/v1/recover" in relay.seen

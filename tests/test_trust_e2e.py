@@ -16,7 +16,7 @@ from vault_raft.crypto.ksf import IDENTITY_KSF
 from vault_raft.fleet import deployment as D
 from vault_raft.fleet.operator import DEPLOYMENT_FILE
 
-from conftest import free_base_port, vault_cli
+from conftest import app_tenant, free_base_port, vault_cli
 
 
 @pytest.fixture
@@ -57,15 +57,19 @@ def test_publish_verify_deployment_and_audit_commands(tmp_path, witness, cluster
     assert r.returncode == 0 and "epoch 1" in r.stdout, r.stderr
     r = vault_cli("fleet", "verify-deployment", "--client", client)
     assert r.returncode == 0 and "OK, 3 nodes" in r.stdout, r.stdout + r.stderr
-    # the users' commands work through client.json
+    # the users' commands work through client.json, with the app's token for the user
+    token = app_tenant([fa.dir], "acme")(b"u")
     secret = tmp_path / "s.bin"
     secret.write_bytes(b"backup key")
     r = vault_cli("enroll", "--client", client, "--user", "u", "--secret-file", str(secret),
-                  env={"VAULT_RECOVERY_CODE": "code"})
+                  env={"VAULT_RECOVERY_CODE": "code", "VAULT_TOKEN": token})
     assert r.returncode == 0, r.stderr
     r = vault_cli("recover", "--client", client, "--user", "u", "--out", "-",
-                  env={"VAULT_RECOVERY_CODE": "code"})
+                  env={"VAULT_RECOVERY_CODE": "code", "VAULT_TOKEN": token})
     assert r.returncode == 0 and r.stdout == "backup key", r.stderr
+    r = vault_cli("recover", "--client", client, "--user", "u", "--out", "-",
+                  env={"VAULT_RECOVERY_CODE": "code"})  # no token: refused, nothing proposed
+    assert r.returncode == 7, r.stderr
     state = str(tmp_path / "audit.json")
     r = vault_cli("audit", "verify", "--witness", url, "--witness-key", f"@{wdir}/witness.pub",
                   "--state", state)
@@ -107,8 +111,9 @@ def test_rotation_while_clients_keep_recovering(tmp_path, witness, cluster_facto
                      "--witness-key", f"@{wdir}/witness.pub").returncode == 0
     assert vault_cli("fleet", "publish", "--fleet", fa.dir, "--operator", op).returncode == 0
     client = os.path.join(op, "client.json")
+    app = app_tenant([fa.dir, fb.dir], "acme")  # one app, registered on both fleets
     users = {f"user{i}": (f"code-{i}", os.urandom(16)) for i in range(6)}
-    setup = C.TrustedClient(client, str(tmp_path / "setup.json"))
+    setup = C.TrustedClient(client, str(tmp_path / "setup.json"), token=app)
     for u, (code, secret) in users.items():
         setup.enroll(u, code, secret)
 
@@ -126,7 +131,8 @@ def test_rotation_while_clients_keep_recovering(tmp_path, witness, cluster_facto
             after = rotated.is_set()  # started after the rotation was published
             r = vault_cli("recover", "--client", client, "--state", state, "--user", u,
                           "--out", str(tmp_path / f"out{k}"), "--force", "--timeout", "15",
-                          env={"VAULT_RECOVERY_CODE": users[u][0]})
+                          env={"VAULT_RECOVERY_CODE": users[u][0],
+                               "VAULT_TOKEN": app(u.encode())})
             if r.returncode == 5:  # unavailable: try again
                 continue
             if r.returncode != 0:
@@ -161,9 +167,47 @@ def test_rotation_while_clients_keep_recovering(tmp_path, witness, cluster_facto
     assert sorted(moved) == sorted(users)  # each user moved exactly once
     assert not any(m for _, before, _, m, _ in log if before)  # and never before the rotation
     # every user now lives on the new fleet, and the old fleet's records are gone
-    new = C.Client(os.path.join(fb.dir, "fleet.json"))
-    old = C.Client(os.path.join(fa.dir, "fleet.json"))
+    new = C.Client(os.path.join(fb.dir, "fleet.json"), token=app)
+    old = C.Client(os.path.join(fa.dir, "fleet.json"), token=app)
     for u, (code, secret) in users.items():
         assert new.recover(u, code).secret == secret
         with pytest.raises(C.WrongCode):  # deleted: the fleet answers like for a stranger
             old.recover(u, code)
+
+
+def test_no_squatting_during_a_rotation(tmp_path, witness, cluster_factory):
+    """An attacker without the victim's token cannot take her id on the new fleet;
+    and when another record holds it there anyway, her recovery still returns
+    her secret and leaves her old record in place."""
+    url, wdir, _ = witness
+    fa, fb = cluster_factory(3, start=False), cluster_factory(3, start=False)
+    for cl in (fa, fb):
+        _fast(cl.dir)
+        cl.start()
+    for cl in (fa, fb):
+        cl.wait_leader(30)
+        cl.wait_healthy(timeout=30)
+    op = str(tmp_path / "op")
+    assert vault_cli("operator", "init", "--dir", op, "--namespace", "acme", "--witness", url,
+                     "--witness-key", f"@{wdir}/witness.pub").returncode == 0
+    assert vault_cli("fleet", "publish", "--fleet", fa.dir, "--operator", op).returncode == 0
+    client = os.path.join(op, "client.json")
+    app = app_tenant([fa.dir, fb.dir], "acme")
+    owner = C.TrustedClient(client, str(tmp_path / "owner.json"), token=app)
+    owner.enroll("erin", "erin's code", b"erin's key")
+    owner.enroll("fay", "fay's code", b"fay's key")
+    assert vault_cli("fleet", "rotate", "--to", fb.dir, "--operator", op).returncode == 0
+    # the attacker, with a token of its own (or none), tries to enroll erin on the new fleet
+    new_fleet = os.path.join(fb.dir, "fleet.json")
+    for token in (lambda u: app(b"mallory"), None):
+        attacker = C.Client(new_fleet, token=token or (lambda u: ""))
+        with pytest.raises(C.NotAuthorized):
+            attacker.enroll("erin", "mallory's code", b"mallory's key")
+    rec = owner.recover("erin", "erin's code")
+    assert rec.secret == b"erin's key" and rec.migrated_from == fa.fleet.fleet_id
+    # another record holds fay's id on the new fleet (forced here with a valid token)
+    C.Client(new_fleet, token=app).enroll("fay", "someone else's code", b"other")
+    rec = owner.recover("fay", "fay's code")
+    assert rec.secret == b"fay's key" and rec.migration_conflict
+    old = C.Client(os.path.join(fa.dir, "fleet.json"), token=app)
+    assert old.recover("fay", "fay's code").secret == b"fay's key"  # her old record is kept

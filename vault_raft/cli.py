@@ -5,11 +5,16 @@ exit codes (a contract; scripts may rely on them):
   5 unavailable (no majority reachable in time)
   6 the fleet's signed bundle did not verify, or a node is not the pinned
     fleet's (its TLS certificate): nothing was sent
+  7 the fleet refused the tenant token (missing, expired, for another user
+    or fleet): nothing was proposed
   2 usage    1 anything else
 
 Users' commands trust the fleet through --client client.json (the operator's and
 witness's public keys; the fleet's keys come from a verified, witnessed bundle).
 --fleet fleet.json pins a fleet's keys instead: for the operator's own tools.
+
+User commands send a tenant token (--token, else VAULT_TOKEN); with --fleet and
+no token, the fleet directory's "local" tenant key mints one.
 
 Recovery codes are read from VAULT_RECOVERY_CODE, else from standard input
 (one per line), else from a prompt -- never from the command line, where
@@ -25,8 +30,9 @@ import os
 import sys
 
 from . import client as C
+from . import tenant as T
 from .cluster import ClusterError, LocalCluster
-from .fleet.config import ConfigError, init_fleet
+from .fleet.config import ConfigError, FleetInfo, init_fleet
 from .fleet.bundle import TrustError
 from .fleet.keystore import KeystoreError
 from .fleet.operator import OperatorError
@@ -118,6 +124,36 @@ def cmd_fleet_init(a) -> int:
     return 0
 
 
+def cmd_tenant_init(a) -> int:
+    limits = {k: getattr(a, k) for k in T.DEFAULT_LIMITS}
+    if any(v < 0 for v in limits.values()):
+        raise UsageError("rates and bursts must be >= 0")
+    try:
+        pk = bytes.fromhex(a.public_key) if a.public_key else None
+        key = T.add_tenant(a.fleet_dir, a.name, audiences=tuple(a.audience), limits=limits,
+                           public_key=pk)
+    except ValueError:
+        raise UsageError("--public-key must be hex") from None
+    except (T.TenantError, ConfigError, KeystoreError) as exc:
+        raise UsageError(str(exc)) from None
+    where = f"signing key {key} (give it to the tenant's server; keep it secret)" if key \
+        else "its existing key registered"
+    print(f"tenant {a.name}: {where}; the signed tenant list is in the fleet and node "
+          "directories (copy tenants.bin to nodes on other machines)")
+    return 0
+
+
+def cmd_tenant_token(a) -> int:
+    from .fleet.keystore import load_signing_key
+    try:
+        fleet = FleetInfo.load(os.path.join(a.fleet_dir, "fleet.json"))
+        sk = load_signing_key(T.tenant_key_path(a.fleet_dir, a.name), f"tenant key {a.name}")
+        print(T.mint(a.name, sk, a.user.encode(), a.audience or fleet.fleet_id, a.lifetime))
+    except (ConfigError, KeystoreError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    return 0
+
+
 def cmd_node(a) -> int:
     from .node import run_node
     logging.basicConfig(level=logging.INFO,
@@ -152,9 +188,10 @@ def cmd_cluster(a) -> int:
 
 
 def _client(a) -> C.Client | C.TrustedClient:
+    token = a.token or os.environ.get("VAULT_TOKEN") or None
     if a.client:
-        return C.TrustedClient(a.client, a.state, timeout=a.timeout)
-    return C.Client(a.fleet, timeout=a.timeout)
+        return C.TrustedClient(a.client, a.state, timeout=a.timeout, token=token)
+    return C.Client(a.fleet, timeout=a.timeout, token=token)
 
 
 def cmd_enroll(a) -> int:
@@ -182,6 +219,10 @@ def cmd_recover(a) -> int:
           file=sys.stderr)
     if rec.migrated_from:
         print(f"moved {a.user} from retiring fleet {rec.migrated_from} to the current fleet",
+              file=sys.stderr)
+    if rec.migration_conflict:
+        print(f"warning: the current fleet holds another record for {a.user}; the secret was "
+              "recovered from the retiring fleet, whose record is kept: ask the operator",
               file=sys.stderr)
     return 0
 
@@ -229,6 +270,9 @@ def _fleet_arg(p):
                    "(default: next to client.json)")
     p.add_argument("--timeout", type=float, default=10.0,
                    help="seconds to find a majority before giving up (exit 5)")
+    p.add_argument("--token", default=None, help="the tenant's token for this user (default: "
+                   "VAULT_TOKEN; with --fleet, minted with the fleet directory's local tenant "
+                   "key)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -252,6 +296,31 @@ def build_parser() -> argparse.ArgumentParser:
                     "debugging only; clients holding client.json refuse such a fleet)")
     fi.set_defaults(fn=cmd_fleet_init)
     trustcli.register(sub, fsub)
+
+    tn = sub.add_parser("tenant", help="register tenants (the apps whose users the fleet "
+                                       "serves) and mint their tokens")
+    tsub = tn.add_subparsers(dest="tenant_cmd", required=True, metavar="ACTION")
+    ti = tsub.add_parser("init", help="make a tenant: its signing key and its place in the "
+                                      "fleet's signed tenant list (nodes reload it)")
+    ti.add_argument("--fleet-dir", required=True, help="the fleet directory (holds admin.key)")
+    ti.add_argument("--name", required=True, help="tenant id: 1..32 of a-z, 0-9, '-'")
+    ti.add_argument("--audience", action="append", default=[],
+                    help="a namespace tokens may name besides the fleet id (repeatable)")
+    ti.add_argument("--public-key", default=None,
+                    help="register this existing tenant key (hex) instead of making one: the "
+                    "same tenant on another fleet of its namespace")
+    for k, v in T.DEFAULT_LIMITS.items():
+        ti.add_argument(f"--{k.replace('_', '-')}", type=float, default=v,
+                        help=f"requests/s (rate) or bucket size (burst); 0: none (default {v:g})")
+    ti.set_defaults(fn=cmd_tenant_init)
+    tt = tsub.add_parser("token", help="print a token for a user (scripts and tests; a "
+                                       "tenant's server mints its own)")
+    tt.add_argument("--fleet-dir", required=True)
+    tt.add_argument("--name", required=True, help="the tenant")
+    tt.add_argument("--user", required=True)
+    tt.add_argument("--audience", default=None, help="default: the fleet id")
+    tt.add_argument("--lifetime", type=int, default=300, help="seconds (at most 900)")
+    tt.set_defaults(fn=cmd_tenant_token)
 
     node = sub.add_parser("node", help="run one node in the foreground (SIGTERM stops it)")
     node.add_argument("--dir", required=True, help="the node directory, e.g. FLEET/n1")

@@ -14,7 +14,8 @@ OPAQUE flows pin the server key, so a node holding other keys is refused.
 Every exception carries the CLI exit code that reports it::
 
     VaultError (1) > WrongCode (3), NoRecord (4), Unavailable (5),
-                     Untrusted (6), AlreadyEnrolled (1), InvalidInput (2), ServerError (1)
+                     Untrusted (6), NotAuthorized (7), AlreadyEnrolled (1), InvalidInput (2),
+                     ServerError (1)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import random
 import socket
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from . import channel as CH
 from . import protocol as P
@@ -36,6 +38,7 @@ from .crypto import opaque
 from .crypto.errors import OpaqueError, SealError
 from .fleet import bundle as B
 from .fleet.config import ConfigError, FleetInfo
+from .tenant import local_token_source
 
 log = logging.getLogger("vault_raft.client")
 
@@ -75,6 +78,12 @@ class ServerError(VaultError):
     exit_code = 1
 
 
+class NotAuthorized(VaultError):
+    """The fleet refused the tenant token (missing, expired, for another user
+    or fleet); nothing was proposed."""
+    exit_code = 7
+
+
 class Untrusted(VaultError):
     """The fleet could not be authenticated through its signed bundle, or a
     node through the channel key the fleet pins; nothing derived from the
@@ -96,6 +105,7 @@ class Recovery:
     session_key: bytes
     fleet_id: str = ""
     migrated_from: str | None = None  # the retiring fleet this recovery moved the user from
+    migration_conflict: bool = False  # recovered on a retiring fleet, but not moved (see log)
 
 
 def _user(user: str | bytes) -> bytes:
@@ -112,9 +122,32 @@ def _code(code: str | bytes) -> bytes:
     return c
 
 
+TokenSource = Callable[[bytes], str]  # user id -> a tenant token for that user
+
+
+def token_source(token: str | TokenSource | None) -> TokenSource | None:
+    """A fixed token (``--token``, ``VAULT_TOKEN``) or a function that fetches one."""
+    if token is None or callable(token):
+        return token
+    if not isinstance(token, str) or not token:
+        raise InvalidInput("a tenant token must be a non-empty string")
+    return lambda user: token
+
+
 class Client:
     def __init__(self, fleet: FleetInfo | str, *, timeout: float = 10.0,
-                 request_timeout: float = 5.0, nodes: list[str] | None = None):
+                 request_timeout: float = 5.0, nodes: list[str] | None = None,
+                 token: str | TokenSource | None = None):
+        """``token``: the tenant token sent with every user request, or a
+        function ``user -> token`` (an app's hook to its own server).  Given a
+        fleet directory's ``fleet.json`` and no token, the operator's tools mint
+        tokens with the directory's ``local`` tenant key, when it has one."""
+        if isinstance(fleet, str) and token is None:
+            fleet_dir = os.path.dirname(os.path.abspath(fleet))
+            info = FleetInfo.load(fleet)
+            token = local_token_source(fleet_dir, info.fleet_id)
+            fleet = info
+        self.token = token_source(token)
         self.fleet = FleetInfo.load(fleet) if isinstance(fleet, str) else fleet
         self.timeout = timeout
         self.request_timeout = request_timeout
@@ -139,6 +172,18 @@ class Client:
         except wire.WireError as exc:
             raise ServerError(str(exc)) from None
 
+    def _with_auth(self, body: dict) -> dict:
+        """A user request carries its tenant token (fetched per request: tokens
+        are short-lived)."""
+        if self.token is None or "user" not in body:
+            return body
+        try:
+            return dict(body, auth=self.token(body["user"]))
+        except VaultError:
+            raise
+        except Exception as exc:  # the app's hook failed: nothing was sent
+            raise InvalidInput(f"could not get a tenant token: {exc}") from None
+
     def post(self, path: str, body: dict, *, retry_timeouts: bool = True) -> tuple[int, dict]:
         """POST to some node; fail over on refusal or "no majority here".
 
@@ -146,6 +191,7 @@ class Client:
         the request but did not answer in time may still commit it, so the
         client reports Unavailable instead of trying elsewhere.
         """
+        body = self._with_auth(body)
         deadline = time.monotonic() + self.timeout
         # The node refuses (unproposed) a request it reads after this time.
         body = dict(body, deadline_ms=int((time.time() + self.timeout) * 1000))
@@ -177,6 +223,10 @@ class Client:
     @staticmethod
     def _raise(status: int, out: dict) -> None:
         msg = out.get("message", "error")
+        if status == 401 and out.get("reason") == "token":
+            raise NotAuthorized(msg)
+        if status == 429:
+            raise Unavailable(f"rate limited: {msg}")
         if status == 410:
             raise NoRecord(msg)
         if status == 409:
@@ -241,7 +291,7 @@ class Client:
             raise WrongCode(int(out.get("attempts_left", 0))) from None
         token = out["token"]
         status, out = self.post("/v1/recover/finish", {"user": u, "token": token, "ke3": done.ke3})
-        if status == 401:
+        if status == 401 and out.get("reason") != "token":
             raise ServerError(f"the fleet did not accept the login: {out.get('message')}")
         if status != 200:
             self._raise(status, out)
@@ -329,13 +379,14 @@ class TrustedClient:
 
     def __init__(self, config: ClientConfig | str, state_path: str | None = None, *,
                  timeout: float = 10.0, request_timeout: float = 5.0,
-                 clock=time.time):
+                 clock=time.time, token: str | TokenSource | None = None):
         if isinstance(config, str):
             state_path = state_path or default_state_path(config)
             config = ClientConfig.load(config)
         if state_path is None:
             raise InvalidInput("a trust state path is needed to remember the log seen")
         self.config, self.state_path = config, state_path
+        self.token = token_source(token)  # the tenant's token for each user request
         self.timeout, self.request_timeout, self.clock = timeout, request_timeout, clock
         self._clients: dict[B.FleetEntry, Client] = {}
         self.bundle: B.Bundle | None = None
@@ -406,7 +457,8 @@ class TrustedClient:
                                 "for local debugging through fleet.json only",
                                 B.UnpinnedChannel)
             self._clients[entry] = Client(info, timeout=self.timeout,
-                                          request_timeout=self.request_timeout)
+                                          request_timeout=self.request_timeout,
+                                          token=self.token)
         return self._clients[entry]
 
     # -------------------------------------------------------- operations
@@ -438,8 +490,13 @@ class TrustedClient:
                 try:
                     cur.recover(u, c)
                 except WrongCode:
-                    raise VaultError(f"recovered on retiring fleet {entry.fleet_id}, but the "
-                                     "current fleet holds another record for this user") from None
+                    # Someone else's record holds this id on the current fleet.  The
+                    # secret was recovered: return it, and leave the old record where
+                    # it is (never delete the only copy).
+                    log.warning("recovered %r on retiring fleet %s, but the current fleet "
+                                "holds another record for this user: the old record is kept; "
+                                "ask the operator", u, entry.fleet_id)
+                    return dataclasses.replace(rec, migration_conflict=True), old
             try:
                 old._manage(u, rec, "delete", b"")
             except VaultError as exc:  # the old fleet is destroyed when it retires anyway

@@ -10,6 +10,8 @@ import tempfile
 import time
 
 from . import client as C
+from . import tenant as T
+from .fleet.keystore import load_signing_key
 from . import witness_server
 from .cluster import LocalCluster, free_base_port
 from .fleet.config import init_fleet
@@ -51,7 +53,11 @@ def run_demo(directory: str | None = None, keep: bool = False) -> int:
         bundle = Operator(os.path.join(directory, "operator")).publish(fleet_dir)
         _say(f"   witness {wurl} (pid {witness.pid}) co-signed and logged epoch {bundle.epoch}")
         _say(f"   clients hold only {client_json}: operator + witness public keys")
-        cli = C.TrustedClient(client_json)
+        app_key = T.add_tenant(fleet_dir, "demo-app", audiences=("demo",))
+        app = T.local_token_source(fleet_dir, "demo", "demo-app")  # the app's own server
+        _say("   tenant demo-app registered (its key signs its users' tokens; every user "
+             "request carries one)")
+        cli = C.TrustedClient(client_json, token=app)
         cli.verify_fleet()
         _say("   client verified both signatures, validity, log inclusion; fleet keys trusted")
         _say(f"   channel: TLS 1.3 to {bundle.current.endpoints[0]} and the other nodes, pinned "
@@ -94,6 +100,8 @@ def run_demo(directory: str | None = None, keep: bool = False) -> int:
         _say("\n== 7. rotation: a new fleet with new keys takes over")
         new_dir = os.path.join(directory, "fleet2")
         init_fleet(new_dir, 3, base_port=free_base_port(3), max_attempts=10)
+        T.add_tenant(new_dir, "demo-app", audiences=("demo",),  # the same app, the same key
+                     public_key=load_signing_key(app_key).public_key().public_bytes_raw())
         new_cluster = LocalCluster(new_dir)
         clusters.append(new_cluster)
         new_cluster.start()

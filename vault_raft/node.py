@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import signal
 import threading
@@ -28,6 +29,7 @@ from typing import Any
 from aiohttp import web
 
 from . import protocol as P
+from . import tenant as T
 from . import wire
 from .admin import AdminAuthError, AdminVerifier
 from .core import machine as M
@@ -144,6 +146,11 @@ class VaultService:
         self.fake_attempts_left = cfg.default_max_attempts - 1
         self.peer_ids = dict(cfg.peer_ids)
         self.admin_auth = AdminVerifier(cfg.admin_key, keystore.fleet_id, cfg.node_id)
+        self.gate = T.Gate(cfg.dir, keystore.fleet_id, cfg.admin_key)
+        if not self.gate.enforced:
+            log.warning("no %s in %s: user requests are not authorized by any tenant "
+                        "(a fleet made before tenants; see 'vault-raft tenant init')",
+                        T.TENANTS_FILE, cfg.dir)
         self.stats = {"commits": 0, "unavailable": 0, "ke2": 0}
 
     # ------------------------------------------------------------- commit
@@ -168,12 +175,36 @@ class VaultService:
             raise ApiError(400, f"rejected: {res.get('detail')}")
         return res
 
+    # ------------------------------------------------------ who may act
+    def _who(self, body: dict) -> tuple[bytes, bytes]:
+        """(user id, record key) of a user request, after its tenant token was
+        verified and the tenant's and user's rates admitted it: nothing is
+        proposed for a request that fails here (see :mod:`vault_raft.tenant`)."""
+        user = _user(body)
+        if not self.gate.enforced:
+            return user, user
+        try:
+            tenant = self.gate.authorize(body.get("auth"), user)
+            self.gate.admit(tenant, user)
+        except T.Unauthorized as exc:
+            raise ApiError(401, f"not authorized: {exc}", reason="token") from None
+        except T.RateLimited as exc:
+            raise ApiError(429, str(exc), retry_after=max(1, math.ceil(exc.retry_after))) \
+                from None
+        except T.TenantError as exc:
+            log.error("tenant list unusable: %s", exc)
+            raise ApiError(503, "this node cannot check tenant tokens", proposed=False) from None
+        rid = tenant.record_key(user)
+        if len(rid) > M.USER_MAX:
+            raise ApiError(400, "user id too long for this tenant")
+        return user, rid
+
     # ---------------------------------------------------------- enroll
     async def enroll_start(self, body: dict) -> dict:
         """Evaluate the OPRF under a *fresh* credential identifier (never an
         existing record's key) and issue a single-use ticket that carries the
         identifier to enroll/finish or a change of code.  Nothing is stored."""
-        user = _user(body)
+        user, rid = self._who(body)
         request = _bin(body, "request", opaque.REG_REQUEST_LEN)
         purpose = body.get("purpose", "enroll")
         if purpose not in P.TICKET_PURPOSES:
@@ -188,7 +219,7 @@ class VaultService:
             response = opaque.server_registration_response(self.setup, request, cred_id)
         except OpaqueError as exc:
             raise ApiError(400, f"bad registration request: {exc}") from None
-        ticket = self.ks.seal_ticket(P.pack([purpose, user, nonce, cred_id, seq, expires]))
+        ticket = self.ks.seal_ticket(P.pack([purpose, rid, nonce, cred_id, seq, expires]))
         return {"response": response, "ticket": ticket, "nonce": nonce, "expires_ms": expires}
 
     def _open_ticket(self, user: bytes, body: dict, purpose: str) -> dict:
@@ -231,7 +262,7 @@ class VaultService:
         return secret
 
     async def enroll_finish(self, body: dict) -> tuple[int, dict]:
-        user = _user(body)
+        user, rid = self._who(body)
         record = _bin(body, "record", opaque.RECORD_LEN)
         try:
             opaque.check_registration_record(record)
@@ -241,12 +272,12 @@ class VaultService:
         if not isinstance(max_attempts, int) or isinstance(max_attempts, bool) \
                 or not 1 <= max_attempts <= M.MAX_ATTEMPTS_LIMIT:
             raise ApiError(400, f"max_attempts must be an integer 1..{M.MAX_ATTEMPTS_LIMIT}")
-        ticket = self._open_ticket(user, body, "enroll")
+        ticket = self._open_ticket(rid, body, "enroll")
         secret = self._open_upload(user, _bin(body, "upload", 1, P.MAX_BODY), b"enroll",
                                    ticket["nonce"])
         version = os.urandom(M.ID_LEN)
-        sealed = self.ks.seal_secret(user, version, secret)
-        res = await self.commit(M.ENROLL, deadline_ms=body.get("deadline_ms"), user=user,
+        sealed = self.ks.seal_secret(rid, version, secret)
+        res = await self.commit(M.ENROLL, deadline_ms=body.get("deadline_ms"), user=rid,
                                 now=_now_ms(), version=version,
                                 opaque_record=record, sealed_secret=sealed,
                                 max_attempts=max_attempts, **ticket)
@@ -257,7 +288,7 @@ class VaultService:
 
     # --------------------------------------------------------- recover
     async def recover_start(self, body: dict) -> dict:
-        user = _user(body)
+        user, rid = self._who(body)
         ke1 = _bin(body, "ke1", opaque.KE1_LEN)
         try:  # malformed KE1 cannot test a guess: refuse before counting
             group.check_element(ke1[:32], "KE1 blinded element")
@@ -271,13 +302,13 @@ class VaultService:
         spec: dict = {}
 
         def ke2_in_flight():
-            rec = self.replica.read_state(lambda v: v.records.get(user))
+            rec = self.replica.read_state(lambda v: v.records.get(rid))
             active = rec is not None and rec.status == M.ACTIVE
-            record, cred_id = (rec.opaque_record, rec.cred_id) if active else (None, user)
+            record, cred_id = (rec.opaque_record, rec.cred_id) if active else (None, rid)
             spec["cred"] = (record, cred_id)
             spec["out"] = opaque.server_login_start(self.setup, record, ke1, cred_id,
                                                     context=self.context)
-        res = await self.commit(M.BEGIN_ATTEMPT, deadline_ms=body.get("deadline_ms"), user=user,
+        res = await self.commit(M.BEGIN_ATTEMPT, deadline_ms=body.get("deadline_ms"), user=rid,
                                 attempt_id=attempt_id, now=now, meanwhile=ke2_in_flight)
         # ---- committed: from here on the node may reveal the outcome ----
         code = res["code"]
@@ -287,7 +318,7 @@ class VaultService:
             cred = (res["opaque_record"], res["cred_id"])
             version, left = res["version"], res["attempts_left"]
         elif code == "unknown":  # fake KE2: same shape, same work, same commit
-            cred, version, left = (None, user), bytes(M.ID_LEN), self.fake_attempts_left
+            cred, version, left = (None, rid), bytes(M.ID_LEN), self.fake_attempts_left
         else:
             raise ApiError(400, f"attempt refused: {code}")
         if spec.get("cred") == cred:
@@ -296,7 +327,7 @@ class VaultService:
             state, ke2 = opaque.server_login_start(self.setup, cred[0], ke1, cred[1],
                                                    context=self.context)
         self.stats["ke2"] += 1
-        token = self.ks.seal_token(P.pack([user, attempt_id, version, now + TOKEN_LIFETIME_MS,
+        token = self.ks.seal_token(P.pack([rid, attempt_id, version, now + TOKEN_LIFETIME_MS,
                                            state.to_bytes()]))
         return {"ke2": ke2, "token": token, "attempts_left": left}
 
@@ -313,22 +344,22 @@ class VaultService:
         return attempt_id, version, login
 
     async def recover_finish(self, body: dict) -> dict:
-        user = _user(body)
+        user, rid = self._who(body)
         token = _bin(body, "token", 1, 1024)
         ke3 = _bin(body, "ke3", opaque.KE3_LEN)
-        attempt_id, version, login = self._open_token(user, token)
+        attempt_id, version, login = self._open_token(rid, token)
         try:
             session_key = opaque.server_login_finish(login, ke3)
         except OpaqueError:
             raise ApiError(401, "authentication failed") from None
-        res = await self.commit(M.COMPLETE_ATTEMPT, user=user, attempt_id=attempt_id,
+        res = await self.commit(M.COMPLETE_ATTEMPT, user=rid, attempt_id=attempt_id,
                                 version=version, now=_now_ms())
         if res["code"] == "destroyed":
             raise ApiError(410, "this record was destroyed after too many wrong codes")
         if res["code"] != "released":
             raise ApiError(401, "attempt expired, already used or superseded")
         try:
-            secret = self.ks.unseal_secret(user, res["version"], res["sealed_secret"])
+            secret = self.ks.unseal_secret(rid, res["version"], res["sealed_secret"])
         except SealError:
             log.error("sealed secret of a record failed to open: wrong fleet seal key?")
             raise ApiError(500, "stored secret could not be opened") from None
@@ -338,7 +369,7 @@ class VaultService:
 
     # ---------------------------------------------------------- manage
     async def manage(self, body: dict) -> dict:
-        user = _user(body)
+        user, rid = self._who(body)
         op = body.get("op")
         if op not in P.MANAGE_OPS:
             raise ApiError(400, f"op must be one of {', '.join(P.MANAGE_OPS)}")
@@ -350,23 +381,23 @@ class VaultService:
         if not isinstance(ticket_blob, bytes):
             raise ApiError(400, "ticket must be bytes")
         proof = _bin(body, "proof", 32)
-        attempt_id, version, login = self._open_token(user, token)
+        attempt_id, version, login = self._open_token(rid, token)
         session_key = login.session_key  # attempt completed: checked by the machine
         if not S.mac_ok(S.session_subkey(session_key, P.MANAGE_KEY),
                         P.manage_message(op, user, token, payload, ticket_blob), proof):
             raise ApiError(401, "authentication failed")
-        fields: dict[str, Any] = {"user": user, "attempt_id": attempt_id, "now": _now_ms()}
+        fields: dict[str, Any] = {"user": rid, "attempt_id": attempt_id, "now": _now_ms()}
         if op == "change_secret":
             new_version = os.urandom(M.ID_LEN)
             secret = self._open_upload(user, payload, b"change_secret", token)
             fields.update(version=new_version,
-                          sealed_secret=self.ks.seal_secret(user, new_version, secret))
+                          sealed_secret=self.ks.seal_secret(rid, new_version, secret))
         elif op == "change_code":
             try:
                 fields["opaque_record"] = opaque.check_registration_record(payload)
             except OpaqueError as exc:
                 raise ApiError(400, f"bad registration record: {exc}") from None
-            fields.update(self._open_ticket(user, body, "change_code"))
+            fields.update(self._open_ticket(rid, body, "change_code"))
         res = await self.commit(op, deadline_ms=body.get("deadline_ms"), **fields)
         self._ticket_refused(res["code"])
         if res["code"] == "destroyed":
@@ -529,7 +560,10 @@ async def _errors(request: web.Request, handler):
     try:
         return await handler(request)
     except ApiError as exc:
-        return _error(exc.status, exc.message, **exc.extra)
+        resp = _error(exc.status, exc.message, **exc.extra)
+        if "retry_after" in exc.extra:
+            resp.headers["Retry-After"] = str(exc.extra["retry_after"])
+        return resp
     except web.HTTPException as exc:  # 404, 405, 413 from aiohttp itself
         return _error(exc.status, exc.reason or "error")
     except asyncio.CancelledError:

@@ -39,6 +39,7 @@ ERRORS = {
     410: "destroyed",
     413: "too_large",
     415: "unsupported_media_type",
+    429: "rate_limited",
     503: "unavailable",
 }
 

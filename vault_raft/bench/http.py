@@ -31,7 +31,7 @@ class HttpError(OSError):
 
 class KeepAlive:
     def __init__(self, url: str, timeout: float = 10.0, channel: Channel | None = None,
-                 reuse: bool = True):
+                 reuse: bool = True, token=None):
         u = urllib.parse.urlsplit(url)
         if u.scheme not in ("http", "https") or not u.hostname or not u.port:
             raise ValueError(f"need an http(s)://host:port URL, got {url!r}")
@@ -39,6 +39,7 @@ class KeepAlive:
             raise ValueError(f"{url}: an https URL needs the fleet's pinned channel")
         self.channel = channel if u.scheme == "https" else None
         self.reuse = reuse  # False: a new connection (and handshake) per request
+        self.token = token  # user -> tenant token, added to every body naming a user
         self.host, self.port, self.timeout = u.hostname, u.port, timeout
         self._host_header = f"{self.host}:{self.port}".encode()
         self.sock: socket.socket | None = None
@@ -137,6 +138,8 @@ class KeepAlive:
 
     # ------------------------------------------------------------- API
     def post(self, path: str, obj: dict) -> tuple[int, dict]:
+        if self.token is not None and "user" in obj:
+            obj = dict(obj, auth=self.token(obj["user"]))
         st, data = self._request("POST", path, P.pack(obj), P.CONTENT_TYPE)
         try:
             return st, P.unpack(data)

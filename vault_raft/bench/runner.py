@@ -22,8 +22,9 @@ from ..cluster import LocalCluster, free_base_port, wait_until
 from ..core import machine as M
 from ..crypto import opaque
 from ..crypto.ksf import IDENTITY_KSF
-from ..fleet.config import FleetInfo, init_fleet
+from ..fleet.config import FleetInfo, NodeConfig, init_fleet
 from ..replica.raft import _snapshot_bytes
+from ..tenant import Gate, local_token_source
 from . import etcd as E
 from .http import KeepAlive
 from .load import Result, attempt, closed_loop, open_loop, slowest_second, timed
@@ -164,6 +165,8 @@ class VaultBench:
                 with open(p, "w") as f:
                     json.dump(d, f)
         self.fleet = FleetInfo.load(self.fleet_path)
+        # the fleet's own tenant, tokens reused for half their lifetime (as an app would)
+        self.token = local_token_source(self.dir, self.fleet.fleet_id, lifetime=900)
         self.channel = for_fleet(self.fleet)  # TLS 1.3 pinned to the fleet CA, as clients do
         self.fresh_connections = False  # True: every request on a new connection
         self.cluster = LocalCluster(self.dir)
@@ -185,7 +188,7 @@ class VaultBench:
 
     def conn(self, i: int) -> KeepAlive:
         return KeepAlive(self.fleet.nodes[i % len(self.fleet.nodes)].api, channel=self.channel,
-                         reuse=not self.fresh_connections)
+                         reuse=not self.fresh_connections, token=self.token)
 
     def entry_points(self) -> tuple[int, int]:
         """(index of the leader, index of a follower) in the fleet's node list."""
@@ -325,6 +328,20 @@ def ke2_costs(n: int) -> tuple[Result, Result]:
     return out[0], out[1]
 
 
+def token_cost(vb: "VaultBench", n: int) -> Result:
+    """What checking a tenant token costs a node per request (in process: the
+    signature, the claims, the rate buckets), on the fleet's own tenant list."""
+    gate = Gate(vb.cluster.node_dir(vb.cluster.ids[0]), vb.fleet.fleet_id,
+                NodeConfig.load(vb.cluster.node_dir(vb.cluster.ids[0])).admin_key)
+    token = vb.token(b"bench-user")
+
+    def op() -> bool:
+        gate.admit(gate.authorize(token, b"bench-user"), b"bench-user")
+        return True
+    timed(n // 4, op, "warm-up")
+    return timed(n, op, "tenant token check (in process)")
+
+
 def run_vault(cfg: Config, res: dict) -> None:
     vb = VaultBench(cfg, cfg.nodes, f"vault{cfg.nodes}")
     try:
@@ -353,6 +370,7 @@ def run_vault(cfg: Config, res: dict) -> None:
             out["c1"]["guess_unknown"] = timed(cfg.samples, vb.unknown_guess_op(lead),
                                                "vault guess commit, unknown user")
             out["c1"]["ke2_real"], out["c1"]["ke2_fake"] = ke2_costs(cfg.samples * 4)
+            out["c1"]["token_verify"] = token_cost(vb, cfg.samples * 4)
         if "enroll" in cfg.workloads:
             _progress(cfg, f"vault: {cfg.samples // 2} enrollments at concurrency 1")
             seq = itertools.count()

@@ -30,6 +30,7 @@ from .disk import KINDS as DISK_KINDS
 from .disk import damage
 from .history import History, Op
 from .proxy import ProxyNet
+from ..tenant import local_token_source
 
 NEMESES = ("partition", "kill", "pause", "slow", "lossy", "clock", "disk")
 
@@ -64,14 +65,17 @@ class Actor:
     """One client process of the history: picks a node per request, records outcomes."""
 
     def __init__(self, name: str, fleet: FleetInfo, hist: History, rng: random.Random,
-                 urls: dict[str, str], timeout: float = 4.0):
+                 urls: dict[str, str], timeout: float = 4.0, token=None):
         self.name, self.fleet, self.hist, self.rng = name, fleet, hist, rng
         self.urls = urls
         self.timeout = timeout
         self.channel = for_fleet(fleet)  # TLS 1.3 pinned to the fleet CA, as clients connect
+        self.token = token  # user -> the tenant token its requests carry
 
     def _post(self, nid: str, path: str, body: dict) -> tuple[int, dict]:
         body = dict(body, deadline_ms=int((time.time() + self.timeout) * 1000))
+        if self.token is not None and "user" in body:
+            body["auth"] = self.token(body["user"])
         conn = connection(self.urls[nid], self.timeout, self.channel)
         try:
             try:
@@ -423,6 +427,7 @@ def run_campaign(cfg: CampaignConfig) -> CampaignResult:
         node_cmd = [sys.executable, "-m", "vault_raft.chaos.skewclock", "node"]
     cluster = LocalCluster(fleet_dir, node_cmd=node_cmd, env=cfg.node_env)
     fleet = cluster.fleet
+    token = local_token_source(fleet_dir, fleet.fleet_id, lifetime=900)  # the operator's tenant
     urls = dict(cluster.api)
     hist = History()
     plan = schedule(cfg.seed, cfg.duration, tuple(cfg.nemesis), list(cluster.ids))
@@ -436,7 +441,8 @@ def run_campaign(cfg: CampaignConfig) -> CampaignResult:
         cluster.start()
         cluster.wait_leader(60)
         cluster.wait_healthy(timeout=60)
-        setup = Actor("setup", fleet, hist, random.Random(cfg.seed), urls, timeout=10)
+        setup = Actor("setup", fleet, hist, random.Random(cfg.seed), urls, timeout=10,
+                      token=token)
         owners = [(f"owner-{i}", f"owner code {i}".encode()) for i in range(cfg.owners)]
         victims = [f"victim-{i}" for i in range(cfg.victims)]
         for user, code in owners:
@@ -451,7 +457,8 @@ def run_campaign(cfg: CampaignConfig) -> CampaignResult:
             f"{cfg.victim_limit}); starting {cfg.owners + cfg.attackers} clients and the nemesis")
 
         def owner_loop(k: int, user: str, code: bytes) -> None:
-            a = Actor(f"owner-{k}", fleet, hist, random.Random(cfg.seed * 1000 + k), urls)
+            a = Actor(f"owner-{k}", fleet, hist, random.Random(cfg.seed * 1000 + k), urls,
+                      token=token)
             while not stop.is_set():
                 r = a.rng.random()
                 if r < 0.2:
@@ -465,7 +472,8 @@ def run_campaign(cfg: CampaignConfig) -> CampaignResult:
                 stop.wait(a.rng.uniform(0.01, 0.06))
 
         def attacker_loop(k: int) -> None:
-            a = Actor(f"attacker-{k}", fleet, hist, random.Random(cfg.seed * 1000 + 500 + k), urls)
+            a = Actor(f"attacker-{k}", fleet, hist, random.Random(cfg.seed * 1000 + 500 + k),
+                      urls, token=token)
             while not stop.is_set():
                 a.begin(a.rng.choice(victims), b"guess " + os.urandom(3).hex().encode())
                 stop.wait(a.rng.uniform(0.1, 0.3))
@@ -491,7 +499,8 @@ def run_campaign(cfg: CampaignConfig) -> CampaignResult:
         nem.heal()
         say("healed; waiting for a healthy cluster, then final reads")
         cluster.wait_healthy(timeout=60)
-        final = Actor("final", fleet, hist, random.Random(cfg.seed + 7), urls, timeout=10)
+        final = Actor("final", fleet, hist, random.Random(cfg.seed + 7), urls, timeout=10,
+                      token=token)
         for user, code in owners:
             deadline = time.monotonic() + cfg.final_timeout
             while time.monotonic() < deadline:

@@ -251,8 +251,13 @@ def port_free(host: str, port: int) -> bool:
 
 def init_fleet(directory: str, nodes: int, host: str = "127.0.0.1", base_port: int = 7100,
                max_attempts: int = 10, ksf: KSF = DEFAULT_KSF, check_ports: bool = True,
-               api_tls: bool = True) -> str:
+               api_tls: bool = True, local_tenant_limits: dict | None = None) -> str:
     """Create a fleet directory; returns the path of ``fleet.json``.
+
+    It holds the operator's tenant ``local`` (its key in ``tenants/local.key``),
+    which owns the plain user ids and has no rate limits unless
+    ``local_tenant_limits`` says otherwise: the operator's own CLI mints its
+    users' tokens with it.
 
     Raft ports are ``base_port + i``, API ports ``base_port + 100 + i``
     (i = 1..nodes).  Refuses to overwrite an existing fleet; writes nothing
@@ -330,4 +335,7 @@ def init_fleet(directory: str, nodes: int, host: str = "127.0.0.1", base_port: i
     with open(tmp, "w") as f:
         json.dump(fleet, f, indent=2)
     os.replace(tmp, fleet_json)
+    from ..tenant import add_tenant
+    add_tenant(directory, "local", bare_ids=True,
+               limits=local_tenant_limits or {"tenant_rate": 0.0, "user_rate": 0.0})
     return fleet_json
