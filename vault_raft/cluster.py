@@ -43,22 +43,23 @@ def free_base_port(nodes: int, *, host: str = "127.0.0.1", extra: tuple[int, ...
                    start: int = 7100, stop: int = 60000, step: int = 250,
                    rng: random.Random | None = None) -> int:
     """A base port for ``fleet init`` whose ports are all free on ``host``: Raft
-    ``base+1..base+nodes``, API ``base+101..base+100+nodes``, and ``base+e`` for
-    each offset in ``extra`` (e.g. a benchmark's etcd).
+    ``base+1..base+nodes``, API ``base+101..base+100+nodes``, metrics
+    ``base+201..base+200+nodes``, and ``base+e`` for each offset in ``extra``
+    (e.g. a benchmark's etcd).
 
     The range stays below the kernel's ephemeral ports: a port found free
     there can be taken by any outgoing connection before the node binds it
     (a node whose Raft port is taken never starts its Raft thread)."""
     low = _ephemeral_low()
-    top = max([100 + nodes, *extra])
+    top = max([200 + nodes, *extra])
     if low is not None and low - top > start:
         stop = min(stop, low - top)
     bases = list(range(start, stop, step))
     if rng is not None:
         rng.shuffle(bases)
     for base in bases:
-        ports = [base + i for i in range(1, nodes + 1)] + \
-                [base + 100 + i for i in range(1, nodes + 1)] + [base + e for e in extra]
+        ports = [base + k + i for k in (0, 100, 200) for i in range(1, nodes + 1)] + \
+                [base + e for e in extra]
         if all(port_free(host, p) for p in ports):
             return base
     raise ClusterError(f"no free range of ports for {nodes} nodes on {host}")

@@ -42,6 +42,7 @@ from .fleet.mirror import LogMirror
 from .fleet.operator import TRUST_FILE, OperatorError, fetch_log, load_trust_file
 from .fleet.keystore import FileKeystore, Keystore
 from .openapi import OPENAPI
+from .metrics import NodeMetrics
 from .replica import restart
 from .replica.raft import FAIL_NAMES, RaftSettings, VaultReplica
 
@@ -134,7 +135,7 @@ async def commit(replica, propose, command: bytes, timeout: float, meanwhile=Non
 
 class VaultService:
     def __init__(self, cfg: NodeConfig, keystore: Keystore, replica: VaultReplica,
-                 commit_timeout: float = 3.0):
+                 commit_timeout: float = 3.0, metrics: NodeMetrics | None = None):
         self.cfg = cfg
         self.ks = keystore
         self.replica = replica
@@ -152,6 +153,7 @@ class VaultService:
                         "(a fleet made before tenants; see 'vault-raft tenant init')",
                         T.TENANTS_FILE, cfg.dir)
         self.stats = {"commits": 0, "unavailable": 0, "ke2": 0}
+        self.metrics = metrics or NodeMetrics(replica, cfg.node_id)
 
     # ------------------------------------------------------------- commit
     async def commit(self, op: str, deadline_ms: Any = None, meanwhile=None,
@@ -164,13 +166,17 @@ class VaultService:
         """
         if isinstance(deadline_ms, int) and _now_ms() > deadline_ms:
             raise ApiError(503, "request expired before it was proposed", proposed=False)
+        t0 = time.perf_counter()
         try:
             res = await commit(self.replica, self.replica.propose, M.encode_command(op, **fields),
                                self.commit_timeout, meanwhile)
         except ApiError:
             self.stats["unavailable"] += 1
+            self.metrics.commits.labels(op, "unavailable").inc()
             raise
         self.stats["commits"] += 1
+        self.metrics.commits.labels(op, "ok").inc()
+        self.metrics.commit_seconds.labels(op).observe(time.perf_counter() - t0)
         if res.get("code") == "bad_command":
             raise ApiError(400, f"rejected: {res.get('detail')}")
         return res
@@ -187,8 +193,10 @@ class VaultService:
             tenant = self.gate.authorize(body.get("auth"), user)
             self.gate.admit(tenant, user)
         except T.Unauthorized as exc:
+            self.metrics.rejections.labels("token").inc()
             raise ApiError(401, f"not authorized: {exc}", reason="token") from None
         except T.RateLimited as exc:
+            self.metrics.rejections.labels("rate_limited").inc()
             raise ApiError(429, str(exc), retry_after=max(1, math.ceil(exc.retry_after))) \
                 from None
         except T.TenantError as exc:
@@ -308,10 +316,18 @@ class VaultService:
             spec["cred"] = (record, cred_id)
             spec["out"] = opaque.server_login_start(self.setup, record, ke1, cred_id,
                                                     context=self.context)
-        res = await self.commit(M.BEGIN_ATTEMPT, deadline_ms=body.get("deadline_ms"), user=rid,
-                                attempt_id=attempt_id, now=now, meanwhile=ke2_in_flight)
+        try:
+            res = await self.commit(M.BEGIN_ATTEMPT, deadline_ms=body.get("deadline_ms"),
+                                    user=rid, attempt_id=attempt_id, now=now,
+                                    meanwhile=ke2_in_flight)
+        except ApiError as exc:
+            if exc.status == 503:
+                self.metrics.guesses.labels("unavailable").inc()
+            raise
         # ---- committed: from here on the node may reveal the outcome ----
         code = res["code"]
+        self.metrics.guesses.labels(code if code in ("counted", "unknown", "destroyed")
+                                    else "refused").inc()
         if code == "destroyed":
             raise ApiError(410, "this record was destroyed after too many wrong codes")
         if code == "counted":
@@ -726,9 +742,17 @@ def run_node(node_dir: str, settings: RaftSettings | None = None) -> int:
     replica = VaultReplica(cfg.raft_addr, list(cfg.partners), cfg.data_dir, ks.cluster_secret(),
                            settings=settings, dial=dict(cfg.dial), tls=tls,
                            truncate_after=truncate_after)
+    metrics = NodeMetrics(replica, cfg.node_id)
+    if replica.journal_path.journal is not None:
+        replica.journal_path.journal.on_sync = metrics.fsync_seconds.observe
+    if cfg.metrics_port:
+        try:
+            metrics.serve(cfg.api_host, cfg.metrics_port)
+        except OSError as exc:
+            log.error("cannot serve metrics on port %d: %s", cfg.metrics_port, exc)
     try:
-        asyncio.run(_serve(VaultService(cfg, ks, replica), cfg.api_host, cfg.api_port,
-                           api_ssl))
+        asyncio.run(_serve(VaultService(cfg, ks, replica, metrics=metrics), cfg.api_host,
+                           cfg.api_port, api_ssl))
     finally:
         replica.destroy_synchronous()  # syncs and closes the journal
     return 0

@@ -145,6 +145,14 @@ def _default_max_attempts(d: dict, node_dir: str) -> int:
     return value
 
 
+def _port_or_none(value) -> int | None:
+    if value is None:
+        return None
+    if type(value) is not int or not 1 <= value <= 65535:
+        raise ValueError("metrics_port must be a port number or null")
+    return value
+
+
 def _legacy_channel_ca(fleet_dir: str) -> bytes | None:
     try:
         with open(os.path.join(fleet_dir, "ca.crt"), "rb") as f:
@@ -169,6 +177,7 @@ class NodeConfig:
     admin_key: bytes | None = None  # Ed25519 public key that signs admin requests
     default_max_attempts: int = 10  # the fleet's published default (fleet.json)
     api_tls: bool | None = None  # None (field absent): TLS if the node's TLS files exist
+    metrics_port: int | None = None  # Prometheus metrics (plain HTTP on api_host); None: off
 
     @classmethod
     def load(cls, node_dir: str) -> "NodeConfig":
@@ -184,7 +193,8 @@ class NodeConfig:
                        str(d.get("transport", "plain")),
                        bytes.fromhex(d["admin_key"]) if d.get("admin_key") else None,
                        _default_max_attempts(d, node_dir),
-                       _api_tls(d.get("api_tls")))
+                       _api_tls(d.get("api_tls")),
+                       _port_or_none(d.get("metrics_port")))
         except FileNotFoundError:
             raise ConfigError(f"{path} not found: is {node_dir} a node directory "
                               "made by 'vault-raft fleet init'?") from None
@@ -259,7 +269,8 @@ def init_fleet(directory: str, nodes: int, host: str = "127.0.0.1", base_port: i
     ``local_tenant_limits`` says otherwise: the operator's own CLI mints its
     users' tokens with it.
 
-    Raft ports are ``base_port + i``, API ports ``base_port + 100 + i``
+    Raft ports are ``base_port + i``, API ports ``base_port + 100 + i``, metrics
+    ports (plain HTTP, Prometheus) ``base_port + 200 + i``
     (i = 1..nodes).  Refuses to overwrite an existing fleet; writes nothing
     unless every check passes.  The API is served over TLS 1.3 with each
     node's fleet certificate; ``api_tls=False`` (``--insecure-http``) serves
@@ -268,8 +279,8 @@ def init_fleet(directory: str, nodes: int, host: str = "127.0.0.1", base_port: i
     if not 3 <= nodes <= MAX_NODES:
         raise ConfigError(f"--nodes must be 3..{MAX_NODES} (a vault needs a majority that "
                           "survives a failure)")
-    if not 1024 <= base_port <= 65535 - 100 - nodes:
-        raise ConfigError("--base-port must leave room for 2*nodes ports below 65535 "
+    if not 1024 <= base_port <= 65535 - 200 - nodes:
+        raise ConfigError("--base-port must leave room for 3*nodes ports below 65535 "
                           "(and be >= 1024)")
     if not 1 <= max_attempts <= 100:
         raise ConfigError("max attempts must be 1..100")
@@ -282,7 +293,8 @@ def init_fleet(directory: str, nodes: int, host: str = "127.0.0.1", base_port: i
         raise ConfigError(f"{fleet_json} exists: refusing to overwrite a fleet "
                           "(remove the directory first)")
     if check_ports:
-        busy = [p for i in range(1, nodes + 1) for p in (base_port + i, base_port + 100 + i)
+        busy = [p for i in range(1, nodes + 1)
+                for p in (base_port + i, base_port + 100 + i, base_port + 200 + i)
                 if not port_free(host, p)]
         if busy:
             raise ConfigError(f"ports already in use on {host}: {busy}; choose another "
@@ -313,7 +325,8 @@ def init_fleet(directory: str, nodes: int, host: str = "127.0.0.1", base_port: i
                "api_host": host, "api_port": base_port + 100 + i,
                "peer_ids": {a: f"n{j}" for j, a in enumerate(raft, start=1)},
                "transport": "mtls", "admin_key": admin_pk.hex(), "api_tls": api_tls,
-               "default_max_attempts": max_attempts}
+               "default_max_attempts": max_attempts,
+               "metrics_port": base_port + 200 + i}
         with open(os.path.join(ndir, "node.json"), "w") as f:
             json.dump(cfg, f, indent=2)
         scheme = "https" if api_tls else "http"

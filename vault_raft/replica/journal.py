@@ -241,6 +241,7 @@ class DurableJournal:
         self.recovery: dict | None = None  # {"need", "need_term", "reason"} while recovering
         self.on_failure: Callable[[OSError], None] | None = None  # set by the replica
         self.applied: Callable[[], int] | None = None  # the applied index (replica)
+        self.on_sync: Callable[[float], None] | None = None  # seconds per sync (metrics)
         self.failed: OSError | None = None
         self._entries: list[tuple[bytes, int, int]] = []
         self._offsets: list[int] = []  # each entry's offset in its segment
@@ -661,11 +662,14 @@ class DurableJournal:
             # crash in between, the mark claims entries that may be missing:
             # the node then fetches them again (the safe direction).
             end = self._entries[-1][1] if self._entries else 0
+            t0 = time.perf_counter()
             marked = self._write_mark(end)
             mark_sync = _mark_syncer().submit(os.fdatasync, self._mark_fd) if marked else None
             self._io(os.fdatasync, self._segs[-1].fd)  # older segments were synced when sealed
             if mark_sync is not None:
                 self._io(mark_sync.result)
+            if self.on_sync is not None:
+                self.on_sync(time.perf_counter() - t0)
             self._dirty = False
             self.syncs += 1
             self._synced_idx = end

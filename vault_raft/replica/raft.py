@@ -752,7 +752,10 @@ class DurableReplica(SyncObj):
         role = {0: "follower", 1: "candidate", 2: "leader"}.get(st["state"], str(st["state"]))
         leader = st["leader"]
         journal = self.journal_path.journal
+        peers = sum(1 for k, v in st.items() if k.startswith("partner_node_status_server_")
+                    and v == 2)
         return {
+            "peers_connected": peers,
             "role": role,
             "term": st["raft_term"],
             "commit_index": st["commit_idx"],
