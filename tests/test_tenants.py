@@ -128,12 +128,48 @@ def test_fuzzed_tokens_are_refused_cleanly(tmp_path_factory, token):
 def test_a_tenant_list_must_be_signed_by_the_admin_key(tmp_path):
     admin, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     tl = T.TenantList(FLEET, (), (), 1)
+    pk = admin.public_key().public_bytes_raw()
+    with pytest.raises(T.TenantError, match="no tenant list"):  # fails closed without one
+        T.Gate(str(tmp_path), FLEET, pk).check_ready()
     (tmp_path / T.TENANTS_FILE).write_bytes(tl.signed(other))
     with pytest.raises(T.TenantError, match="admin key"):
-        T.Gate(str(tmp_path), FLEET, admin.public_key().public_bytes_raw())
+        T.Gate(str(tmp_path), FLEET, pk).check_ready()
     (tmp_path / T.TENANTS_FILE).write_bytes(tl.signed(admin))
     with pytest.raises(T.TenantError, match="is for fleet"):
-        T.Gate(str(tmp_path), "other-fleet", admin.public_key().public_bytes_raw())
+        T.Gate(str(tmp_path), "other-fleet", pk).check_ready()
+
+
+def test_an_older_list_cannot_replace_a_newer_one_and_a_bad_one_keeps_the_good(tmp_path):
+    admin, old_key, new_key = (Ed25519PrivateKey.generate() for _ in range(3))
+    pk = admin.public_key().public_bytes_raw()
+
+    def listing(key, created):
+        return T.TenantList(FLEET, (T.Tenant("acme", (key.public_key().public_bytes_raw(),)),),
+                            (), created).signed(admin)
+    path = tmp_path / T.TENANTS_FILE
+    path.write_bytes(listing(old_key, 100))
+    g = T.Gate(str(tmp_path), FLEET, pk)
+    old_token = T.mint("acme", old_key, b"alice", FLEET)
+    assert g.authorize(old_token, b"alice").id == "acme"
+    path.write_bytes(listing(new_key, 200))  # the leaked old key is rotated out
+    with pytest.raises(T.Unauthorized):
+        g.authorize(old_token, b"alice")
+    path.write_bytes(listing(old_key, 100))  # an attacker puts the old list back
+    with pytest.raises(T.Unauthorized):
+        g.authorize(old_token, b"alice")
+    # nor after a restart: the newest date is remembered, and no list is served (503)
+    with pytest.raises(T.TenantError, match="older"):
+        T.Gate(str(tmp_path), FLEET, pk).authorize(old_token, b"alice")
+    path.write_bytes(b"half a file")  # a bad copy: the good list stays in force
+    assert g.authorize(T.mint("acme", new_key, b"alice", FLEET), b"alice").id == "acme"
+
+
+def test_user_ids_with_nul_and_deeply_nested_payloads_are_refused(gate):
+    gate, iss = gate
+    with pytest.raises(T.Unauthorized, match="NUL"):
+        gate.authorize(_sign(iss, _claims(iss, sub="acme\u0000alice")), b"acme\0alice")
+    with pytest.raises(T.Unauthorized):
+        gate.authorize(_b64({"alg": "EdDSA"}) + "." + _b64(b"[" * 5000) + ".x", b"alice")
 
 
 def test_rate_limits_per_user_and_tenant(gate):
@@ -204,3 +240,21 @@ def test_a_flood_is_answered_429_while_another_user_recovers(cluster_factory):
         retry = retry or ra
     assert statuses.count(429) >= 10 and retry is not None and int(retry) >= 1, statuses
     assert cli.recover("carol", "carol's code").secret == b"carol's key"  # others are served
+
+
+@pytest.mark.cluster
+def test_nodes_without_a_tenant_list_fail_closed_until_one_arrives(cluster_factory):
+    cl = cluster_factory(3, start=False)
+    tl = T.load_list(cl.dir)
+    for nid in cl.ids:  # the operator forgot to copy the list to the nodes
+        os.unlink(os.path.join(cl.node_dir(nid), T.TENANTS_FILE))
+    cl.start()
+    cl.wait_leader(30)
+    cli = C.Client(os.path.join(cl.dir, "fleet.json"), timeout=3)
+    with pytest.raises(C.Unavailable):  # 503, nothing proposed: not an open door
+        cli.enroll("alice", "code", b"key")
+    T.publish_list(cl.dir, tl)  # the nodes pick it up without a restart
+    assert cli.enroll("alice", "code", b"key") == 10
+    no_token = C.Client(cl.fleet, token=lambda u: "")
+    with pytest.raises(C.NotAuthorized):
+        no_token.recover("alice", "code")

@@ -206,8 +206,19 @@ def test_no_squatting_during_a_rotation(tmp_path, witness, cluster_factory):
     rec = owner.recover("erin", "erin's code")
     assert rec.secret == b"erin's key" and rec.migrated_from == fa.fleet.fleet_id
     # another record holds fay's id on the new fleet (forced here with a valid token)
-    C.Client(new_fleet, token=app).enroll("fay", "someone else's code", b"other")
+    C.Client(new_fleet, token=app).enroll("fay", "someone else's code", b"other",
+                                          max_attempts=2)
     rec = owner.recover("fay", "fay's code")
     assert rec.secret == b"fay's key" and rec.migration_conflict
+    with pytest.raises(C.VaultError, match="could not be moved"):  # no change meanwhile
+        owner.change_secret("fay", "fay's code", b"new")
     old = C.Client(os.path.join(fa.dir, "fleet.json"), token=app)
     assert old.recover("fay", "fay's code").secret == b"fay's key"  # her old record is kept
+    # her recoveries use the other record's attempts up; once it is destroyed, she moves
+    for _ in range(4):
+        rec = owner.recover("fay", "fay's code")
+        assert rec.secret == b"fay's key"
+        if rec.migrated_from:
+            break
+    assert rec.migrated_from == fa.fleet.fleet_id
+    assert owner.recover("fay", "fay's code").fleet_id == fb.fleet.fleet_id

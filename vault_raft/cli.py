@@ -131,7 +131,7 @@ def cmd_tenant_init(a) -> int:
     try:
         pk = bytes.fromhex(a.public_key) if a.public_key else None
         key = T.add_tenant(a.fleet_dir, a.name, audiences=tuple(a.audience), limits=limits,
-                           public_key=pk)
+                           public_key=pk, bare_ids=a.bare_ids)
     except ValueError:
         raise UsageError("--public-key must be hex") from None
     except (T.TenantError, ConfigError, KeystoreError) as exc:
@@ -306,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     ti.add_argument("--name", required=True, help="tenant id: 1..32 of a-z, 0-9, '-'")
     ti.add_argument("--audience", action="append", default=[],
                     help="a namespace tokens may name besides the fleet id (repeatable)")
+    ti.add_argument("--bare-ids", action="store_true",
+                    help="this tenant's users keep their plain ids (at most one tenant: the one "
+                    "whose users a fleet made before tenants already holds)")
     ti.add_argument("--public-key", default=None,
                     help="register this existing tenant key (hex) instead of making one: the "
                     "same tenant on another fleet of its namespace")

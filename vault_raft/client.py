@@ -473,10 +473,11 @@ class TrustedClient:
         cur = self._client(bundle.current)
         try:
             return cur.recover(u, c), cur
-        except WrongCode as exc:  # not enrolled here (fake answer) or a wrong code
-            if not bundle.retiring:
+        except (WrongCode, NoRecord) as exc:  # not here (fake answer), a wrong code, or
+            if not bundle.retiring:           # another record destroyed under this id
                 raise
-            left = [exc.attempts_left]
+            first, left = exc, [exc.attempts_left if isinstance(exc, WrongCode) else 0]
+        found = False
         for entry in bundle.retiring:
             old = self._client(entry)
             try:
@@ -484,19 +485,20 @@ class TrustedClient:
             except WrongCode as exc:
                 left.append(exc.attempts_left)
                 continue
+            except NoRecord:
+                continue
+            found = True
+            # Recovered: from here on this secret is never lost, whatever fails.
             try:
                 cur.enroll(u, c, rec.secret, rec.max_attempts)
-            except AlreadyEnrolled:  # another device of this user moved it meanwhile?
-                try:
-                    cur.recover(u, c)
-                except WrongCode:
-                    # Someone else's record holds this id on the current fleet.  The
-                    # secret was recovered: return it, and leave the old record where
-                    # it is (never delete the only copy).
-                    log.warning("recovered %r on retiring fleet %s, but the current fleet "
-                                "holds another record for this user: the old record is kept; "
-                                "ask the operator", u, entry.fleet_id)
-                    return dataclasses.replace(rec, migration_conflict=True), old
+            except VaultError as exc:
+                # Another record holds the id on the current fleet (or the fleet failed
+                # us just now).  Return the secret and keep the old record, the only
+                # copy; never guess again at a record that is not known to be ours.
+                log.warning("recovered %r on retiring fleet %s but could not move it to the "
+                            "current fleet (%s): the old record is kept; ask the operator",
+                            u, entry.fleet_id, exc)
+                return dataclasses.replace(rec, migration_conflict=True), old
             try:
                 old._manage(u, rec, "delete", b"")
             except VaultError as exc:  # the old fleet is destroyed when it retires anyway
@@ -504,6 +506,8 @@ class TrustedClient:
                             entry.fleet_id, exc)
             log.info("moved %r from fleet %s to %s", u, entry.fleet_id, bundle.current.fleet_id)
             return dataclasses.replace(rec, migrated_from=entry.fleet_id), cur
+        if isinstance(first, NoRecord) and not found:
+            raise first
         raise WrongCode(min(left))
 
     def recover(self, user, code) -> Recovery:
@@ -512,6 +516,10 @@ class TrustedClient:
     def _manage(self, user, code, op: str, make_request) -> Recovery:
         u, c = _user(user), _code(code)
         rec, cli = self._recover(u, c)
+        if rec.migration_conflict:
+            raise VaultError("this user's record could not be moved to the current fleet "
+                             "(another record holds the id there): no change is made; ask the "
+                             "operator")
         if rec.migrated_from is not None:
             rec = cli.recover(u, c)  # a session on the fleet the record now lives on
         cli._manage(u, rec, op, *make_request(cli, u, rec))

@@ -147,11 +147,15 @@ class VaultService:
         self.fake_attempts_left = cfg.default_max_attempts - 1
         self.peer_ids = dict(cfg.peer_ids)
         self.admin_auth = AdminVerifier(cfg.admin_key, keystore.fleet_id, cfg.node_id)
-        self.gate = T.Gate(cfg.dir, keystore.fleet_id, cfg.admin_key)
+        self.gate = T.Gate(cfg.dir, keystore.fleet_id, cfg.admin_key,
+                           required=cfg.tenants != "off")
         if not self.gate.enforced:
-            log.warning("no %s in %s: user requests are not authorized by any tenant "
-                        "(a fleet made before tenants; see 'vault-raft tenant init')",
-                        T.TENANTS_FILE, cfg.dir)
+            log.warning("tenant tokens are not checked on this node (%s): anyone who reaches "
+                        "it may act for any user", "node.json says tenants: off"
+                        if cfg.tenants == "off" else "it has no admin key")
+        elif self.gate.tenants is None:
+            log.error("%s; user requests are answered 503 until there is one",
+                      self.gate.error)
         self.stats = {"commits": 0, "unavailable": 0, "ke2": 0}
         self.metrics = metrics or NodeMetrics(replica, cfg.node_id)
 
@@ -187,9 +191,10 @@ class VaultService:
         verified and the tenant's and user's rates admitted it: nothing is
         proposed for a request that fails here (see :mod:`vault_raft.tenant`)."""
         user = _user(body)
-        if not self.gate.enforced:
-            return user, user
         try:
+            self.gate.check_ready()
+            if not self.gate.enforced:
+                return user, user
             tenant = self.gate.authorize(body.get("auth"), user)
             self.gate.admit(tenant, user)
         except T.Unauthorized as exc:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import re
 import threading
@@ -47,6 +48,8 @@ import msgpack
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (Ed25519PrivateKey,
                                                                Ed25519PublicKey)
+
+log = logging.getLogger("vault_raft.tenant")
 
 TENANTS_FILE = "tenants.bin"
 TENANT_KEYS_DIR = "tenants"  # in the fleet directory: the operator's copies of tenant keys
@@ -182,8 +185,10 @@ def _claims(token: str) -> dict:
         raise Unauthorized("token is not a compact JWT")
     try:
         raw = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
+        if not raw.lstrip().startswith(b"{"):
+            raise Unauthorized("token payload is not an object")
         claims = json.loads(raw, object_pairs_hook=_no_duplicates)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise Unauthorized("token payload is not JSON") from None
     if not isinstance(claims, dict):
         raise Unauthorized("token payload is not an object")
@@ -199,40 +204,89 @@ def _want(claims: dict, name: str, kind: type):
 
 class Gate:
     """A node's check of tokens and rates, from the tenant list in its
-    directory (reloaded when the file changes).  Thread-safe."""
+    directory (reloaded when the file changes).  Thread-safe.
+
+    It fails closed: a node that has the fleet admin key but no usable tenant
+    list answers user requests 503 (:meth:`required`), unless its node.json
+    says ``"tenants": "off"`` (a fleet made before tenants, on purpose).  A
+    list that does not verify, or is older than one already seen, is refused
+    and the last good one kept (logged once)."""
 
     def __init__(self, node_dir: str, fleet_id: str, admin_pk: bytes | None,
-                 clock=time.time):
+                 clock=time.time, required: bool = True):
         self.path = os.path.join(node_dir, TENANTS_FILE)
+        self.seen_path = self.path + ".seen"  # the newest list's ``created`` ever loaded
         self.fleet_id, self.admin_pk, self.clock = fleet_id, admin_pk, clock
-        self._mtime: int | None = None
+        self.required = required and admin_pk is not None
+        self._stamp: tuple | None = None
         self.tenants: TenantList | None = None
+        self.error: str | None = None
         self._lock = threading.Lock()
-        self._buckets: OrderedDict = OrderedDict()  # key -> [tokens, last time]
+        self._tenant_buckets: dict = {}  # tenant id -> [tokens, last time]
+        self._user_buckets: OrderedDict = OrderedDict()  # (tenant, user) -> [tokens, last]
         self._reload()
 
     @property
     def enforced(self) -> bool:
-        return self.tenants is not None
+        """Are tokens checked?  (Always, unless the node opted out, or has no
+        admin key to check a list with.)"""
+        return self.required or self.tenants is not None
+
+    def _seen(self) -> int:
+        try:
+            with open(self.seen_path) as f:
+                return int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            return 0
 
     def _reload(self) -> None:
         try:
-            mtime = os.stat(self.path).st_mtime_ns
+            st = os.stat(self.path)
         except FileNotFoundError:
+            if self.tenants is None:
+                self.error = f"no tenant list ({self.path}): run 'vault-raft tenant init'"
             return
-        if mtime == self._mtime:
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if stamp == self._stamp:
             return
-        if self.admin_pk is None:
-            raise TenantError(f"{self.path}: this node has no admin key to check it with")
-        with open(self.path, "rb") as f:
-            self.tenants = TenantList.verify(f.read(), self.admin_pk, self.fleet_id)
-        self._mtime = mtime
+        self._stamp = stamp
+        try:
+            if self.admin_pk is None:
+                raise TenantError(f"{self.path}: this node has no admin key to check it with")
+            with open(self.path, "rb") as f:
+                tl = TenantList.verify(f.read(), self.admin_pk, self.fleet_id)
+            newest = max(self._seen(), self.tenants.created if self.tenants else 0)
+            if tl.created < newest:
+                raise TenantError(f"{self.path} is older ({tl.created}) than a list already "
+                                  f"in force ({newest}): refused")
+        except (TenantError, OSError) as exc:
+            if str(exc) != self.error:
+                log.error("tenant list not loaded: %s%s", exc, "; keeping the one in force"
+                          if self.tenants else "")
+            self.error = str(exc)
+            return
+        if tl.created > self._seen():
+            from .replica.journal import atomic_write
+            try:
+                atomic_write(self.seen_path, str(tl.created).encode())
+            except OSError as exc:
+                log.warning("cannot record the tenant list's date: %s", exc)
+        self.tenants, self.error = tl, None
+
+    def check_ready(self) -> None:
+        """Reload if changed; TenantError if tokens must be checked and no list
+        is usable (the node then answers 503, proposing nothing)."""
+        self._reload()
+        if self.required and self.tenants is None:
+            raise TenantError(self.error or "no tenant list")
 
     def authorize(self, token, user: bytes) -> Tenant:
         """The tenant a valid token for ``user`` was issued by; Unauthorized
         otherwise.  Nothing here touches the replicated state."""
-        self._reload()
+        self.check_ready()
         tl = self.tenants
+        if tl is None:
+            raise TenantError(self.error or "no tenant list")
         if not isinstance(token, str) or not token:
             raise Unauthorized("a tenant token (auth) is required")
         if len(token) > MAX_TOKEN:
@@ -270,6 +324,8 @@ class Gate:
                 raise Unauthorized("token is for another user")
         except UnicodeDecodeError:
             raise Unauthorized("this user id cannot be named in a token (not UTF-8)") from None
+        if b"\0" in user:  # record keys are tenant \0 user: no id may contain one
+            raise Unauthorized("user ids may not contain NUL")
         return tenant
 
     def admit(self, tenant: Tenant, user: bytes) -> None:
@@ -277,27 +333,29 @@ class Gate:
         (with the seconds to wait) if either is empty."""
         now = time.monotonic()
         with self._lock:
-            for key, rate, burst in ((("t", tenant.id), tenant.tenant_rate, tenant.tenant_burst),
-                                     (("u", tenant.id, user), tenant.user_rate,
-                                      tenant.user_burst)):
+            take = []
+            for who, table, key, rate, burst in (
+                    ("tenant", self._tenant_buckets, tenant.id, tenant.tenant_rate,
+                     tenant.tenant_burst),
+                    ("user", self._user_buckets, (tenant.id, user), tenant.user_rate,
+                     tenant.user_burst)):
                 if rate <= 0:
                     continue
-                b = self._buckets.get(key)
+                b = table.get(key)
                 if b is None:
-                    b = self._buckets[key] = [burst, now]
-                    while len(self._buckets) > MAX_USERS_TRACKED:
-                        self._buckets.popitem(last=False)
-                self._buckets.move_to_end(key)
+                    b = table[key] = [burst, now]
+                if table is self._user_buckets:  # bounded: least recently used dropped
+                    table.move_to_end(key)
+                    while len(table) > MAX_USERS_TRACKED:
+                        table.popitem(last=False)
                 b[0] = min(burst, b[0] + (now - b[1]) * rate)
                 b[1] = now
                 if b[0] < 1:
-                    who = "tenant" if key[0] == "t" else "user"
                     raise RateLimited(f"{who} rate limit ({rate:g}/s) reached",
                                       (1 - b[0]) / rate)
-            for key, rate in ((("t", tenant.id), tenant.tenant_rate),
-                              (("u", tenant.id, user), tenant.user_rate)):
-                if rate > 0:
-                    self._buckets[key][0] -= 1
+                take.append(b)
+            for b in take:
+                b[0] -= 1
 
 
 # ------------------------------------------------------- operator's side

@@ -145,6 +145,12 @@ def _default_max_attempts(d: dict, node_dir: str) -> int:
     return value
 
 
+def _tenants_mode(value) -> str:
+    if value not in ("required", "off"):
+        raise ValueError('tenants must be "required" or "off"')
+    return value
+
+
 def _port_or_none(value) -> int | None:
     if value is None:
         return None
@@ -178,6 +184,7 @@ class NodeConfig:
     default_max_attempts: int = 10  # the fleet's published default (fleet.json)
     api_tls: bool | None = None  # None (field absent): TLS if the node's TLS files exist
     metrics_port: int | None = None  # Prometheus metrics (plain HTTP on api_host); None: off
+    tenants: str = "required"  # "off": no tenant tokens checked (a fleet made before tenants)
 
     @classmethod
     def load(cls, node_dir: str) -> "NodeConfig":
@@ -194,7 +201,8 @@ class NodeConfig:
                        bytes.fromhex(d["admin_key"]) if d.get("admin_key") else None,
                        _default_max_attempts(d, node_dir),
                        _api_tls(d.get("api_tls")),
-                       _port_or_none(d.get("metrics_port")))
+                       _port_or_none(d.get("metrics_port")),
+                       _tenants_mode(d.get("tenants", "required")))
         except FileNotFoundError:
             raise ConfigError(f"{path} not found: is {node_dir} a node directory "
                               "made by 'vault-raft fleet init'?") from None
