@@ -7,6 +7,11 @@ from vault_raft.chaos.sim import SimJournal
 
 
 class AckBeforeSyncJournal(SimJournal):
+    USE_DURABILITY_MARK = False  # (pysyncobj's journal has none either)
+
+    def _store_mark(self):
+        pass
+
     def sync(self):
         if self._dirty:
             self._dirty = False
