@@ -16,6 +16,7 @@ def _b(ns, epoch, key=b"k" * 32):
 
 def _log(path, sk, op_sk, bundles):
     w = WitnessLog(str(path), sk)
+    w.registry.add(op_sk.public_key().public_bytes_raw())
     for b in bundles:
         c = b.canonical()
         w.cosign(c, op_sk.sign(c), op_sk.public_key().public_bytes_raw(), NOW)
@@ -58,7 +59,7 @@ def test_audit_flags_what_the_witness_rules_forbid(tmp_path):
     from vault_raft.fleet import merkle
     leaves = [merkle.hash_leaf(s) for s in sts]
     sth = B.tree_head(3, merkle.root(leaves), NOW)
-    m = LogMirror(pk, sts, sth, sk.sign(sth))
+    m = LogMirror.from_statements(pk, sts, sth, sk.sign(sth))
     r = audit(m, B.TrustState())
     assert any("two different bundles for epoch 1" in p for p in r.problems)
     assert any("epoch 3 follows epoch 1" in p for p in r.problems)

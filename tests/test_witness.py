@@ -16,8 +16,8 @@ def _signed(w: WitnessLog, op_sk, b: B.Bundle, state: B.TrustState) -> B.SignedB
     canon = b.canonical()
     sig = op_sk.sign(canon)
     st, wsig, idx = w.cosign(canon, sig, op_sk.public_key().public_bytes_raw(), NOW)
-    sth, sth_sig = w.tree_head(NOW)
-    size = len(w.leaves)
+    sth, sth_sig = w.tree_head(NOW, b.namespace)
+    size = w.size
     return B.SignedBundle(canon, sig, st, wsig, idx, w.inclusion(idx, size), sth, sth_sig,
                           w.consistency(state.tree_size, size))
 
@@ -27,15 +27,17 @@ def test_rules_and_restart(tmp_path):
     op_sk, op_pk = B.new_signing_key()
     path = str(tmp_path / "witness.log")
     w = WitnessLog(path, wsk)
+    w.registry.add(op_pk)
     state = B.TrustState()
     b1 = _bundle(1)
     B.verify(_signed(w, op_sk, b1, state), op_pk, w.public_key, state, NOW)
     # a retry of the same bundle gets the same co-signature, and logs nothing new
-    size = len(w.leaves)
+    size = w.size
     assert w.cosign(b1.canonical(), op_sk.sign(b1.canonical()), op_pk, NOW + 5)[2] == 0
-    assert len(w.leaves) == size
+    assert w.size == size
     with pytest.raises(WitnessRefused, match="another operator"):
         other_op = B.new_signing_key()[0]
+        w.registry.add(other_op.public_key().public_bytes_raw())
         b2 = _bundle(2)
         w.cosign(b2.canonical(), other_op.sign(b2.canonical()),
                  other_op.public_key().public_bytes_raw(), NOW)
@@ -67,6 +69,7 @@ def test_damaged_log_refuses_to_start(tmp_path):
     op_sk, op_pk = B.new_signing_key()
     path = str(tmp_path / "witness.log")
     w = WitnessLog(path, wsk)
+    w.registry.add(op_pk)
     b = _bundle(1)
     w.cosign(b.canonical(), op_sk.sign(b.canonical()), op_pk, NOW)
     w.close()

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 import msgpack
 
 from . import bundle as B
-from . import merkle
 from .mirror import LogMirror
 
 
@@ -40,7 +39,7 @@ def audit(mirror: LogMirror, state: B.TrustState) -> AuditReport:
         if size < state.tree_size:
             report.problems.append(f"the log shrank: {size} entries, {state.tree_size} seen "
                                    "before (rollback)")
-        elif merkle.root(mirror.leaves[:state.tree_size]) != state.tree_root:
+        elif mirror.tree.root(state.tree_size) != state.tree_root:
             report.problems.append(f"the first {state.tree_size} entries changed since the "
                                    "last audit (history rewritten: a fork)")
     seen_digests: dict[bytes, int] = {}
