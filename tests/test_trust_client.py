@@ -100,6 +100,7 @@ class World:
         self.op_sk, self.op_pk = B.new_signing_key()
         self.w_sk, self.w_pk = B.new_signing_key()
         self.witness = WitnessLog(str(tmp_path / "witness.log"), self.w_sk)
+        self.witness.registry.add(self.op_pk)
         _, enroll_pk = S.hpke_keypair()
         self.entry = B.FleetEntry("f1", "current", ServerSetup.generate().public_key, enroll_pk,
                                   tuple(sorted(IDENTITY_KSF.to_dict().items())), 10, (node.url,),
@@ -122,10 +123,10 @@ class World:
         return {"bundle": canon, "operator_sig": sig, "statement": st, "witness_sig": wsig,
                 "leaf_index": idx}
 
-    def mirror(self, witness=None) -> LogMirror:
+    def mirror(self, witness=None, size=1000, ts=NOW) -> LogMirror:
         w = witness or self.witness
-        statements, sth, sig = w.page(0, 1000, NOW)
-        return LogMirror(w.public_key, statements, sth, sig)
+        statements, sth, sig = w.page(0, size, ts, "acme")
+        return LogMirror.from_statements(w.public_key, statements, sth, sig)
 
     def serve(self, signed: dict, mirror: LogMirror | None = None, since: int | None = None):
         m = mirror or self.mirror()
@@ -195,8 +196,7 @@ def test_bundle_missing_from_the_witness_log(world):
     world.publish(world.bundle(1, namespace="other"))
     signed = world.publish(world.bundle(1))
     # a genuine, signed tree head -- of the log before this bundle was added
-    statements, sth, sig = world.witness.page(0, 1, NOW)
-    m = LogMirror(world.w_pk, statements, sth, sig)
+    m = world.mirror(size=1)
     signed["leaf_index"] = 0
     world.serve(signed, mirror=m)
     _refused(world, B.NotInLog)
@@ -247,7 +247,7 @@ def test_a_lagging_node_with_a_consistent_older_head_is_accepted(world):
     world.client().verify_fleet()  # size 3 seen
     incl, _ = lag.proofs(0, 0)
     world.node.trust = dict(signed, sth=lag.sth, sth_sig=lag.sth_sig, inclusion=incl,
-                            consistency=merkle.consistency_proof(full.leaves, 1))
+                            consistency=full.tree.consistency_proof(1))
     assert world.client().verify_fleet().epoch == 1  # proven a prefix of what was seen
     assert B.TrustState.load(world.state).tree_size == 3  # and the client never moves back
     world.node.trust["consistency"] = []
