@@ -285,3 +285,72 @@ def test_a_fleet_listing_plain_http_endpoints_is_refused(world):
     entry = dataclasses.replace(world.entry, endpoints=("http://127.0.0.1:9",))
     world.serve(world.publish(world.bundle(1, entry=entry)))
     _refused(world, B.UnpinnedChannel)
+
+
+# ------------------------------------------------- lagging nodes, failover
+
+def test_a_lagging_node_makes_the_client_ask_another_before_declaring_a_fork(world):
+    """A node whose copy of the log lags answers a smaller head and no proof:
+    the client tries the next node, which is up to date; only when every node
+    lags is it reported as a fork (exit 6).  Nothing is POSTed either way."""
+    signed = world.publish(world.bundle(1))
+    lag = world.mirror()  # a copy of the log that stops at size 1
+    world.publish(world.bundle(1, namespace="other"))
+    world.serve(signed)
+    world.client().verify_fleet()  # size 2 seen
+    assert B.TrustState.load(world.state).tree_size == 2
+    up_to_date = FakeNode()
+    try:
+        up_to_date.trust = dict(world.node.trust)  # the full log, proof from size 2
+        cfg = json.load(open(world.config))
+        cfg["endpoints"] = [world.node.url, up_to_date.url]
+        json.dump(cfg, open(world.config, "w"))
+        incl, _ = lag.proofs(0, 0)
+        world.node.trust = dict(signed, sth=lag.sth, sth_sig=lag.sth_sig, inclusion=incl,
+                                consistency=[])
+        assert world.client().verify_fleet().epoch == 1
+        asked = [p for _, p in world.node.requests if p.startswith("/v1/trust")]
+        assert asked[-1] == "/v1/trust?since=2"  # the lagging node was asked first...
+        assert up_to_date.requests[-1] == ("GET", "/v1/trust?since=2")  # ...then the next
+        # every node lags: a fork as far as this client can tell
+        up_to_date.trust = dict(world.node.trust)
+        with pytest.raises(C.Untrusted) as ei:
+            world.client().recover("alice", "a recovery code")
+        assert ei.value.reason is B.ForkedLog and ei.value.exit_code == 6
+        assert "LaggingLog" in str(ei.value) and up_to_date.url in str(ei.value)
+        assert world.node.posts == [] and up_to_date.posts == []
+    finally:
+        up_to_date.close()
+
+
+def test_a_superseded_bundle_is_skipped_and_refused_without_saved_state(world):
+    """A client with no state: a node serving epoch 1 while the witness's head
+    names epoch 2 is skipped; when it is the only node, exit 6."""
+    old = world.publish(world.bundle(1, na=NOW + 30 * 86400))
+    world.publish(world.bundle(2))
+    world.serve(old, since=0)  # genuine proofs under the current head (which names epoch 2)
+    _refused(world, B.SupersededBundle)
+    # the head from before epoch 2 would do -- until it is older than the client accepts
+    before = world.mirror(size=1)
+    world.serve(old, mirror=before, since=0)
+    assert world.client().verify_fleet().epoch == 1
+    os.remove(world.state)
+    late = C.TrustedClient(world.config, world.state, timeout=1.0, request_timeout=1.0,
+                           clock=lambda: NOW + B.MAX_HEAD_AGE + 1)
+    with pytest.raises(C.Untrusted) as ei:
+        late.verify_fleet()
+    assert ei.value.reason is B.StaleTreeHead
+
+
+def test_a_v1_tree_head_is_refused_clearly(world):
+    """A node or witness from before tree head v2 serves heads without the
+    namespace's newest epoch: the client cannot tell whether the bundle is
+    current, and says what must be upgraded."""
+    signed = world.publish(world.bundle(1))
+    statements, _, _ = world.witness.page(0, 1000, NOW)
+    sth = B.tree_head_v1(world.witness.size, world.witness.tree.root(), NOW)
+    m = LogMirror.from_statements(world.w_pk, statements, sth, world.w_sk.sign(sth))
+    world.serve(signed, mirror=m)
+    with pytest.raises(C.Untrusted) as ei:
+        world.client().verify_fleet()
+    assert ei.value.reason is B.StaleTreeHead and "upgraded" in str(ei.value)

@@ -16,7 +16,10 @@ node already holds, and only that:
 * proofs come from stored hashes in O(log n) (:class:`~.merkle.HashTree`),
   the inclusion proof once per head, so no request does more than a few
   dozen look-ups and hashes, on the event loop;
-* the trust file is watched and reloaded by the same background task.
+* the trust file is watched by a second background task; a request that
+  finds the file newer than what is loaded (one ``stat``) waits for that task
+  to load it -- local disk only, at most :data:`FILE_WAIT_S` -- so a client
+  right after a publish gets the new bundle.
 
 Nothing here is trusted by clients: they verify every signature and proof.
 
@@ -51,7 +54,6 @@ REFRESH_S = 5.0  # fetch what the witness added, this often
 FETCH_DEADLINE_S = 2.0  # a whole fetch (every page), however slowly the witness answers
 LAG_FETCH_GAP_S = 1.0  # a client ahead of the node wakes a fetch at most this often
 FILE_CHECK_S = 1.0  # look for a new trust.bin this often
-STAT_GAP_S = 0.05  # requests look at the file's time at most this often
 FILE_WAIT_S = 1.0  # a request waits at most this long for a new trust file to load
 HOLD_SUPERSEDED_S = 10.0  # see the module docstring
 MAX_PAGE_BYTES = 1 << 20  # a page of 512 statements is ~60 KiB
@@ -102,7 +104,6 @@ class TrustService:
         self._check_done = asyncio.Event()  # set when the file check under way is done
         self._file_wake = asyncio.Event()
         self._fetch_wake = asyncio.Event()
-        self._last_stat = -1e9
         self._lock = threading.Lock()  # file reload vs page apply (threads); never on the loop
         self._lag_wanted = False
         self._last_fetch = -1e9
@@ -145,21 +146,18 @@ class TrustService:
         """The view; if the operator has just written a new trust file, first
         let the file task load it (local disk only, at most FILE_WAIT_S), so a
         client right after a publish gets the new bundle."""
-        now = time.monotonic()
-        if now - self._last_stat >= STAT_GAP_S:
-            self._last_stat = now
+        try:  # one stat of a local file: about a microsecond
+            mtime = os.stat(self.path).st_mtime_ns
+        except OSError:
+            mtime = None
+        deadline = time.monotonic() + FILE_WAIT_S
+        while mtime is not None and mtime != self._mtime and time.monotonic() < deadline:
+            done = self._check_done
+            self._file_wake.set()
             try:
-                mtime = os.stat(self.path).st_mtime_ns
-            except OSError:
-                mtime = None
-            deadline = now + FILE_WAIT_S
-            while mtime is not None and mtime != self._mtime and time.monotonic() < deadline:
-                done = self._check_done
-                self._file_wake.set()
-                try:
-                    await asyncio.wait_for(done.wait(), deadline - time.monotonic())
-                except asyncio.TimeoutError:
-                    break
+                await asyncio.wait_for(done.wait(), deadline - time.monotonic())
+            except asyncio.TimeoutError:
+                break
         if self._view is None:
             raise NoBundle("no bundle has been published to this node yet")
         return self._view
