@@ -206,7 +206,7 @@ def cmd_fleet_verify_deployment(a) -> int:
 
 # -------------------------------------------------------------------- audit
 def cmd_audit_verify(a) -> int:
-    from .fleet.audit import audit
+    from .fleet.audit import audit, check_namespace_head
     from .fleet.operator import OperatorError, fetch_log
     key = _key_arg(a.witness_key)
     state_path = a.state or os.path.join(os.getcwd(), "audit-state.json")
@@ -219,6 +219,21 @@ def cmd_audit_verify(a) -> int:
         print(f"FAIL: {exc.__class__.__name__}: {exc}")
         return 1
     report = audit(mirror, state)
+    # the heads clients rely on for freshness must tell the truth about each namespace
+    from . import wire
+    from urllib.parse import quote
+    for ns in sorted(report.entries):
+        if a.namespace and ns != a.namespace:
+            continue
+        try:
+            status, page = wire.call(a.witness, "GET",
+                                     f"/v1/log?start={mirror.size}&namespace={quote(ns, safe='')}")
+        except (OSError, wire.WireError) as exc:
+            raise TrustCommandError(f"cannot fetch the witness's head for {ns}: {exc}") from None
+        if status != 200:
+            report.problems.append(f"{ns}: the witness answered HTTP {status} for its head")
+            continue
+        check_namespace_head(report, mirror, page, ns)
     print(f"witness log: {report.size} entries, root {report.root.hex()[:16]}, every tree head "
           "signed and consistent")
     for ns, rows in sorted(report.entries.items()):
