@@ -22,7 +22,6 @@ from vault_raft.crypto import seal as S
 from vault_raft.crypto.ksf import IDENTITY_KSF
 from vault_raft.crypto.opaque import ServerSetup
 from vault_raft.fleet import bundle as B
-from vault_raft.fleet import merkle
 from vault_raft.fleet.mirror import LogMirror
 from vault_raft.fleet.witness import WitnessLog
 from vault_raft.channel import ca_der_from_pem, server_context

@@ -12,7 +12,6 @@
   check (tests/bugs/trust_without_freshness.py) takes the old bundle.
 """
 import os
-import shutil
 import signal
 import socket
 import statistics
