@@ -16,6 +16,7 @@ def _b(ns, epoch, key=b"k" * 32):
 
 def _log(path, sk, op_sk, bundles):
     w = WitnessLog(str(path), sk)
+    w.registry.add(op_sk.public_key().public_bytes_raw())
     for b in bundles:
         c = b.canonical()
         w.cosign(c, op_sk.sign(c), op_sk.public_key().public_bytes_raw(), NOW)
@@ -58,7 +59,27 @@ def test_audit_flags_what_the_witness_rules_forbid(tmp_path):
     from vault_raft.fleet import merkle
     leaves = [merkle.hash_leaf(s) for s in sts]
     sth = B.tree_head(3, merkle.root(leaves), NOW)
-    m = LogMirror(pk, sts, sth, sk.sign(sth))
+    m = LogMirror.from_statements(pk, sts, sth, sk.sign(sth))
     r = audit(m, B.TrustState())
     assert any("two different bundles for epoch 1" in p for p in r.problems)
     assert any("epoch 3 follows epoch 1" in p for p in r.problems)
+
+
+def test_audit_catches_a_head_that_hides_a_newer_bundle(tmp_path):
+    """Clients trust a v2 head to name their namespace's newest bundle; the
+    monitor checks each head it is served against the log."""
+    from vault_raft.fleet.audit import check_namespace_head
+    sk, _ = B.new_signing_key()
+    op, _ = B.new_signing_key()
+    w = _log(tmp_path / "a.log", sk, op, [_b("acme", 1), _b("x", 1), _b("acme", 2)])
+    m = LogMirror(w.public_key)
+    m.update(_fetcher(w))
+    r = audit(m, B.TrustState())
+    page = dict(zip(("statements", "sth", "sth_sig"), w.page(3, 10, NOW, "acme")))
+    check_namespace_head(r, m, page, "acme")
+    assert r.ok, r.problems
+    # the same witness key signs a head that names epoch 1 as acme's newest
+    b1 = _b("acme", 1)
+    lie = B.tree_head(3, m.tree.root(), NOW, "acme", 1, b1.digest)
+    check_namespace_head(r, m, {"sth": lie, "sth_sig": sk.sign(lie)}, "acme")
+    assert any("hide a newer bundle" in p for p in r.problems)

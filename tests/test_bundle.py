@@ -1,6 +1,7 @@
 """Bundle verification: a good bundle passes; each attack fails with its own error."""
 import copy
 
+import msgpack
 import pytest
 
 from vault_raft.fleet import bundle as B
@@ -24,11 +25,22 @@ class Witness:
         self.leaves.append(M.hash_leaf(st))
         return self.serve(op_sk.sign(canon), canon, len(self.leaves) - 1, since)
 
+    def head(self, namespace, size, ts=NOW, leaves=None):
+        """A v2 head: the root of the first ``size`` entries and the newest
+        statement of ``namespace`` among them."""
+        leaves = self.leaves[:size] if leaves is None else leaves
+        epoch, digest = 0, bytes(32)
+        for st in self.statements[:size]:
+            _, ns, _, e, d = msgpack.unpackb(st, raw=False)
+            if ns == namespace:
+                epoch, digest = e, d
+        return B.tree_head(size, M.root(leaves), ts, namespace, epoch, digest)
+
     def serve(self, op_sig, canon, index, since=0, leaves=None) -> B.SignedBundle:
         leaves = self.leaves if leaves is None else leaves
         size = len(leaves)
-        sth = B.tree_head(size, M.root(leaves), NOW)
         st = self.statements[index]
+        sth = self.head(msgpack.unpackb(st, raw=False)[1], size, leaves=leaves)
         return B.SignedBundle(canon, op_sig, st, self.sk.sign(st), index,
                               M.inclusion_proof(leaves, index), sth, self.sk.sign(sth),
                               M.consistency_proof(leaves, since) if since else [])
@@ -93,7 +105,7 @@ def test_bundle_missing_from_the_log(world):
     sb = w.cosign(op_sk, _bundle())
     # the witness serves a tree head that does not contain the statement
     leaves_without = w.leaves[:-1]
-    sb.sth = B.tree_head(len(leaves_without), M.root(leaves_without), NOW)
+    sb.sth = w.head("f1", len(leaves_without))
     sb.sth_sig = w.sk.sign(sb.sth)
     sb.leaf_index = 0
     sb.inclusion = M.inclusion_proof(leaves_without, 0)
@@ -184,3 +196,64 @@ def test_channel_ca_is_encoded_and_covered_by_the_signature(world):
     mixed = B.Bundle("f1", 1, (b.current, _entry(b"n" * 32, "fb", "retiring")), NOW, NOW + 1)
     with pytest.raises(ValueError):
         mixed.canonical()
+
+
+# ------------------------------------------------ freshness (tree head v2)
+
+def test_a_superseded_bundle_is_refused_even_without_saved_state(world):
+    """The tree head names the namespace's newest epoch: a client that has
+    never seen epoch 2 still refuses epoch 1 once the log holds epoch 2."""
+    op_sk, op_pk, w, _ = world
+    old = _bundle(epoch=1)
+    B.verify(w.cosign(op_sk, old), op_pk, w.pk, B.TrustState(), NOW)
+    w.cosign(op_sk, _bundle(epoch=2))
+    replay = w.serve(op_sk.sign(old.canonical()), old.canonical(), 0)
+    with pytest.raises(B.SupersededBundle, match="epoch 2"):
+        B.verify(replay, op_pk, w.pk, B.TrustState(), NOW)
+    assert issubclass(B.SupersededBundle, B.ReplayedBundle)  # a stale node: clients move on
+
+
+def test_an_old_tree_head_cannot_vouch_for_freshness(world):
+    """A head from before the new epoch was logged, replayed later: refused
+    once older than the client accepts (by default 6 h)."""
+    op_sk, op_pk, w, _ = world
+    sb = w.cosign(op_sk, _bundle(na=NOW + 86400))
+    assert B.verify(sb, op_pk, w.pk, B.TrustState(), NOW + B.MAX_HEAD_AGE).epoch == 1
+    with pytest.raises(B.StaleTreeHead, match="old"):
+        B.verify(sb, op_pk, w.pk, B.TrustState(), NOW + B.MAX_HEAD_AGE + 1)
+    with pytest.raises(B.StaleTreeHead):
+        B.verify(sb, op_pk, w.pk, B.TrustState(), NOW + 61, max_head_age=60)
+
+
+def test_heads_that_cannot_speak_for_the_bundle(world):
+    op_sk, op_pk, w, _ = world
+    b = _bundle()
+    sb = w.cosign(op_sk, b)
+    size = len(w.leaves)
+    cases = {
+        B.StaleTreeHead: [B.tree_head_v1(size, M.root(w.leaves), NOW),  # the former format
+                          w.head("other", size),  # another namespace's head
+                          B.tree_head(size, M.root(w.leaves), NOW)],  # no namespace at all
+        # the same log, yet a head naming another bundle as the newest: the witness lies
+        B.ForkedLog: [B.tree_head(size, M.root(w.leaves), NOW, "f1", 1, b"x" * 32),
+                      B.tree_head(size, M.root(w.leaves), NOW, "f1", 0, bytes(32))],
+    }
+    for err, heads in cases.items():
+        for sth in heads:
+            sb.sth, sb.sth_sig = sth, w.sk.sign(sth)
+            with pytest.raises(err):
+                B.verify(sb, op_pk, w.pk, B.TrustState(), NOW)
+
+
+def test_tree_heads_decode_strictly():
+    h = B.tree_head(3, b"r" * 32, NOW, "acme", 2, b"d" * 32)
+    assert B.parse_head(h) == B.TreeHead(B.STH_V, 3, b"r" * 32, NOW, "acme", 2, b"d" * 32)
+    assert B.parse_head(B.tree_head_v1(3, b"r" * 32, NOW)).version == B.STH_V1
+    for bad in ([B.STH_V, 3, b"r" * 32, NOW, "acme", 2, b"d" * 31],
+                [B.STH_V, 3, b"r" * 32, NOW, "acme", 0, b"d" * 32],  # epoch 0 with a digest
+                [B.STH_V, 3, b"r" * 32, NOW, "acme", True, b"d" * 32],
+                [B.STH_V, 3, b"r" * 32, NOW, "a" * 129, 2, b"d" * 32],
+                [B.STH_V1, 3, b"r" * 32, NOW, "acme", 2, b"d" * 32],
+                [B.STH_V, 3, b"r" * 32, NOW]):
+        with pytest.raises(B.BundleMalformed):
+            B.parse_head(msgpack.packb(bad, use_bin_type=True))

@@ -137,3 +137,65 @@ def test_malformed_inputs_are_false_not_exceptions():
     assert not M.verify_consistency(3, 5, r, r, [])
     assert M.verify_consistency(5, 5, r, r, [])
     assert not M.verify_consistency(5, 5, r, M.EMPTY_ROOT, [])
+
+
+# ------------------------------------------- the stored-hash tree (nodes, witness)
+
+def test_hash_tree_gives_the_same_roots_and_proofs_for_every_size():
+    """Every root, inclusion and consistency proof of every prefix, from the
+    stored hashes, equals the recursive reference computation."""
+    leaves = _leaves(70)
+    t = M.HashTree(leaves)
+    assert M.HashTree.from_hashes(t.leaf_hashes()).levels == t.levels
+    for n in range(0, 71):
+        assert t.root(n) == M.root(leaves[:n])
+        for i in range(n):
+            assert t.inclusion_proof(i, n) == M.inclusion_proof(leaves[:n], i)
+        for m in range(1, n + 1):
+            assert t.consistency_proof(m, n) == M.consistency_proof(leaves[:n], m)
+
+
+@given(st.integers(0, 300), st.integers(0, 300), st.data())
+def test_hash_tree_truncate_then_grow_differently(n, cut, data):
+    """A writer appends a page, finds it does not match its head and takes it
+    back: the tree is then exactly the shorter one (memoised edges included)."""
+    leaves = _leaves(n)
+    t = M.HashTree(leaves)
+    cut = min(cut, n)
+    t.root()
+    if n:
+        t.inclusion_proof(data.draw(st.integers(0, n - 1)))
+    t.truncate(cut)
+    other = leaves[:cut] + [M.hash_leaf(b"x%d" % i) for i in range(data.draw(st.integers(0, 40)))]
+    for h in other[cut:]:
+        t.append(h)
+    assert t.levels == M.HashTree(other).levels
+    assert t.root() == M.root(other)
+    if other:
+        i = data.draw(st.integers(0, len(other) - 1))
+        assert t.inclusion_proof(i) == M.inclusion_proof(other, i)
+        m = data.draw(st.integers(1, len(other)))
+        assert t.consistency_proof(m) == M.consistency_proof(other, m)
+
+
+def test_hash_tree_proofs_are_logarithmic():
+    """A proof over a million leaves costs a few dozen hashes, not a rebuild."""
+    import time
+    t = M.HashTree.from_hashes(b"".join(M.hash_leaf(i.to_bytes(4, "big"))
+                                        for i in range(1 << 20 | 12345)))
+    n = t.size
+    calls = []
+    real = M.hash_children
+    M.hash_children = lambda l, r: calls.append(1) or real(l, r)
+    try:
+        t0 = time.perf_counter()
+        r = t.root()
+        p = t.inclusion_proof(777, n)
+        c = t.consistency_proof(n - 5000, n)
+        elapsed = time.perf_counter() - t0
+    finally:
+        M.hash_children = real
+    assert len(calls) <= 2 * 21 * 21, len(calls)
+    assert M.verify_inclusion(t.mth(777, 778), 777, n, p, r)
+    assert M.verify_consistency(n - 5000, n, t.root(n - 5000), r, c)
+    assert elapsed < 0.05, elapsed

@@ -22,7 +22,6 @@ from vault_raft.crypto import seal as S
 from vault_raft.crypto.ksf import IDENTITY_KSF
 from vault_raft.crypto.opaque import ServerSetup
 from vault_raft.fleet import bundle as B
-from vault_raft.fleet import merkle
 from vault_raft.fleet.mirror import LogMirror
 from vault_raft.fleet.witness import WitnessLog
 from vault_raft.channel import ca_der_from_pem, server_context
@@ -100,6 +99,7 @@ class World:
         self.op_sk, self.op_pk = B.new_signing_key()
         self.w_sk, self.w_pk = B.new_signing_key()
         self.witness = WitnessLog(str(tmp_path / "witness.log"), self.w_sk)
+        self.witness.registry.add(self.op_pk)
         _, enroll_pk = S.hpke_keypair()
         self.entry = B.FleetEntry("f1", "current", ServerSetup.generate().public_key, enroll_pk,
                                   tuple(sorted(IDENTITY_KSF.to_dict().items())), 10, (node.url,),
@@ -122,10 +122,10 @@ class World:
         return {"bundle": canon, "operator_sig": sig, "statement": st, "witness_sig": wsig,
                 "leaf_index": idx}
 
-    def mirror(self, witness=None) -> LogMirror:
+    def mirror(self, witness=None, size=1000, ts=NOW) -> LogMirror:
         w = witness or self.witness
-        statements, sth, sig = w.page(0, 1000, NOW)
-        return LogMirror(w.public_key, statements, sth, sig)
+        statements, sth, sig = w.page(0, size, ts, "acme")
+        return LogMirror.from_statements(w.public_key, statements, sth, sig)
 
     def serve(self, signed: dict, mirror: LogMirror | None = None, since: int | None = None):
         m = mirror or self.mirror()
@@ -195,8 +195,7 @@ def test_bundle_missing_from_the_witness_log(world):
     world.publish(world.bundle(1, namespace="other"))
     signed = world.publish(world.bundle(1))
     # a genuine, signed tree head -- of the log before this bundle was added
-    statements, sth, sig = world.witness.page(0, 1, NOW)
-    m = LogMirror(world.w_pk, statements, sth, sig)
+    m = world.mirror(size=1)
     signed["leaf_index"] = 0
     world.serve(signed, mirror=m)
     _refused(world, B.NotInLog)
@@ -247,7 +246,7 @@ def test_a_lagging_node_with_a_consistent_older_head_is_accepted(world):
     world.client().verify_fleet()  # size 3 seen
     incl, _ = lag.proofs(0, 0)
     world.node.trust = dict(signed, sth=lag.sth, sth_sig=lag.sth_sig, inclusion=incl,
-                            consistency=merkle.consistency_proof(full.leaves, 1))
+                            consistency=full.tree.consistency_proof(1))
     assert world.client().verify_fleet().epoch == 1  # proven a prefix of what was seen
     assert B.TrustState.load(world.state).tree_size == 3  # and the client never moves back
     world.node.trust["consistency"] = []
@@ -285,3 +284,72 @@ def test_a_fleet_listing_plain_http_endpoints_is_refused(world):
     entry = dataclasses.replace(world.entry, endpoints=("http://127.0.0.1:9",))
     world.serve(world.publish(world.bundle(1, entry=entry)))
     _refused(world, B.UnpinnedChannel)
+
+
+# ------------------------------------------------- lagging nodes, failover
+
+def test_a_lagging_node_makes_the_client_ask_another_before_declaring_a_fork(world):
+    """A node whose copy of the log lags answers a smaller head and no proof:
+    the client tries the next node, which is up to date; only when every node
+    lags is it reported as a fork (exit 6).  Nothing is POSTed either way."""
+    signed = world.publish(world.bundle(1))
+    lag = world.mirror()  # a copy of the log that stops at size 1
+    world.publish(world.bundle(1, namespace="other"))
+    world.serve(signed)
+    world.client().verify_fleet()  # size 2 seen
+    assert B.TrustState.load(world.state).tree_size == 2
+    up_to_date = FakeNode()
+    try:
+        up_to_date.trust = dict(world.node.trust)  # the full log, proof from size 2
+        cfg = json.load(open(world.config))
+        cfg["endpoints"] = [world.node.url, up_to_date.url]
+        json.dump(cfg, open(world.config, "w"))
+        incl, _ = lag.proofs(0, 0)
+        world.node.trust = dict(signed, sth=lag.sth, sth_sig=lag.sth_sig, inclusion=incl,
+                                consistency=[])
+        assert world.client().verify_fleet().epoch == 1
+        asked = [p for _, p in world.node.requests if p.startswith("/v1/trust")]
+        assert asked[-1] == "/v1/trust?since=2"  # the lagging node was asked first...
+        assert up_to_date.requests[-1] == ("GET", "/v1/trust?since=2")  # ...then the next
+        # every node lags: a fork as far as this client can tell
+        up_to_date.trust = dict(world.node.trust)
+        with pytest.raises(C.Untrusted) as ei:
+            world.client().recover("alice", "a recovery code")
+        assert ei.value.reason is B.ForkedLog and ei.value.exit_code == 6
+        assert "LaggingLog" in str(ei.value) and up_to_date.url in str(ei.value)
+        assert world.node.posts == [] and up_to_date.posts == []
+    finally:
+        up_to_date.close()
+
+
+def test_a_superseded_bundle_is_skipped_and_refused_without_saved_state(world):
+    """A client with no state: a node serving epoch 1 while the witness's head
+    names epoch 2 is skipped; when it is the only node, exit 6."""
+    old = world.publish(world.bundle(1, na=NOW + 30 * 86400))
+    world.publish(world.bundle(2))
+    world.serve(old, since=0)  # genuine proofs under the current head (which names epoch 2)
+    _refused(world, B.SupersededBundle)
+    # the head from before epoch 2 would do -- until it is older than the client accepts
+    before = world.mirror(size=1)
+    world.serve(old, mirror=before, since=0)
+    assert world.client().verify_fleet().epoch == 1
+    os.remove(world.state)
+    late = C.TrustedClient(world.config, world.state, timeout=1.0, request_timeout=1.0,
+                           clock=lambda: NOW + B.MAX_HEAD_AGE + 1)
+    with pytest.raises(C.Untrusted) as ei:
+        late.verify_fleet()
+    assert ei.value.reason is B.StaleTreeHead
+
+
+def test_a_v1_tree_head_is_refused_clearly(world):
+    """A node or witness from before tree head v2 serves heads without the
+    namespace's newest epoch: the client cannot tell whether the bundle is
+    current, and says what must be upgraded."""
+    signed = world.publish(world.bundle(1))
+    statements, _, _ = world.witness.page(0, 1000, NOW)
+    sth = B.tree_head_v1(world.witness.size, world.witness.tree.root(), NOW)
+    m = LogMirror.from_statements(world.w_pk, statements, sth, world.w_sk.sign(sth))
+    world.serve(signed, mirror=m)
+    with pytest.raises(C.Untrusted) as ei:
+        world.client().verify_fleet()
+    assert ei.value.reason is B.StaleTreeHead and "upgraded" in str(ei.value)

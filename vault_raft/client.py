@@ -346,6 +346,8 @@ class ClientConfig:
     operator_key: bytes
     witness_key: bytes
     endpoints: tuple[str, ...]
+    # how old a witness tree head may be and still vouch that a bundle is the newest
+    max_head_age: int = B.MAX_HEAD_AGE
 
     @classmethod
     def load(cls, path: str) -> "ClientConfig":
@@ -360,8 +362,11 @@ class ClientConfig:
         try:
             if d["version"] != 1:
                 raise ConfigError(f"client config {path}: unsupported version {d['version']}")
+            age = d.get("max_head_age", B.MAX_HEAD_AGE)
+            if isinstance(age, bool) or not isinstance(age, int) or not 60 <= age <= 7 * 86400:
+                raise ValueError("max_head_age must be 60..604800 seconds")
             c = cls(str(d["namespace"]), bytes.fromhex(d["operator_key"]),
-                    bytes.fromhex(d["witness_key"]), tuple(str(e) for e in d["endpoints"]))
+                    bytes.fromhex(d["witness_key"]), tuple(str(e) for e in d["endpoints"]), age)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"client config {path} is malformed: {exc}") from None
         if len(c.operator_key) != 32 or len(c.witness_key) != 32:
@@ -392,9 +397,20 @@ class TrustedClient:
         self.bundle: B.Bundle | None = None
 
     # ------------------------------------------------------------- trust
+    # Failures that say "this node is behind", not "this answer is forged": the
+    # client asks the next node, and reports them only if no node does better.
+    _STALE = (B.ReplayedBundle, B.StaleTreeHead, B.LaggingLog)
+
     def verify_fleet(self) -> B.Bundle:
         """Fetch the bundle from some node and verify it; raise Untrusted if it
-        fails, Unavailable if no node answers."""
+        fails, Unavailable if no node answers.
+
+        A node that lags (a smaller tree head than the one saved, without a
+        proof), serves an older or superseded epoch, or a tree head too old to
+        vouch for freshness, is skipped: another node may be up to date.  Only
+        when none is does the client stop, with exit code 6 (a lagging view
+        reported as ``ForkedLog``).  Any other failure is evidence of forgery
+        and stops at once."""
         try:
             state = B.TrustState.load(self.state_path)
         except B.TrustError as exc:
@@ -402,7 +418,8 @@ class TrustedClient:
         urls = list(dict.fromkeys(state.endpoints + list(self.config.endpoints)))
         if not urls:
             raise Untrusted("no endpoints to fetch the fleet's bundle from")
-        stale, last = None, "no node answered"
+        behind: list[tuple[B.TrustError, str]] = []
+        last = "no node answered"
         for url in urls:
             try:  # TLS, but not pinned yet: the answer authenticates itself (verify below)
                 status, out = wire.call(url, "GET", f"/v1/trust?since={state.tree_size}",
@@ -417,9 +434,12 @@ class TrustedClient:
                                  list(state.endpoints))
             try:
                 bundle = B.verify(B.SignedBundle.from_wire(out), self.config.operator_key,
-                                  self.config.witness_key, trial, int(self.clock()))
-            except B.ReplayedBundle as exc:  # a node of a fleet retired since: try others
-                stale = stale or (exc, url)
+                                  self.config.witness_key, trial, int(self.clock()),
+                                  self.config.max_head_age)
+            except self._STALE as exc:
+                behind.append((exc, url))
+                log.info("%s is behind (%s: %s); asking another node", url,
+                         exc.__class__.__name__, exc)
                 continue
             except B.TrustError as exc:
                 raise Untrusted(f"fleet bundle from {url} rejected: "
@@ -432,10 +452,15 @@ class TrustedClient:
                 trial.save(self.state_path)
             self.bundle = bundle
             return bundle
-        if stale is not None:
-            exc, url = stale
-            raise Untrusted(f"fleet bundle from {url} rejected: ReplayedBundle: {exc}",
-                            B.ReplayedBundle)
+        if behind:
+            # a lagging view outranks the others: no node proved the log seen is kept
+            exc, url = next(((e, u) for e, u in behind if isinstance(e, B.LaggingLog)),
+                            behind[0])
+            reason = B.ForkedLog if isinstance(exc, B.LaggingLog) else type(exc)
+            others = "; ".join(f"{u}: {e.__class__.__name__}" for e, u in behind if e is not exc)
+            raise Untrusted(f"no node gave a current, consistent view of the fleet's bundle: "
+                            f"{url}: {exc.__class__.__name__}: {exc}"
+                            + (f" (also {others})" if others else ""), reason)
         raise Unavailable(f"could not fetch the fleet's bundle ({last})")
 
     def _client(self, entry: B.FleetEntry) -> Client:

@@ -23,11 +23,11 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _start_witness(directory: str) -> tuple[subprocess.Popen, str, bytes]:
+def _start_witness(directory: str) -> tuple[subprocess.Popen, str, bytes, str]:
     port = free_base_port(1, start=7000) + 1
     wdir = os.path.join(directory, "witness")
     pk = init_witness(wdir, port=port)
-    return witness_server.spawn(wdir), f"http://127.0.0.1:{port}", pk
+    return witness_server.spawn(wdir), f"http://127.0.0.1:{port}", pk, wdir
 
 
 def run_demo(directory: str | None = None, keep: bool = False) -> int:
@@ -48,9 +48,13 @@ def run_demo(directory: str | None = None, keep: bool = False) -> int:
         cluster.wait_healthy(timeout=30)
         _say(cluster.table())
         _say("\n== 3. trust: a witness process; the operator publishes a signed bundle")
-        witness, wurl, wpk = _start_witness(directory)
+        witness, wurl, wpk, wdir = _start_witness(directory)
         client_json = init_operator(os.path.join(directory, "operator"), "demo", wurl, wpk)
-        bundle = Operator(os.path.join(directory, "operator")).publish(fleet_dir)
+        op = Operator(os.path.join(directory, "operator"))
+        witness_server.registry(wdir).add(op.pk, "the demo's operator")
+        _say("   the witness's operator registered the operator key (only registered keys "
+             "create namespaces)")
+        bundle = op.publish(fleet_dir)
         _say(f"   witness {wurl} (pid {witness.pid}) co-signed and logged epoch {bundle.epoch}")
         _say(f"   clients hold only {client_json}: operator + witness public keys")
         app_key = T.add_tenant(fleet_dir, "demo-app", audiences=("demo",))

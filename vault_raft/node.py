@@ -36,10 +36,8 @@ from .core import machine as M
 from .crypto import group, opaque
 from .crypto import seal as S
 from .crypto.errors import OpaqueError, SealError
-from .fleet import bundle as B
 from .fleet.config import ConfigError, NodeConfig, opaque_context
-from .fleet.mirror import LogMirror
-from .fleet.operator import TRUST_FILE, OperatorError, fetch_log, load_trust_file
+from .fleet.trust_service import NoBundle, TrustService
 from .fleet.keystore import FileKeystore, Keystore
 from .openapi import OPENAPI
 from .metrics import NodeMetrics
@@ -488,82 +486,7 @@ class VaultService:
 
 # ------------------------------------------------------------ fleet trust
 
-class TrustService:
-    """Serves the bundle the operator published to this node (``trust.bin``)
-    with proofs computed from a verified copy of the witness's log, which a
-    background task keeps up to date.  Nothing here is trusted by clients:
-    they verify every signature and proof themselves."""
-
-    REFRESH_S = 5.0
-
-    def __init__(self, node_dir: str):
-        self.path = os.path.join(node_dir, TRUST_FILE)
-        self._mtime: float | None = None
-        self.trust: dict | None = None
-        self.mirror: LogMirror | None = None
-        self._fetching = threading.Lock()  # one witness fetch at a time
-        self._swap = threading.Lock()  # guards (trust, mirror): held only briefly
-
-    def _reload(self) -> None:
-        try:
-            mtime = os.stat(self.path).st_mtime_ns
-        except FileNotFoundError:
-            return
-        if mtime == self._mtime:
-            return
-        trust = load_trust_file(self.path)
-        mirror = LogMirror(trust["witness_key"], trust["statements"], trust["sth"],
-                           trust["sth_sig"])
-        with self._swap:
-            if self.mirror is not None and self.mirror.witness_pk == mirror.witness_pk \
-                    and self.mirror.size > mirror.size:
-                mirror = self.mirror  # ours is newer, so it includes the bundle's statement
-            self.trust, self.mirror, self._mtime = trust, mirror, mtime
-        log.info("serving bundle from %s (log size %d)", self.path, mirror.size)
-
-    def refresh(self) -> None:
-        """Blocking: reload the file, then fetch what the witness added."""
-        with self._fetching:
-            self._reload()
-            with self._swap:
-                trust, mirror = self.trust, self.mirror
-            if trust is None:
-                return
-            fresh = fetch_log(trust["witness"], trust["witness_key"], mirror.copy(), timeout=2.0)
-            with self._swap:
-                if self.mirror is mirror:
-                    self.mirror = fresh
-
-    async def run(self) -> None:
-        while True:
-            try:
-                await asyncio.to_thread(self.refresh)
-            except (OSError, OperatorError, B.TrustError, wire.WireError) as exc:
-                log.debug("witness log refresh failed: %s", exc)
-            await asyncio.sleep(self.REFRESH_S)
-
-    async def answer(self, since: int) -> dict:
-        await asyncio.to_thread(self._reload)
-        if self.trust is None:
-            raise ApiError(404, "no bundle has been published to this node yet")
-        if since > self.mirror.size:  # the client saw more of the log than we hold
-            try:
-                await asyncio.to_thread(self.refresh)
-            except (OSError, OperatorError, B.TrustError, wire.WireError) as exc:
-                log.warning("witness log refresh failed: %s", exc)
-        with self._swap:
-            trust, mirror = self.trust, self.mirror
-        signed = dict(trust["signed"])
-        signed["inclusion"], signed["consistency"] = mirror.proofs(signed["leaf_index"], since)
-        signed["sth"], signed["sth_sig"] = mirror.sth, mirror.sth_sig
-        return signed
-
-    async def deployment(self, fleet_id: str) -> dict:
-        await asyncio.to_thread(self._reload)
-        dep = (self.trust or {}).get("deployments", {}).get(fleet_id)
-        if dep is None:
-            raise ApiError(404, f"no deployment record for fleet {fleet_id!r} here")
-        return dep
+# TrustService (GET /v1/trust, /v1/deployment) lives in fleet/trust_service.py
 
 
 # ------------------------------------------------------------------ HTTP
@@ -634,18 +557,24 @@ def build_app(service: VaultService, trust: TrustService | None = None) -> web.A
     async def get_trust(request):
         if trust is None:
             raise ApiError(404, "this node serves no bundle")
-        try:
-            since = int(request.query.get("since", "0"))
-            if since < 0:
-                raise ValueError
-        except ValueError:
-            raise ApiError(400, "since must be an integer >= 0") from None
-        return _reply(200, await trust.answer(since))
+        raw = request.query.get("since", "0")
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 20):
+            raise ApiError(400, "since must be an integer >= 0")
+        try:  # answered from what the node holds: never waits on the witness
+            return _reply(200, await trust.answer(int(raw)))
+        except NoBundle as exc:
+            raise ApiError(404, str(exc)) from None
 
     async def get_deployment(request):
         if trust is None:
             raise ApiError(404, "this node serves no bundle")
-        return _reply(200, await trust.deployment(request.query.get("fleet", "")))
+        fleet = request.query.get("fleet", "")
+        try:
+            return _reply(200, await trust.deployment(fleet))
+        except NoBundle as exc:
+            raise ApiError(404, str(exc)) from None
+        except KeyError:
+            raise ApiError(404, f"no deployment record for fleet {fleet[:64]!r} here") from None
 
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/trust", get_trust)

@@ -60,6 +60,42 @@ def cmd_witness_init(a) -> int:
     return 0
 
 
+def _registry(directory: str):
+    from .fleet.witness import RegistryError
+    from .witness_server import registry
+    reg = registry(directory)
+    try:
+        reg.keys()
+    except RegistryError as exc:
+        raise TrustCommandError(str(exc)) from None
+    return reg
+
+
+def cmd_witness_register(a) -> int:
+    key = _key_arg(a.operator_key)
+    added = _registry(a.dir).add(key, a.note or "")
+    _say(f"operator key {key.hex()} " + ("registered: it may now create namespaces"
+                                         if added else "was already registered"))
+    return 0
+
+
+def cmd_witness_unregister(a) -> int:
+    key = _key_arg(a.operator_key)
+    if not _registry(a.dir).remove(key):
+        raise TrustCommandError(f"operator key {key.hex()} is not registered")
+    _say(f"operator key {key.hex()} unregistered: it creates no new namespace (those it "
+         "created stay its own)")
+    return 0
+
+
+def cmd_witness_operators(a) -> int:
+    keys = _registry(a.dir).keys()
+    for k, v in sorted(keys.items(), key=lambda kv: kv[1]["added"]):
+        print(f"{k}  added {_ts(v['added'])}  {v['note']}".rstrip())
+    _say(f"{len(keys)} operator key(s) registered in {a.dir}")
+    return 0
+
+
 def cmd_witness_serve(a) -> int:
     import logging
     from .witness_server import run_witness
@@ -69,10 +105,33 @@ def cmd_witness_serve(a) -> int:
 
 
 # ----------------------------------------------------------------- operator
+def _local_witness_dir(key_arg: str) -> str | None:
+    """The witness directory ``--witness-key @W/witness.pub`` points into, if
+    this user can edit it (then they are the witness's operator)."""
+    if not key_arg.startswith("@"):
+        return None
+    d = os.path.dirname(os.path.abspath(key_arg[1:]))
+    if os.path.isfile(os.path.join(d, "witness.json")) and os.access(d, os.W_OK):
+        return d
+    return None
+
+
 def cmd_operator_init(a) -> int:
     from .fleet.operator import init_operator
-    path = init_operator(a.dir, a.namespace, a.witness, _key_arg(a.witness_key), a.validity_days)
+    wkey = _key_arg(a.witness_key)
+    path = init_operator(a.dir, a.namespace, a.witness, wkey, a.validity_days,
+                         max_head_age=a.max_head_age)
     _say(f"operator created in {a.dir}; give clients {path}")
+    opk_file = os.path.join(a.dir, "operator.pub")
+    wdir = _local_witness_dir(a.witness_key)
+    if wdir is not None:
+        with open(opk_file) as f:
+            opk = bytes.fromhex(f.read().strip())
+        _registry(wdir).add(opk, f"operator init {os.path.abspath(a.dir)}")
+        _say(f"operator key registered with the witness in {wdir} (its directory is yours)")
+    else:
+        _say("before the first publish, the witness's operator must register this key: "
+             f"vault-raft witness register --dir W --operator-key @{opk_file}")
     return 0
 
 
@@ -147,7 +206,7 @@ def cmd_fleet_verify_deployment(a) -> int:
 
 # -------------------------------------------------------------------- audit
 def cmd_audit_verify(a) -> int:
-    from .fleet.audit import audit
+    from .fleet.audit import audit, check_namespace_head
     from .fleet.operator import OperatorError, fetch_log
     key = _key_arg(a.witness_key)
     state_path = a.state or os.path.join(os.getcwd(), "audit-state.json")
@@ -160,6 +219,21 @@ def cmd_audit_verify(a) -> int:
         print(f"FAIL: {exc.__class__.__name__}: {exc}")
         return 1
     report = audit(mirror, state)
+    # the heads clients rely on for freshness must tell the truth about each namespace
+    from . import wire
+    from urllib.parse import quote
+    for ns in sorted(report.entries):
+        if a.namespace and ns != a.namespace:
+            continue
+        try:
+            status, page = wire.call(a.witness, "GET",
+                                     f"/v1/log?start={mirror.size}&namespace={quote(ns, safe='')}")
+        except (OSError, wire.WireError) as exc:
+            raise TrustCommandError(f"cannot fetch the witness's head for {ns}: {exc}") from None
+        if status != 200:
+            report.problems.append(f"{ns}: the witness answered HTTP {status} for its head")
+            continue
+        check_namespace_head(report, mirror, page, ns)
     print(f"witness log: {report.size} entries, root {report.root.hex()[:16]}, every tree head "
           "signed and consistent")
     for ns, rows in sorted(report.entries.items()):
@@ -188,6 +262,19 @@ def register(sub, fleet_sub) -> None:
     wv = ws.add_parser("serve", help="run the witness in the foreground (SIGTERM stops it)")
     wv.add_argument("--dir", required=True)
     wv.set_defaults(fn=cmd_witness_serve)
+    wr = ws.add_parser("register", help="allow an operator key to create namespaces (a running "
+                       "witness picks it up at once)")
+    wr.add_argument("--dir", required=True)
+    wr.add_argument("--operator-key", required=True, help="hex or @FILE (e.g. @O/operator.pub)")
+    wr.add_argument("--note", default="", help="who this key is, for the list")
+    wr.set_defaults(fn=cmd_witness_register)
+    wu = ws.add_parser("unregister", help="stop an operator key from creating namespaces")
+    wu.add_argument("--dir", required=True)
+    wu.add_argument("--operator-key", required=True, help="hex or @FILE")
+    wu.set_defaults(fn=cmd_witness_unregister)
+    wo = ws.add_parser("operators", help="list the registered operator keys")
+    wo.add_argument("--dir", required=True)
+    wo.set_defaults(fn=cmd_witness_operators)
 
     o = sub.add_parser("operator", help="the operator identity that signs bundles")
     os_ = o.add_subparsers(dest="operator_cmd", required=True, metavar="ACTION")
@@ -195,8 +282,14 @@ def register(sub, fleet_sub) -> None:
     oi.add_argument("--dir", required=True)
     oi.add_argument("--namespace", required=True, help="the service name clients ask for")
     oi.add_argument("--witness", required=True, help="witness URL, e.g. http://127.0.0.1:7000")
-    oi.add_argument("--witness-key", required=True, help="witness public key: hex or @FILE")
+    oi.add_argument("--witness-key", required=True, help="witness public key: hex or @FILE "
+                    "(@W/witness.pub of a witness directory you own also registers the new "
+                    "operator key with it)")
     oi.add_argument("--validity-days", type=float, default=30.0)
+    oi.add_argument("--max-head-age", type=int, default=None, metavar="SECONDS",
+                    help="how old a witness tree head clients accept, i.e. how long after a "
+                    f"new epoch a superseded bundle can still be served (default "
+                    f"{B.MAX_HEAD_AGE} s; written to client.json)")
     oi.set_defaults(fn=cmd_operator_init)
 
     fp = fleet_sub.add_parser("publish", help="publish the next bundle epoch naming this fleet "

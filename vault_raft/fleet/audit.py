@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 import msgpack
 
 from . import bundle as B
-from . import merkle
 from .mirror import LogMirror
 
 
@@ -40,7 +39,7 @@ def audit(mirror: LogMirror, state: B.TrustState) -> AuditReport:
         if size < state.tree_size:
             report.problems.append(f"the log shrank: {size} entries, {state.tree_size} seen "
                                    "before (rollback)")
-        elif merkle.root(mirror.leaves[:state.tree_size]) != state.tree_root:
+        elif mirror.tree.root(state.tree_size) != state.tree_root:
             report.problems.append(f"the first {state.tree_size} entries changed since the "
                                    "last audit (history rewritten: a fork)")
     seen_digests: dict[bytes, int] = {}
@@ -68,3 +67,34 @@ def audit(mirror: LogMirror, state: B.TrustState) -> AuditReport:
     if report.ok and size >= state.tree_size:
         state.tree_size, state.tree_root = size, root
     return report
+
+
+def check_namespace_head(report: AuditReport, mirror: LogMirror, page: dict,
+                         namespace: str) -> None:
+    """A witness head for ``namespace`` (from ``GET /v1/log?namespace=``) must
+    name the namespace's newest bundle among the entries it covers: clients
+    trust it for freshness, so a witness that names an old epoch is caught
+    here.  Adds to ``report.problems``."""
+    sth, sig = page.get("sth"), page.get("sth_sig")
+    try:
+        B._verify_sig(mirror.witness_pk, sig, sth, B.BadWitnessSignature, "witness tree head")
+        head = B.parse_head(sth)
+    except (B.TrustError, TypeError) as exc:
+        report.problems.append(f"{namespace}: head unusable: {exc}")
+        return
+    if head.version != B.STH_V or head.namespace != namespace:
+        report.problems.append(f"{namespace}: the witness's head does not name the namespace")
+        return
+    if head.size > mirror.size:
+        return  # the log grew since the copy was fetched: judged on the next run
+    if mirror.tree.root(head.size) != head.root:
+        report.problems.append(f"{namespace}: a head of size {head.size} that is not this log's")
+        return
+    newest = (0, bytes(32))
+    for i, epoch, digest, _ in report.entries.get(namespace, []):
+        if i < head.size:
+            newest = (epoch, digest)
+    if (head.epoch, head.digest) != newest:
+        report.problems.append(f"{namespace}: the witness's head names epoch {head.epoch} as "
+                               f"the newest, the log epoch {newest[0]} (a head that would hide "
+                               "a newer bundle)")

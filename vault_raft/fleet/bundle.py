@@ -9,20 +9,24 @@ fixed-order array) and
    *statement* ``[version, namespace (fleet id), timestamp, epoch, digest]``
    (the shape of the key-transparency auditor statements Cloudflare signs for
    Meta), and appends the statement to its append-only Merkle log (RFC 9162,
-   :mod:`.merkle`); the witness also signs tree heads ``[size, root, timestamp]``.
+   :mod:`.merkle`); the witness also signs tree heads ``[size, root, timestamp,
+   namespace, epoch, digest]``: the log's root, and the namespace's newest bundle.
 
 A client is configured with the operator's and the witness's public keys only.
 :func:`verify` checks, in this order, and raises a specific
 :class:`TrustError` subclass on the first failure: both signatures, that the
 statement is about this bundle, the validity window, that the statement is in
 the witness's log (inclusion proof under a signed tree head), that this tree
-head is consistent with the last one the client saw (no fork, no rollback), and
-that the bundle is not older than one it already accepted (no replay).  Only
-then may the client send anything derived from a recovery code.
+head is consistent with the last one the client saw (no fork, no rollback),
+that the bundle is not older than one it already accepted (no replay), and that
+a recent tree head names it as its namespace's newest (no superseded bundle,
+even for a client with no saved state).  Only then may the client send
+anything derived from a recovery code.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -38,7 +42,11 @@ BUNDLE_V1 = "vault-raft bundle v1"  # fleet entries without a channel CA (still 
 BUNDLE_V = "vault-raft bundle v2"  # every fleet entry pins its API channel (its CA)
 MAX_CHANNEL_CA = 4096
 STATEMENT_V = 1
-STH_V = "vault-raft tree head v1"
+STH_V1 = "vault-raft tree head v1"  # [tag, size, root, timestamp]: says nothing of freshness
+# [tag, size, root, timestamp, namespace, epoch, digest]: also the namespace's newest bundle
+STH_V = "vault-raft tree head v2"
+MAX_NAMESPACE = 128  # bytes of UTF-8
+MAX_HEAD_AGE = 6 * 3600  # default: how old a tree head a client accepts (client.json)
 
 
 class TrustError(Exception):
@@ -71,6 +79,25 @@ class ForkedLog(TrustError):
 
 class ReplayedBundle(TrustError):
     pass
+
+
+class SupersededBundle(ReplayedBundle):
+    """The witness's tree head names a newer epoch of the namespace than the
+    bundle served (a node of a retired fleet, or someone replaying an old
+    bundle to a client that has none yet)."""
+
+
+class StaleTreeHead(TrustError):
+    """The tree head cannot vouch that the bundle is the namespace's newest:
+    it is older than the client accepts, speaks for another namespace, or is a
+    v1 head (which carries no epoch)."""
+
+
+class LaggingLog(ForkedLog):
+    """A tree head smaller than the one the client saw, without a proof that
+    it is a prefix of it: a node whose copy of the log lags (or a rollback).
+    The client asks another node; only if none gives a consistent view is it
+    reported as a fork."""
 
 
 class UnpinnedChannel(TrustError):
@@ -176,7 +203,9 @@ class Bundle:
             v, ns, epoch, fleets, nb, na, prev = msgpack.unpackb(data, raw=False)
             if v not in (BUNDLE_V, BUNDLE_V1) or not isinstance(epoch, int) or epoch < 1:
                 raise ValueError("version/epoch")
-            b = cls(str(ns), epoch, tuple(FleetEntry.from_list(f, v) for f in fleets),
+            if not isinstance(ns, str) or not 0 < len(ns.encode()) <= MAX_NAMESPACE:
+                raise ValueError(f"namespace must be 1..{MAX_NAMESPACE} bytes of UTF-8")
+            b = cls(ns, epoch, tuple(FleetEntry.from_list(f, v) for f in fleets),
                     int(nb), int(na), bytes(prev))
             if sum(f.role == "current" for f in b.fleets) != 1:
                 raise ValueError("a bundle names exactly one current fleet")
@@ -193,8 +222,28 @@ def statement(bundle: Bundle, timestamp: int) -> bytes:
     return _pack([STATEMENT_V, bundle.namespace, timestamp, bundle.epoch, bundle.digest])
 
 
-def tree_head(size: int, root: bytes, timestamp: int) -> bytes:
-    return _pack([STH_V, size, root, timestamp])
+def tree_head(size: int, root: bytes, timestamp: int, namespace: str = "", epoch: int = 0,
+              digest: bytes = bytes(32)) -> bytes:
+    """A v2 tree head: the log's size and root at ``timestamp``, and the newest
+    bundle (``epoch``, ``digest``) of ``namespace`` among those ``size``
+    entries (epoch 0 and a zero digest: none, or no namespace asked for)."""
+    return _pack([STH_V, size, root, timestamp, namespace, epoch, digest])
+
+
+def tree_head_v1(size: int, root: bytes, timestamp: int) -> bytes:
+    """The former format (still read: trust files and logs from before v2)."""
+    return _pack([STH_V1, size, root, timestamp])
+
+
+@dataclass(frozen=True)
+class TreeHead:
+    version: str
+    size: int
+    root: bytes
+    timestamp: int
+    namespace: str = ""
+    epoch: int = 0  # 0: no bundle of the namespace in the log (or a v1 head)
+    digest: bytes = bytes(32)
 
 
 _WIRE = (("bundle", bytes), ("operator_sig", bytes), ("statement", bytes),
@@ -274,15 +323,38 @@ class TrustState:
                              "over from nothing, which would forget the log seen so far") from None
 
 
-def parse_tree_head(sth: bytes) -> tuple[int, bytes, int]:
+def parse_head(sth: bytes) -> TreeHead:
+    """Decode a v1 or v2 tree head (strictly: canonical, typed)."""
     try:
-        tag, size, root, ts = msgpack.unpackb(sth, raw=False)
+        x = msgpack.unpackb(sth, raw=False)
+        if not isinstance(x, list) or not x:
+            raise ValueError
+        if x[0] == STH_V1 and len(x) == 4:
+            h = TreeHead(*x)
+        elif x[0] == STH_V and len(x) == 7:
+            h = TreeHead(*x)
+            if not isinstance(h.namespace, str) or \
+                    len(h.namespace.encode()) > MAX_NAMESPACE or \
+                    not isinstance(h.epoch, int) or isinstance(h.epoch, bool) or h.epoch < 0 or \
+                    not isinstance(h.digest, bytes) or len(h.digest) != 32 or \
+                    (h.epoch == 0) != (h.digest == bytes(32)):
+                raise ValueError
+        else:
+            raise ValueError
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError):
-        raise BundleMalformed("tree head does not decode") from None
-    if tag != STH_V or not isinstance(size, int) or size < 0 or not isinstance(root, bytes) \
-            or len(root) != 32 or not isinstance(ts, int):
+        raise BundleMalformed("tree head does not decode or has the wrong shape") from None
+    if not isinstance(h.size, int) or isinstance(h.size, bool) or h.size < 0 or \
+            not isinstance(h.root, bytes) or len(h.root) != 32 or \
+            not isinstance(h.timestamp, int) or isinstance(h.timestamp, bool) or \
+            _pack(list(dataclasses.astuple(h)) if h.version == STH_V
+                  else [h.version, h.size, h.root, h.timestamp]) != sth:
         raise BundleMalformed("tree head has the wrong shape")
-    return size, root, ts
+    return h
+
+
+def parse_tree_head(sth: bytes) -> tuple[int, bytes, int]:
+    h = parse_head(sth)
+    return h.size, h.root, h.timestamp
 
 
 def check_tree_head(sth: bytes, sth_sig: bytes, consistency: list, witness_pk: bytes,
@@ -291,8 +363,9 @@ def check_tree_head(sth: bytes, sth_sig: bytes, consistency: list, witness_pk: b
 
     A larger head must extend the one seen (proof from the old size); a
     smaller one (a node whose copy of the log lags) must be a prefix of it
-    (proof from the new size); the client never moves back to it.  Returns
-    (size, root) of the verified head without changing ``state``."""
+    (proof from the new size), else :class:`LaggingLog`; the client never
+    moves back to it.  Returns (size, root) of the verified head without
+    changing ``state``."""
     _verify_sig(witness_pk, sth_sig, sth, BadWitnessSignature, "witness tree head")
     size, root, _ = parse_tree_head(sth)
     old_size, old_root = state.tree_size, state.tree_root
@@ -307,14 +380,51 @@ def check_tree_head(sth: bytes, sth_sig: bytes, consistency: list, witness_pk: b
                                                     list(consistency))
     if not ok:
         if size < old_size:
-            raise ForkedLog(f"tree head of size {size} is older than the {old_size} already "
-                            "seen and not proven a prefix of it (rollback)")
+            raise LaggingLog(f"tree head of size {size} is older than the {old_size} already "
+                             "seen and not proven a prefix of it (a lagging copy of the log, "
+                             "or a rollback)")
         raise ForkedLog("the witness's log is not consistent with the tree head seen before")
     return size, root
 
 
+def check_freshness(sth: bytes, bundle: Bundle, now: int, max_age: int) -> TreeHead:
+    """The tree head (already verified) vouches that ``bundle`` is its
+    namespace's newest, and is at most ``max_age`` seconds old by ``now``.
+
+    The witness puts the namespace's newest epoch and digest in every head it
+    signs for that namespace.  The bundle's statement was just proven to be in
+    the log under this head, so a head naming an older epoch, or the same
+    epoch with another digest, contradicts itself (:class:`ForkedLog`); one
+    naming a newer epoch shows the bundle superseded
+    (:class:`SupersededBundle`).  An old head could have been signed before
+    the bundle was superseded: :class:`StaleTreeHead`.  So a bundle superseded
+    at time T is accepted by nobody after T + ``max_age``, whatever the
+    client saved before (docs/trust.md, "Freshness")."""
+    head = parse_head(sth)
+    if head.version == STH_V1:
+        raise StaleTreeHead("the tree head is v1: it does not say which epoch is the "
+                            "namespace's newest (the witness or the node predates tree head v2 "
+                            "and must be upgraded)")
+    if head.namespace != bundle.namespace:
+        raise StaleTreeHead(f"the tree head speaks for namespace {head.namespace!r}, not "
+                            f"{bundle.namespace!r}")
+    if head.epoch > bundle.epoch:
+        raise SupersededBundle(f"epoch {bundle.epoch} was superseded: the witness's log holds "
+                               f"epoch {head.epoch} of {bundle.namespace}")
+    if head.epoch < bundle.epoch or head.digest != bundle.digest:
+        raise ForkedLog(f"the witness's tree head names epoch {head.epoch} "
+                        f"({head.digest.hex()[:16]}) as the newest of {bundle.namespace}, yet "
+                        f"its log holds epoch {bundle.epoch} ({bundle.digest.hex()[:16]})")
+    age = now - head.timestamp
+    if age > max_age:
+        raise StaleTreeHead(f"the newest tree head served is {age} s old (at most {max_age} s "
+                            "accepted): the nodes have not reached the witness since, or this "
+                            "machine's clock is ahead")
+    return head
+
+
 def verify(sb: SignedBundle, operator_pk: bytes, witness_pk: bytes, state: TrustState,
-           now: int) -> Bundle:
+           now: int, max_head_age: int = MAX_HEAD_AGE) -> Bundle:
     """Verify a signed bundle; returns the bundle and updates ``state`` on success."""
     bundle = Bundle.from_canonical(sb.bundle)
     _verify_sig(operator_pk, sb.operator_sig, sb.bundle, BadOperatorSignature, "operator")
@@ -339,6 +449,7 @@ def verify(sb: SignedBundle, operator_pk: bytes, witness_pk: bytes, state: Trust
                                  "already accepted")
         if bundle.epoch == seen[0] and bundle.digest.hex() != seen[1]:
             raise ForkedLog(f"two different bundles for epoch {bundle.epoch}")
+    check_freshness(sb.sth, bundle, now, max_head_age)
     if size > state.tree_size:
         state.tree_size, state.tree_root = size, root
     state.epochs[bundle.namespace] = [bundle.epoch, bundle.digest.hex()]

@@ -139,3 +139,136 @@ def verify_consistency(first: int, second: int, first_root: bytes, second_root: 
         fn >>= 1
         sn >>= 1
     return fr == first_root and sr == second_root and sn == 0
+
+
+class HashTree:
+    """An append-only RFC 9162 tree kept as stored hashes, for O(log n) proofs.
+
+    ``levels[k]`` holds, 32 bytes each, the hash of every *complete*, aligned
+    block of ``2**k`` leaves (level 0: the leaf hashes), so the tree takes
+    about 64 bytes per leaf and nothing else: no entries.  Any subtree hash
+    an RFC 9162 proof or root needs is either one stored block or a right
+    edge made of O(log n) of them.  ``root``, ``inclusion_proof`` and
+    ``consistency_proof`` (for any size up to ``size``) are therefore
+    O(log n) look-ups plus at most O(log^2 n) hashes, the right edges being
+    memoised; nothing is rebuilt from the leaves.
+
+    Concurrency: one thread appends (and may ``truncate`` back what it
+    appended and has not published); readers in other threads may compute
+    proofs for any size they were told of, at the same time.  Blocks below a
+    published size never change.
+    """
+
+    CACHE_MAX = 4096
+
+    def __init__(self, leaves=()):
+        self.levels: list[bytearray] = [bytearray()]
+        self._size = 0
+        self._cache: dict[tuple[int, int], bytes] = {}
+        for leaf in leaves:
+            self.append(leaf)
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @classmethod
+    def from_hashes(cls, blob: bytes) -> "HashTree":
+        """A tree from concatenated 32-byte leaf hashes."""
+        if len(blob) % HASH_LEN:
+            raise ValueError("leaf hashes must be 32 bytes each")
+        t = cls()
+        for i in range(0, len(blob), HASH_LEN):
+            t.append(blob[i:i + HASH_LEN])
+        return t
+
+    def leaf_hashes(self, end: int | None = None) -> bytes:
+        end = self._size if end is None else end
+        return bytes(self.levels[0][:end * HASH_LEN])
+
+    def append(self, leaf_hash: bytes) -> None:
+        if len(leaf_hash) != HASH_LEN:
+            raise ValueError("a leaf hash is 32 bytes")
+        self.levels[0] += leaf_hash
+        self._size += 1
+        k, count = 0, self._size
+        while count % 2 == 0:  # a block of 2**(k+1) leaves just completed
+            lvl = self.levels[k]
+            pair = lvl[len(lvl) - 2 * HASH_LEN:]
+            if len(self.levels) == k + 1:
+                self.levels.append(bytearray())
+            self.levels[k + 1] += hash_children(bytes(pair[:HASH_LEN]), bytes(pair[HASH_LEN:]))
+            k, count = k + 1, count // 2
+
+    def truncate(self, size: int) -> None:
+        """Drop the leaves from ``size`` on (an unverified page the writer appended)."""
+        if not 0 <= size <= self._size:
+            raise ValueError("truncate beyond the tree")
+        self._cache.clear()
+        self._size = size
+        for k, lvl in enumerate(self.levels):
+            del lvl[(size >> k) * HASH_LEN:]
+        while len(self.levels) > 1 and not self.levels[-1]:
+            self.levels.pop()
+
+    def _block(self, k: int, i: int) -> bytes:
+        return bytes(self.levels[k][i * HASH_LEN:(i + 1) * HASH_LEN])
+
+    def mth(self, lo: int, hi: int) -> bytes:
+        """MTH(D[lo:hi]) for ``0 <= lo < hi <= size``."""
+        n = hi - lo
+        if n & (n - 1) == 0 and lo % n == 0:  # a stored block
+            return self._block(n.bit_length() - 1, lo // n)
+        key = (lo, hi)
+        h = self._cache.get(key)
+        if h is None:
+            k = _split(n)
+            h = hash_children(self.mth(lo, lo + k), self.mth(lo + k, hi))
+            if len(self._cache) >= self.CACHE_MAX:
+                self._cache.clear()
+            self._cache[key] = h
+        return h
+
+    def root(self, size: int | None = None) -> bytes:
+        size = self._size if size is None else size
+        if not 0 <= size <= self._size:
+            raise ValueError("tree size beyond the tree")
+        return self.mth(0, size) if size else EMPTY_ROOT
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
+        """PATH(index, D[0:size]) (RFC 9162 section 2.1.3.1)."""
+        size = self._size if size is None else size
+        if not 0 <= index < size <= self._size:
+            raise ValueError("leaf index outside the tree")
+        out: list[bytes] = []
+        lo, hi = 0, size
+        while hi - lo > 1:
+            k = _split(hi - lo)
+            if index < lo + k:
+                out.append(self.mth(lo + k, hi))
+                hi = lo + k
+            else:
+                out.append(self.mth(lo, lo + k))
+                lo += k
+        out.reverse()
+        return out
+
+    def consistency_proof(self, first: int, size: int | None = None) -> list[bytes]:
+        """PROOF(first, D[0:size]) (RFC 9162 section 2.1.4.1), ``0 < first <= size``."""
+        size = self._size if size is None else size
+        if not 0 < first <= size <= self._size:
+            raise ValueError("first tree size must be 1..size")
+        out: list[bytes] = []
+        lo, hi, m, whole = 0, size, first, True
+        while m != hi - lo:
+            k = _split(hi - lo)
+            if m <= k:
+                out.append(self.mth(lo + k, hi))
+                hi = lo + k
+            else:
+                out.append(self.mth(lo, lo + k))
+                lo, m, whole = lo + k, m - k, False
+        if not whole:
+            out.append(self.mth(lo, hi))
+        out.reverse()
+        return out

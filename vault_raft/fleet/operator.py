@@ -23,6 +23,7 @@ import glob
 import json
 import os
 import time
+import urllib.parse
 from typing import Callable
 
 import msgpack
@@ -36,6 +37,9 @@ from .keystore import load_signing_key, new_signing_key_file
 from .mirror import LogMirror
 
 TRUST_FILE = "trust.bin"
+# 2: the log as leaf hashes ("leaf_hashes") and its head naming the namespace's newest
+# bundle; 1 (no "format"): every statement ("statements") and a v1 head.  Nodes read both.
+TRUST_FORMAT = 2
 DEPLOYMENT_FILE = "deployment.bin"
 CLIENT_VERSION = 1
 
@@ -59,10 +63,16 @@ def _read_json(path: str, what: str) -> dict:
 
 
 def init_operator(directory: str, namespace: str, witness: str, witness_key: bytes,
-                  validity_days: float = 30.0) -> str:
-    """Create an operator directory; returns the path of ``client.json``."""
-    if not namespace or len(namespace) > 128 or not namespace.isprintable():
-        raise OperatorError("--namespace must be 1..128 printable characters")
+                  validity_days: float = 30.0, max_head_age: int | None = None) -> str:
+    """Create an operator directory; returns the path of ``client.json``.
+
+    The operator's public key is also written to ``operator.pub`` (hex), which
+    the witness's operator registers (``vault-raft witness register``)."""
+    if not namespace or len(namespace.encode()) > B.MAX_NAMESPACE or not namespace.isprintable():
+        raise OperatorError(f"--namespace must be 1..{B.MAX_NAMESPACE} bytes of printable "
+                            "characters")
+    if max_head_age is not None and not 60 <= max_head_age <= MAX_HEAD_AGE_LIMIT:
+        raise OperatorError(f"--max-head-age must be 60..{MAX_HEAD_AGE_LIMIT} seconds")
     if len(witness_key) != 32:
         raise OperatorError("--witness-key must be the witness's 32-byte public key in hex")
     if not witness.startswith("http://"):
@@ -74,28 +84,39 @@ def init_operator(directory: str, namespace: str, witness: str, witness_key: byt
         raise OperatorError(f"{cfg_path} exists: refusing to overwrite an operator")
     os.makedirs(directory, mode=0o700, exist_ok=True)
     pk = new_signing_key_file(os.path.join(directory, "operator.key"))
-    _write_json(cfg_path, {"namespace": namespace, "witness": witness,
-                           "witness_key": witness_key.hex(), "operator_key": pk.hex(),
-                           "validity_days": validity_days})
+    atomic_write(os.path.join(directory, "operator.pub"), (pk.hex() + "\n").encode())
+    cfg = {"namespace": namespace, "witness": witness, "witness_key": witness_key.hex(),
+           "operator_key": pk.hex(), "validity_days": validity_days}
+    if max_head_age is not None:
+        cfg["max_head_age"] = max_head_age
+    _write_json(cfg_path, cfg)
     client = os.path.join(directory, "client.json")
-    _write_json(client, client_config(namespace, pk, witness_key, []))
+    _write_json(client, client_config(namespace, pk, witness_key, [], max_head_age))
     return client
 
 
+MAX_HEAD_AGE_LIMIT = 7 * 86400
+
+
 def client_config(namespace: str, operator_pk: bytes, witness_pk: bytes,
-                  endpoints: list[str]) -> dict:
-    return {"version": CLIENT_VERSION, "namespace": namespace,
-            "operator_key": operator_pk.hex(), "witness_key": witness_pk.hex(),
-            "endpoints": endpoints}
+                  endpoints: list[str], max_head_age: int | None = None) -> dict:
+    out = {"version": CLIENT_VERSION, "namespace": namespace,
+           "operator_key": operator_pk.hex(), "witness_key": witness_pk.hex(),
+           "endpoints": endpoints}
+    if max_head_age is not None:
+        out["max_head_age"] = max_head_age
+    return out
 
 
 def fetch_log(witness: str, witness_pk: bytes, mirror: LogMirror | None = None,
-              timeout: float = 5.0) -> LogMirror:
-    """Bring a verified copy of the witness's log up to date."""
+              timeout: float = 5.0, namespace: str = "") -> LogMirror:
+    """Bring a verified copy of the witness's log up to date (its last head
+    names ``namespace``'s newest bundle)."""
     mirror = mirror or LogMirror(witness_pk)
+    ns = "&namespace=" + urllib.parse.quote(namespace, safe="") if namespace else ""
 
     def page(start: int) -> dict:
-        status, out = wire.call(witness, "GET", f"/v1/log?start={start}", timeout=timeout)
+        status, out = wire.call(witness, "GET", f"/v1/log?start={start}{ns}", timeout=timeout)
         if status != 200:
             raise OperatorError(f"witness {witness}: HTTP {status}: {out.get('message')}")
         return out
@@ -112,6 +133,9 @@ class Operator:
             self.witness = str(cfg["witness"])
             self.witness_key = bytes.fromhex(cfg["witness_key"])
             self.validity = float(cfg["validity_days"]) * 86400
+            self.max_head_age = cfg.get("max_head_age")
+            if self.max_head_age is not None:
+                self.max_head_age = int(self.max_head_age)
         except (KeyError, ValueError, TypeError) as exc:
             raise OperatorError(f"{self.dir}/operator.json is malformed: {exc}") from None
         self.sk = load_signing_key(os.path.join(self.dir, "operator.key"), "operator key")
@@ -189,14 +213,18 @@ class Operator:
                 _write_json(self.state_path, self.state)
             raise OperatorError(f"the witness refused epoch {bundle.epoch}: "
                                 f"{out.get('message')}")
-        mirror = fetch_log(self.witness, self.witness_key)
+        mirror = fetch_log(self.witness, self.witness_key, LogMirror(self.witness_key, keep=_none),
+                           namespace=self.namespace)
         signed = B.SignedBundle(canon, sig, out["statement"], out["witness_sig"],
                                 out["leaf_index"], [], mirror.sth, mirror.sth_sig)
-        # check what we publish exactly as a client will
+        # check what we publish exactly as a client will (a client with no state:
+        # the head must name this bundle as the namespace's newest)
         signed.inclusion, _ = mirror.proofs(signed.leaf_index, 0)
-        B.verify(signed, self.pk, self.witness_key, B.TrustState(), now)
-        trust = {"signed": signed.to_wire(), "witness": self.witness,
-                 "witness_key": self.witness_key, "statements": mirror.statements,
+        B.verify(signed, self.pk, self.witness_key, B.TrustState(), now,
+                 max(B.MAX_HEAD_AGE, self.max_head_age or 0))
+        trust = {"format": TRUST_FORMAT, "namespace": self.namespace,
+                 "signed": signed.to_wire(), "witness": self.witness,
+                 "witness_key": self.witness_key, "leaf_hashes": mirror.tree.leaf_hashes(),
                  "sth": mirror.sth, "sth_sig": mirror.sth_sig, "deployments": deployments}
         blob = msgpack.packb(trust, use_bin_type=True)
         # nothing is written into fleet directories before the witness has logged the bundle
@@ -213,7 +241,7 @@ class Operator:
         _write_json(self.state_path, self.state)
         endpoints = [e for entry in bundle.fleets for e in entry.endpoints]
         _write_json(self.client_path, client_config(self.namespace, self.pk, self.witness_key,
-                                                    endpoints))
+                                                    endpoints, self.max_head_age))
         return bundle
 
     def rotate(self, new_fleet: str, now: int | None = None,
@@ -229,8 +257,12 @@ class Operator:
         return self.publish(new_fleet, retiring, now, progress)
 
 
+def _none(statement: bytes) -> bool:
+    return False
+
+
 def load_trust_file(path: str) -> dict | None:
-    """A node's ``trust.bin`` (None if nothing was published to it yet)."""
+    """A node's ``trust.bin`` (None if nothing was published to it yet), format 1 or 2."""
     try:
         with open(path, "rb") as f:
             d = msgpack.unpackb(f.read(), raw=False, strict_map_key=False)
@@ -240,4 +272,20 @@ def load_trust_file(path: str) -> dict | None:
         raise OperatorError(f"{path} unreadable: {exc}") from None
     if not isinstance(d, dict) or "signed" not in d:
         raise OperatorError(f"{path} is not a trust file")
+    fmt = d.get("format", 1)
+    if fmt not in (1, TRUST_FORMAT):
+        raise OperatorError(f"{path}: trust file format {fmt!r} is newer than this node "
+                            f"understands (1..{TRUST_FORMAT}): upgrade the node")
+    if fmt == 1 and not isinstance(d.get("statements"), list) or \
+            fmt == 2 and not isinstance(d.get("leaf_hashes"), bytes):
+        raise OperatorError(f"{path} is not a format {fmt} trust file")
     return d
+
+
+def trust_mirror(trust: dict, **kw) -> LogMirror:
+    """The verified copy of the witness's log a trust file carries (either format)."""
+    if trust.get("format", 1) == 1:
+        return LogMirror.from_statements(trust["witness_key"], trust["statements"], trust["sth"],
+                                         trust["sth_sig"], keep=_none, **kw)
+    return LogMirror.from_hashes(trust["witness_key"], trust["leaf_hashes"], trust["sth"],
+                                 trust["sth_sig"], keep=_none, **kw)
