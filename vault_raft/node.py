@@ -30,7 +30,6 @@ from aiohttp import web
 
 from . import protocol as P
 from . import tenant as T
-from . import wire
 from .admin import AdminAuthError, AdminVerifier
 from .core import machine as M
 from .crypto import group, opaque
