@@ -251,7 +251,7 @@ class TrustService:
 
     async def _fetch(self, session: aiohttp.ClientSession) -> None:
         """Fetch and verify what the witness added, page by page, within
-        FETCH_DEADLINE_S in all (the session's total timeout, per request,
+        FETCH_DEADLINE_S in all (the whole fetch's timeout, per request,
         and this loop's own deadline)."""
         trust, mirror = self._held
         base = trust["witness"].rstrip("/")
