@@ -31,6 +31,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 
@@ -169,6 +170,7 @@ class NodeConfig:
     admin_key: bytes | None = None  # Ed25519 public key that signs admin requests
     default_max_attempts: int = 10  # the fleet's published default (fleet.json)
     api_tls: bool | None = None  # None (field absent): TLS if the node's TLS files exist
+    limits: tuple[tuple[str, Any], ...] = ()  # API connection limits (httpguard.Limits)
 
     @classmethod
     def load(cls, node_dir: str) -> "NodeConfig":
@@ -184,7 +186,8 @@ class NodeConfig:
                        str(d.get("transport", "plain")),
                        bytes.fromhex(d["admin_key"]) if d.get("admin_key") else None,
                        _default_max_attempts(d, node_dir),
-                       _api_tls(d.get("api_tls")))
+                       _api_tls(d.get("api_tls")),
+                       tuple((str(k), v) for k, v in dict(d.get("limits", {})).items()))
         except FileNotFoundError:
             raise ConfigError(f"{path} not found: is {node_dir} a node directory "
                               "made by 'vault-raft fleet init'?") from None

@@ -1,0 +1,115 @@
+"""Helpers for tests that talk to a node the way a hostile client would:
+raw bytes over the pinned TLS channel, replies parsed by hand."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import urllib.parse
+
+import msgpack
+
+
+def set_limits(fleet_dir: str, **limits) -> None:
+    """Write node.json ``limits`` for every node of a fleet (before it starts)."""
+    for name in sorted(os.listdir(fleet_dir)):
+        p = os.path.join(fleet_dir, name, "node.json")
+        if os.path.exists(p):
+            cfg = json.loads(open(p).read())
+            cfg["limits"] = dict(cfg.get("limits", {}), **limits)
+            open(p, "w").write(json.dumps(cfg))
+
+
+def host_port(url: str) -> tuple[str, int]:
+    u = urllib.parse.urlsplit(url)
+    return u.hostname, u.port
+
+
+def connect(cl, url: str, timeout: float = 5.0):
+    """A TLS socket to a node, pinned to the fleet CA (plain TCP for http://)."""
+    host, port = host_port(url)
+    sock = socket.create_connection((host, port), timeout=timeout)
+    if url.startswith("https://"):
+        return cl.channel.wrap(sock, host)
+    return sock
+
+
+def read_reply(sock, timeout: float = 5.0) -> tuple[int, dict, bytes]:
+    """(status, headers lower-cased, body) of one HTTP/1.1 reply."""
+    sock.settimeout(timeout)
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed before a full reply: {buf[:200]!r}")
+        buf += chunk
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    n = int(headers.get("content-length", "0"))
+    while len(rest) < n:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        rest += chunk
+    return status, headers, rest[:n]
+
+
+def exchange(cl, url: str, raw: bytes, timeout: float = 5.0) -> tuple[int, dict, bytes]:
+    sock = connect(cl, url, timeout)
+    try:
+        sock.sendall(raw)
+        return read_reply(sock, timeout)
+    finally:
+        sock.close()
+
+
+def request(method: str, path: str, body: bytes = b"", headers: dict | None = None,
+            ctype: str | None = "application/msgpack") -> bytes:
+    h = {"Host": "node", "Connection": "close"}
+    if ctype:
+        h["Content-Type"] = ctype
+    if body or method in ("POST", "PUT"):
+        h["Content-Length"] = str(len(body))
+    h.update(headers or {})
+    lines = [f"{method} {path} HTTP/1.1"] + [f"{k}: {v}" for k, v in h.items() if v is not None]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def error_map(body: bytes) -> dict:
+    out = msgpack.unpackb(body, raw=False)
+    assert isinstance(out, dict) and isinstance(out.get("error"), str) \
+        and isinstance(out.get("message"), str), out
+    assert "Traceback" not in out["message"]
+    return out
+
+
+class LogWatch:
+    """Lines a node wrote to its log since this object was made."""
+
+    def __init__(self, cl, nid: str):
+        self.path = os.path.join(cl.node_dir(nid), "node.log")
+        self.start = os.path.getsize(self.path) if os.path.exists(self.path) else 0
+
+    def lines(self) -> list[str]:
+        with open(self.path, "rb") as f:
+            f.seek(self.start)
+            return f.read().decode("utf-8", "replace").splitlines()
+
+    def tracebacks(self) -> list[str]:
+        return [ln for ln in self.lines() if "Traceback" in ln]
+
+
+def commit_index(cl, nid: str) -> int:
+    st = cl.status(nid, timeout=5.0)
+    assert st is not None and "commit_index" in st, st
+    return st["commit_index"]
+
+
+def wait_quiet(seconds: float = 0.3) -> None:
+    time.sleep(seconds)
