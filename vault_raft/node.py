@@ -424,9 +424,9 @@ class VaultService:
                 out["open_files"] = dict(self.nofile, in_use=_open_files())
             if self.http is not None:
                 out["api"] = dict(self.http.stats(), limits=self.http.limits.to_dict())
-            raft_port = getattr(self.replica, "raft_port_stats", None)
-            if raft_port is not None:
-                out["raft_port"] = raft_port()
+            transport = getattr(self.replica, "_SyncObj__transport", None)
+            if hasattr(transport, "stats"):  # the mTLS transport
+                out["raft_port"] = transport.stats()
         return out
 
     # ----------------------------------------------------------- admin
