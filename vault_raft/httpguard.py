@@ -47,7 +47,7 @@ from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from . import protocol as P
 
-TIME_HEADER = "Vault-Time"
+TIME_HEADER = P.TIME_HEADER
 #: Open files kept out of the API's connection budget (journal segments,
 #: snapshots and their writer, Raft peers, the Raft port's unauthenticated
 #: connections, the trust file, logs).

@@ -24,6 +24,9 @@ import msgpack
 from .crypto import seal as S
 
 CONTENT_TYPE = "application/msgpack"
+#: Every node reply carries the node's wall clock (Unix ms) in this header;
+#: clients send ``deadline_ms`` in that clock.
+TIME_HEADER = "Vault-Time"
 MAX_BODY = 64 * 1024
 MAX_SECRET = 4096
 USER_MAX = 256
