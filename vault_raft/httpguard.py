@@ -127,11 +127,13 @@ def connection_cap(limits: Limits, nofile_soft: int) -> int:
 class QuietLog:
     """Rate-limited logging by kind: at most ``burst`` lines of one kind per
     ``window`` seconds; the next line of that kind after a quiet spell says
-    how many were left out.  Thread-safe."""
+    how many were left out (and :attr:`suppressed` counts them all).
+    Thread-safe."""
 
-    def __init__(self, logger: logging.Logger, window: float = 10.0, burst: int = 3,
-                 clock=time.monotonic):
+    def __init__(self, logger: logging.Logger, window: float = 60.0, burst: int = 3,
+                 clock=time.monotonic, bursts: dict[str, int] | None = None):
         self.logger, self.window, self.burst, self.clock = logger, window, burst, clock
+        self.bursts = dict(bursts or {})  # kind -> its own burst
         self._kinds: dict[str, list] = {}  # kind -> [window start, lines, left out]
         self._lock = threading.Lock()
         self.suppressed = 0
@@ -144,7 +146,7 @@ class QuietLog:
             if st is None or now - st[0] >= self.window:
                 left_out = st[2] if st is not None else 0
                 st = self._kinds[kind] = [now, 0, 0]
-            if st[1] >= self.burst:
+            if st[1] >= self.bursts.get(kind, self.burst):
                 st[2] += 1
                 self.suppressed += 1
                 return False
@@ -513,7 +515,8 @@ class ApiServer:
         self.limits = limits or Limits()
         self.ssl = ssl_context
         self.log = logger or logging.getLogger("vault_raft.node")
-        self.quiet = QuietLog(self.log)
+        # one line a minute about a flood (the admin status counts everything)
+        self.quiet = QuietLog(self.log, bursts={"cap": 1, "slow": 1})
         self.nofile = nofile or {}
         soft = self.nofile.get("soft") or resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self.max_connections = connection_cap(self.limits, soft)

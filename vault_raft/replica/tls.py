@@ -28,9 +28,10 @@ within ``connectionTimeout`` is closed; at most :attr:`MtlsTransport.MAX_PENDING
 such connections are held (at the cap, the oldest is closed).  Refusals --
 a failed handshake, a certificate that names no node of ours, a malformed
 frame, a handshake that never completes -- are logged at WARNING with the
-peer's address, a few lines per kind per 10 s (the rest are counted).  When
-``accept`` fails for want of file descriptors (EMFILE, ENFILE), the port
-stops accepting for a while (50 ms, doubling to 2 s) instead of spinning.
+peer's address, at most three lines per kind per minute (the rest are
+counted).  When ``accept`` fails for want of file descriptors (EMFILE,
+ENFILE), the port stops accepting for a while (50 ms, doubling to 2 s)
+instead of spinning.
 """
 
 from __future__ import annotations
@@ -356,7 +357,8 @@ class MtlsTransport(Transport):
         self._ready = False
         self._bind_attempts = 0
         self._last_bind = 0.0
-        self._quiet = QuietLog(log)
+        self._quiet = QuietLog(log, bursts={"refused evicted": 1,
+                                            "refused handshake timed out": 1})
         self._accept_pause = 0.0  # current backoff (0: accepting normally)
         self._accept_resume_at: float | None = None  # paused until (monotonic)
         self.counts = {k: 0 for k in ("accepted", "refused", "evicted", "accept_errors",
