@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import socket
+import ssl
 import time
 import urllib.parse
 
@@ -30,28 +32,35 @@ def connect(cl, url: str, timeout: float = 5.0):
     """A TLS socket to a node, pinned to the fleet CA (plain TCP for http://)."""
     host, port = host_port(url)
     sock = socket.create_connection((host, port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as http.client does
     if url.startswith("https://"):
         return cl.channel.wrap(sock, host)
     return sock
 
 
-def read_reply(sock, timeout: float = 5.0) -> tuple[int, dict, bytes]:
-    """(status, headers lower-cased, body) of one HTTP/1.1 reply."""
+def read_reply(sock, timeout: float = 5.0, head_only: bool = False,
+               ) -> tuple[int, dict, bytes]:
+    """(status, headers lower-cased, body) of one HTTP/1.1 reply (interim 1xx
+    replies skipped; ``head_only``: the reply to a HEAD, which has no body)."""
     sock.settimeout(timeout)
     buf = b""
-    while b"\r\n\r\n" not in buf:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"closed before a full reply: {buf[:200]!r}")
-        buf += chunk
-    head, rest = buf.split(b"\r\n\r\n", 1)
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
+    while True:
+        while b"\r\n\r\n" not in buf:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"closed before a full reply: {buf[:200]!r}")
+            buf += chunk
+        head, rest = buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        if status >= 200:
+            break
+        buf = rest
     headers = {}
     for line in lines[1:]:
         k, _, v = line.partition(":")
         headers[k.strip().lower()] = v.strip()
-    n = int(headers.get("content-length", "0"))
+    n = 0 if head_only else int(headers.get("content-length", "0"))
     while len(rest) < n:
         chunk = sock.recv(65536)
         if not chunk:
@@ -60,11 +69,62 @@ def read_reply(sock, timeout: float = 5.0) -> tuple[int, dict, bytes]:
     return status, headers, rest[:n]
 
 
-def exchange(cl, url: str, raw: bytes, timeout: float = 5.0) -> tuple[int, dict, bytes]:
+def _parse_reply(buf: bytes, head_only: bool):
+    """(status, headers, body) if ``buf`` holds a whole final reply, else None."""
+    while b"\r\n\r\n" in buf:
+        head, rest = buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        if status < 200:  # interim (100 Continue)
+            buf = rest
+            continue
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        n = 0 if head_only else int(headers.get("content-length", "0"))
+        return (status, headers, rest[:n]) if len(rest) >= n else None
+    return None
+
+
+def exchange(cl, url: str, raw: bytes, timeout: float = 5.0,
+             head_only: bool = False) -> tuple[int, dict, bytes]:
+    """Send ``raw`` and read the reply at the same time, as a careful client
+    does: a node may answer (and close) before it has read a large body."""
     sock = connect(cl, url, timeout)
+    sock.setblocking(False)
+    out, buf = memoryview(raw), b""
+    deadline = time.monotonic() + timeout
     try:
-        sock.sendall(raw)
-        return read_reply(sock, timeout)
+        while True:
+            got = _parse_reply(buf, head_only)
+            if got is not None:
+                return got
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no full reply in {timeout} s: {buf[:200]!r}")
+            pending = hasattr(sock, "pending") and sock.pending()
+            if not pending:
+                r, w, _ = select.select([sock], [sock] if len(out) else [], [], left)
+            else:
+                r, w = [sock], []
+            if r:
+                try:
+                    data = sock.recv(65536)
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                    data = None
+                if data == b"":
+                    raise ConnectionError(f"closed before a full reply: {buf[:200]!r}")
+                if data:
+                    buf += data
+            if w and len(out):
+                try:
+                    n = sock.send(out[:16384])
+                    out = out[n:]
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                    pass
+                except (BrokenPipeError, ConnectionResetError):
+                    out = memoryview(b"")  # the node stopped reading: it may have answered
     finally:
         sock.close()
 

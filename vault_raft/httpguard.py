@@ -291,7 +291,9 @@ _HANDSHAKE, _IDLE, _READING, _BUSY, _CLOSED = "handshake", "idle", "reading", "b
 class _Conn(asyncio.Protocol):
     """One accepted TCP connection: TLS handshake, then an aiohttp handler."""
 
-    MAX_EARLY = 64 * 1024  # bytes that may arrive between the handshake and the handler
+    #: bytes that may arrive between the end of the handshake and the handler
+    #: (one read of the TLS layer: asyncio reads up to 256 KiB at a time)
+    MAX_EARLY = 512 * 1024
 
     def __init__(self, server: "ApiServer"):
         self.srv = server
@@ -452,15 +454,14 @@ class _Handler(RequestHandler):
         super().connection_lost(exc)
 
     def force_close(self) -> None:
-        """aiohttp closes an idle connection (keep-alive timeout), or one that
-        failed: abortively, so that its file is free at once (once what was
-        written is sent, or after the TLS close timeout)."""
+        """aiohttp closes a connection (idle past the keep-alive timeout, or
+        failed): its TLS close lets the client read what was sent (an abort
+        with unread data would reset the connection and lose the reply);
+        it is bounded by the TLS close timeout, and the file is freed at the
+        latest just after it."""
         super().force_close()
-        raw = self.conn.raw
-        if raw is not None and not raw.is_closing() and raw.get_write_buffer_size():
-            self._loop.call_later(self.srv.limits.tls_close_timeout, self.conn.abort)
-        else:
-            self.conn.abort()
+        if self.conn.state != _CLOSED:
+            self._loop.call_later(self.srv.limits.tls_close_timeout + 0.5, self.conn.abort)
 
     # -- errors aiohttp answers itself (bad request line, headers, framing)
     def handle_error(self, request, status: int = 500, exc: BaseException | None = None,

@@ -454,7 +454,11 @@ class VaultService:
         def done(res, err):  # Raft thread
             loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(err))
         self.replica.transfer_leadership(by_id.get(to) if to else None, done)
-        err = await asyncio.wait_for(fut, 5.0)
+        try:
+            err = await asyncio.wait_for(fut, 5.0)
+        except asyncio.TimeoutError:
+            raise ApiError(503, "the Raft thread did not take the transfer request within 5 s")\
+                from None
         if err not in (0, None):
             raise ApiError(409, f"transfer refused: {FAIL_NAMES.get(err, err)} (this node must "
                                 "lead, and the target must be connected and caught up)")
