@@ -187,8 +187,8 @@ class _Conn:
     def _on_event(self, descr, event):
         if descr != self.fd or self.state == _CLOSED:
             return
-        if event & POLL_EVENT_TYPE.ERROR:
-            return self.close("socket error")
+        if event & POLL_EVENT_TYPE.ERROR and not event & POLL_EVENT_TYPE.READ:
+            return self.close("socket error")  # (with data to read: read it first, an alert)
         if self.state == _CONNECTING:
             err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
