@@ -61,7 +61,8 @@ def call(url: str, method: str, path: str, body: dict | None = None,
     transport failure happened after the request may have been sent.
 
     A reply's ``Vault-Time`` header teaches :func:`clock_offset` the node's
-    clock."""
+    clock (over a pinned channel, or plain HTTP: never from an unauthenticated
+    TLS peer)."""
     try:
         conn = connection(url, timeout, channel)
     except ValueError as exc:
@@ -82,7 +83,8 @@ def call(url: str, method: str, path: str, body: dict | None = None,
                          headers={"Content-Type": P.CONTENT_TYPE})
         resp = conn.getresponse()
         data = resp.read()
-        _learn_clock(url, resp.getheader(TIME_HEADER), sent, time.time())
+        if channel is None or channel.pinned:  # only a node that proved it is the fleet's
+            _learn_clock(url, resp.getheader(TIME_HEADER), sent, time.time())
     finally:
         conn.close()
     try:
