@@ -178,7 +178,7 @@ def body(draw, schema: dict, special: dict | None = None) -> dict:
     props = schema.get("properties", {})
     out = {}
     for k, sub in props.items():
-        if k in schema.get("required", []) or draw(st.booleans()):
+        if k in schema.get("required", []) or k in special or draw(st.booleans()):
             out[k] = draw(special[k]) if k in special and draw(st.booleans()) \
                 else draw(value(sub))
     mode = draw(st.sampled_from(["valid", "valid", "wrong", "missing", "extra", "edge"]))

@@ -57,13 +57,16 @@ def fleet(tmp_path_factory):
         cli.enroll("alice", "alice's code", b"alice's key", max_attempts=100)
         ke1s = [opaque.ClientLogin.start(b"guess %d" % i, ksf=cli.fleet.ksf,
                                          context=cli.fleet.context)[1] for i in range(8)]
-        yield cl, cli, ke1s
+        token = getattr(cli, "token", None)  # where the fleet checks tenant tokens
+        tokens = [token(u) for u in (b"alice", "\u00e9l\u00e8ve".encode(), b"nobody")] \
+            if token is not None else ["not a token"]
+        yield cl, cli, ke1s, tokens
     finally:
         cl.stop(timeout=5)
 
 
 @st.composite
-def requests(draw, ke1s):
+def requests(draw, ke1s, tokens):
     """(method, path, raw request bytes, what the body was)."""
     if draw(st.integers(0, 9)) == 0:
         path = draw(st.sampled_from(ODD_PATHS))
@@ -86,6 +89,7 @@ def requests(draw, ke1s):
             obj = draw(O.body(schema, {
                 "user": st.sampled_from([b"alice", "alice", b"nobody", "\u00e9l\u00e8ve"]),
                 "ke1": st.sampled_from(ke1s),
+                "auth": st.sampled_from(tokens),
                 "deadline_ms": st.just(int(time.time() * 1000) + 10_000)}))
         else:
             obj = draw(O.junk())
@@ -185,7 +189,7 @@ def _check(method, path, status, headers, body, kind) -> tuple[list[str], dict |
 
 
 def test_fuzz_the_api_from_the_openapi_schemas(fleet):
-    cl, cli, ke1s = fleet
+    cl, cli, ke1s, tokens = fleet
     nid = cl.leader()
     url = cl.api[nid]
     before = cl.status(nid)
@@ -195,7 +199,7 @@ def test_fuzz_the_api_from_the_openapi_schemas(fleet):
 
     @settings(max_examples=BUDGET, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
-    @given(req=requests(ke1s))
+    @given(req=requests(ke1s, tokens))
     def run(req):
         method, path, raw, kind = req
         t0 = time.perf_counter()
@@ -239,7 +243,7 @@ def test_fuzz_the_api_from_the_openapi_schemas(fleet):
 def test_real_replies_fit_the_document(fleet):
     """The well-formed flows: every reply (201, 200 with max_attempts, the
     manage ops, status) fits its schema."""
-    cl, _, _ = fleet
+    cl, _, _, _ = fleet
     problems = []
 
     class Checked(C.Client):
