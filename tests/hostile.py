@@ -171,5 +171,19 @@ def commit_index(cl, nid: str) -> int:
     return st["commit_index"]
 
 
+def settled_commit_index(cl, timeout: float = 10.0) -> int:
+    """The fleet's commit index once every node reports the same one twice in
+    a row (a follower learns the index with the leader's next message)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        now = {n: commit_index(cl, n) for n in cl.ids}
+        if len(set(now.values())) == 1 and now == last:
+            return next(iter(now.values()))
+        assert time.monotonic() < deadline, (last, now)
+        last = now
+        time.sleep(0.2)
+
+
 def wait_quiet(seconds: float = 0.3) -> None:
     time.sleep(seconds)

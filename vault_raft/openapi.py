@@ -80,7 +80,7 @@ _ERRS = {
     401: "authentication failed",
     404: "no such resource",
     405: "method not allowed here (the Allow header lists the allowed ones)",
-    408: f"the body did not arrive within the body timeout (docs/api.md); the connection is "
+    408: "the body did not arrive within the body timeout (docs/api.md); the connection is "
          "closed",
     409: "conflict",
     410: "the record was destroyed",
