@@ -333,6 +333,8 @@ class _Conn(asyncio.Protocol):
             self.abort()
             raise
         except Exception as exc:  # noqa: BLE001 -- any failure ends this connection only
+            if self.state == _CLOSED:  # closed meanwhile (evicted, or the node stopping)
+                return
             late = self.srv.loop.time() - self.opened >= lim.handshake_timeout - 0.05
             self.srv._note("handshake_timeouts" if late else "handshake_failures")
             self.srv.quiet.debug("tls", "API: TLS handshake with %s %s: %s", self.peer,
