@@ -404,7 +404,7 @@ class _Conn(asyncio.Protocol):
 
 class _Handler(RequestHandler):
     """aiohttp's request handler with the node's error replies, quiet logs,
-    a header timer and an abortive close."""
+    a header timer and a bounded close."""
 
     def __init__(self, manager, conn: _Conn, **kwargs):
         super().__init__(manager, **kwargs)
