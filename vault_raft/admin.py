@@ -57,6 +57,7 @@ class AdminVerifier:
             raise AdminAuthError("this node has no admin key configured")
         op, args, ts, nonce, sig = (body.get(k) for k in ("op", "args", "ts", "nonce", "sig"))
         if op not in OPS or not isinstance(args, dict) or not isinstance(ts, int) \
+                or isinstance(ts, bool) \
                 or not isinstance(nonce, bytes) or len(nonce) != 16 or not isinstance(sig, bytes):
             raise AdminAuthError("malformed admin request")
         try:

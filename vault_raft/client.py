@@ -13,7 +13,7 @@ OPAQUE flows pin the server key, so a node holding other keys is refused.
 
 Every exception carries the CLI exit code that reports it::
 
-    VaultError (1) > WrongCode (3), NoRecord (4), Unavailable (5),
+    VaultError (1) > WrongCode (3), NoRecord (4), Unavailable (5) > ClockSkew (5),
                      Untrusted (6), NotAuthorized (7), AlreadyEnrolled (1), InvalidInput (2),
                      ServerError (1)
 """
@@ -68,6 +68,11 @@ class NoRecord(VaultError):
 
 class Unavailable(VaultError):
     exit_code = 5
+
+
+class ClockSkew(Unavailable):
+    """Nodes refused requests as late that were sent just now: this machine's
+    clock and the fleet's disagree, and learning the offset did not help."""
 
 
 class AlreadyEnrolled(VaultError):
@@ -163,9 +168,9 @@ class Client:
                             B.UnpinnedChannel)
 
     # ------------------------------------------------------------ transport
-    def _post_once(self, url: str, path: str, body: dict) -> tuple[int, dict]:
+    def _call(self, url: str, method: str, path: str, body: dict | None = None):
         try:
-            return wire.call(url, "POST", path, body, self.request_timeout, self.channel)
+            return wire.call(url, method, path, body, self.request_timeout, self.channel)
         except CH.ChannelRefused as exc:  # nothing was sent; an impostor stops everything
             raise Untrusted(f"{url} is not a node of fleet {self.fleet.fleet_id}: {exc}; "
                             "nothing was sent", B.WrongChannelKey) from None
@@ -184,38 +189,85 @@ class Client:
         except Exception as exc:  # the app's hook failed: nothing was sent
             raise InvalidInput(f"could not get a tenant token: {exc}") from None
 
+    def _post_once(self, url: str, path: str, body: dict) -> tuple[int, dict]:
+        return self._call(url, "POST", path, body)
+
+    #: A node refusing a request as late whose clock moved by more than this
+    #: against ours since its last reply: a clock problem, not a slow fleet.
+    CLOCK_TOLERANCE_MS = 500
+
+    def _node_clock(self, url: str) -> float:
+        """The node's clock minus ours (ms): from its last reply, else asked
+        for (``GET /v1/status``, which proposes nothing)."""
+        off = wire.clock_offset(url)
+        if off is None:
+            try:
+                self._call(url, "GET", "/v1/status")
+            except (OSError, http.client.HTTPException, ServerError) as exc:
+                raise CH.ChannelError(f"{url}: no status: {exc.__class__.__name__}") from None
+            off = wire.clock_offset(url)
+        return off or 0.0
+
     def post(self, path: str, body: dict, *, retry_timeouts: bool = True) -> tuple[int, dict]:
         """POST to some node; fail over on refusal or "no majority here".
 
-        ``retry_timeouts=False`` (for counted operations): a node that took
-        the request but did not answer in time may still commit it, so the
-        client reports Unavailable instead of trying elsewhere.
+        Every request carries ``deadline_ms``, when this client stops waiting
+        for it, in the node's clock (learned from the ``Vault-Time`` header of
+        its replies): a node that reads the request later refuses it, proposing
+        nothing.  A refusal as late of a request sent just now means the
+        clocks disagree: the offset is learned again from that refusal and the
+        request sent again (nothing was proposed).
+
+        A failure to connect or to complete the TLS handshake sent nothing, so
+        the request goes to the next node.  ``retry_timeouts=False`` (for
+        counted operations): a node that took the request but did not answer
+        (in time, or at all) may still commit it, so the client reports
+        Unavailable instead of trying elsewhere; so does a 503 that does not
+        say ``proposed: false``.
         """
         body = self._with_auth(body)
         deadline = time.monotonic() + self.timeout
-        # The node refuses (unproposed) a request it reads after this time.
-        body = dict(body, deadline_ms=int((time.time() + self.timeout) * 1000))
-        delay, last = 0.05, "no node answered"
+        delay, last, clock = 0.05, "no node answered", None
         while True:
             url = self.endpoints[self._next % len(self.endpoints)]
             self._next += 1
             self.last_node = url
-            try:
-                status, out = self._post_once(url, path, body)
-            except (ConnectionError, socket.gaierror) as exc:
-                last = f"{url}: {exc.__class__.__name__}"
-            except (TimeoutError, socket.timeout, http.client.HTTPException, OSError) as exc:
-                last = f"{url}: {exc.__class__.__name__}"
-                if not retry_timeouts:
-                    raise Unavailable(f"no answer from {url} in time; the attempt may have "
-                                      "been counted") from None
-            else:
+            for _ in range(2):  # once more on this node after a clock correction
+                try:
+                    offset = self._node_clock(url)
+                    budget = max(0.05, min(self.request_timeout, deadline - time.monotonic()))
+                    sent = time.monotonic()
+                    status, out = self._post_once(url, path, dict(body, deadline_ms=int(
+                        time.time() * 1000 + offset + budget * 1000)))
+                except (CH.ChannelError, socket.gaierror) as exc:  # nothing was sent
+                    last = f"{url}: {exc.__class__.__name__}"
+                    break
+                except (TimeoutError, socket.timeout, http.client.HTTPException, OSError) as exc:
+                    last = f"{url}: {exc.__class__.__name__}"
+                    if not retry_timeouts:
+                        raise Unavailable(f"no answer from {url} in time; the attempt may have "
+                                          "been counted") from None
+                    break
                 if status != 503:
                     return status, out
                 last = f"{url}: {out.get('message')}"
+                if out.get("error") == P.EXPIRED:
+                    # the refusal's Vault-Time taught us the node's clock again
+                    skew = (wire.clock_offset(url) or offset) - offset
+                    if abs(skew) > self.CLOCK_TOLERANCE_MS:
+                        clock = (f"{url} refused a request sent {time.monotonic() - sent:.1f} s "
+                                 f"before as late: this machine's clock and the node's "
+                                 f"disagree (it moved by {skew / 1000:+.1f} s since the "
+                                 "node's last reply); nothing was proposed")
+                        if time.monotonic() + 0.05 < deadline:
+                            continue  # send it again with the deadline in the new offset
+                    break
                 if out.get("proposed") is not False and not retry_timeouts:
                     raise Unavailable(f"{url}: {out.get('message')}")
+                break
             if time.monotonic() + delay >= deadline:
+                if clock is not None:
+                    raise ClockSkew(clock)
                 raise Unavailable(f"no majority of the fleet reachable in time ({last})")
             time.sleep(delay)
             delay = min(delay * 2, 0.5)

@@ -28,6 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
+from . import httpguard as H
 from . import protocol as P
 from . import tenant as T
 from .admin import AdminAuthError, AdminVerifier
@@ -49,14 +50,17 @@ TOKEN_LIFETIME_MS = M.PROOF_TTL_MS
 TICKET_LIFETIME_MS = M.TICKET_TTL_MS
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, **extra: Any):
-        super().__init__(message)
-        self.status, self.message, self.extra = status, message, extra
+ApiError = H.ApiError
+_quiet = H.QuietLog(log)
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _integer(v: Any) -> bool:
+    """A msgpack integer (never a boolean)."""
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _user(body: dict) -> bytes:
@@ -78,6 +82,10 @@ def _bin(body: dict, key: str, lo: int, hi: int | None = None) -> bytes:
 
 
 _IN_FLIGHT: set = set()  # this process's commits in flight
+
+#: pysyncobj's failures that leave nothing in any log: the command never left
+#: this node's queue (no leader known, queue full) or the leader refused it.
+NOT_PROPOSED = frozenset({"QUEUE_FULL", "MISSING_LEADER", "NOT_LEADER", "REQUEST_DENIED"})
 
 
 def _expire(fut: asyncio.Future) -> None:
@@ -126,7 +134,10 @@ async def commit(replica, propose, command: bytes, timeout: float, meanwhile=Non
         timer.cancel()
         _IN_FLIGHT.discard(fut)
     if err != 0:
-        raise ApiError(503, f"commit failed: {FAIL_NAMES.get(err, err)}")
+        name = FAIL_NAMES.get(err, err)
+        if name in NOT_PROPOSED:
+            raise ApiError(503, f"not proposed: {name}", proposed=False)
+        raise ApiError(503, f"commit failed: {name} (the attempt may still be counted)")
     return res
 
 
@@ -155,18 +166,32 @@ class VaultService:
                       self.gate.error)
         self.stats = {"commits": 0, "unavailable": 0, "ke2": 0}
         self.metrics = metrics or NodeMetrics(replica, cfg.node_id)
+        self.http: H.ApiServer | None = None  # the API listener (connection statistics)
+        self.nofile: dict | None = None  # open-file limits (httpguard.raise_nofile_limit)
 
     # ------------------------------------------------------------- commit
     async def commit(self, op: str, deadline_ms: Any = None, meanwhile=None,
                      **fields: Any) -> dict:
         """Propose a command and wait until this node applied it (majority commit).
 
-        ``deadline_ms`` is the client's give-up time: a request that waited
-        past it (e.g. in a paused node's socket buffer) is refused unproposed,
-        so a client that reported "unavailable" is not charged an attempt later.
+        ``deadline_ms`` is the client's give-up time *in this node's clock*
+        (clients learn the offset from the ``Vault-Time`` header of any reply):
+        a request that waited past it (e.g. in a paused node's socket buffer)
+        is refused unproposed, so a client that reported "unavailable" is not
+        charged an attempt later.  The refusal says by how much it was late
+        (``late_ms``): a client that sent it just now learns that its clock,
+        not the fleet, is the problem.
         """
-        if isinstance(deadline_ms, int) and _now_ms() > deadline_ms:
-            raise ApiError(503, "request expired before it was proposed", proposed=False)
+        if deadline_ms is not None:
+            if not _integer(deadline_ms) or not 0 <= deadline_ms < 1 << 63:
+                raise ApiError(400, "deadline_ms must be an integer: Unix ms in the node's "
+                                    f"clock (the {H.TIME_HEADER} header of any reply)")
+            late = _now_ms() - deadline_ms
+            if late > 0:
+                raise ApiError(503, f"request read {late} ms after its deadline_ms (in this "
+                                    f"node's clock, sent in every reply's {H.TIME_HEADER} "
+                                    "header); nothing was proposed", code=P.EXPIRED,
+                               proposed=False, late_ms=late)
         t0 = time.perf_counter()
         try:
             res = await commit(self.replica, self.replica.propose, M.encode_command(op, **fields),
@@ -279,8 +304,7 @@ class VaultService:
         except OpaqueError as exc:
             raise ApiError(400, f"bad registration record: {exc}") from None
         max_attempts = body.get("max_attempts", self.cfg.default_max_attempts)
-        if not isinstance(max_attempts, int) or isinstance(max_attempts, bool) \
-                or not 1 <= max_attempts <= M.MAX_ATTEMPTS_LIMIT:
+        if not _integer(max_attempts) or not 1 <= max_attempts <= M.MAX_ATTEMPTS_LIMIT:
             raise ApiError(400, f"max_attempts must be an integer 1..{M.MAX_ATTEMPTS_LIMIT}")
         ticket = self._open_ticket(rid, body, "enroll")
         secret = self._open_upload(user, _bin(body, "upload", 1, P.MAX_BODY), b"enroll",
@@ -445,6 +469,13 @@ class VaultService:
                        synced_index=st.get("synced_index"), log_len=st.get("log_len"),
                        log_start=st.get("log_start"),
                        transport=self.cfg.transport, stats=dict(self.stats))
+            if self.nofile is not None:
+                out["open_files"] = dict(self.nofile, in_use=_open_files())
+            if self.http is not None:
+                out["api"] = dict(self.http.stats(), limits=self.http.limits.to_dict())
+            transport = getattr(self.replica, "_SyncObj__transport", None)
+            if hasattr(transport, "stats"):  # the mTLS transport
+                out["raft_port"] = transport.stats()
         return out
 
     # ----------------------------------------------------------- admin
@@ -461,8 +492,10 @@ class VaultService:
         # transfer: hand leadership to args["to"] (a node id) or the best follower
         to = args.get("to")
         by_id = {nid: addr for addr, nid in self.cfg.peer_ids}
-        if to is not None and (to not in by_id or to == self.cfg.node_id):
-            raise ApiError(400, f"to must be another node of this fleet: {sorted(by_id)}")
+        if to is not None and (not isinstance(to, str) or to not in by_id
+                               or to == self.cfg.node_id):
+            raise ApiError(400, "to must be the id of another node of this fleet: "
+                                f"{sorted(n for n in by_id if n != self.cfg.node_id)}")
         before = self.replica.status().get("leader")
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
@@ -470,7 +503,11 @@ class VaultService:
         def done(res, err):  # Raft thread
             loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(err))
         self.replica.transfer_leadership(by_id.get(to) if to else None, done)
-        err = await asyncio.wait_for(fut, 5.0)
+        try:
+            err = await asyncio.wait_for(fut, 5.0)
+        except asyncio.TimeoutError:
+            raise ApiError(503, "the Raft thread did not take the transfer request within 5 s")\
+                from None
         if err not in (0, None):
             raise ApiError(409, f"transfer refused: {FAIL_NAMES.get(err, err)} (this node must "
                                 "lead, and the target must be connected and caught up)")
@@ -481,6 +518,13 @@ class VaultService:
                 return {"transferred": True, "leader": self.peer_ids.get(leader, leader)}
             await asyncio.sleep(0.05)
         return {"transferred": False, "leader": self.peer_ids.get(before, before)}
+
+
+def _open_files() -> int | None:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return None
 
 
 # ------------------------------------------------------------ fleet trust
@@ -495,7 +539,7 @@ def _reply(status: int, obj: dict) -> web.Response:
 
 
 def _error(status: int, message: str, **extra) -> web.Response:
-    return _reply(status, {"error": P.ERRORS.get(status, "internal"), "message": message, **extra})
+    return H.error_response(status, message, **extra)
 
 
 @web.middleware
@@ -503,23 +547,30 @@ async def _errors(request: web.Request, handler):
     try:
         return await handler(request)
     except ApiError as exc:
-        resp = _error(exc.status, exc.message, **exc.extra)
+        resp = H.error_response(exc.status, exc.message, exc.code, **exc.extra)
+        if exc.close:
+            resp.force_close()
         if "retry_after" in exc.extra:
             resp.headers["Retry-After"] = str(exc.extra["retry_after"])
         return resp
     except web.HTTPException as exc:  # 404, 405, 413 from aiohttp itself
-        return _error(exc.status, exc.reason or "error")
+        if exc.status == 405:
+            allow = exc.headers.get("Allow", "")
+            return H.error_response(405, f"{request.method} is not allowed here (allowed: "
+                                         f"{allow})", headers={"Allow": allow})
+        return H.error_response(exc.status, exc.reason or "error")
     except asyncio.CancelledError:
         raise
     except Exception:  # never a traceback to the client; full detail in the node log
-        log.exception("internal error handling %s %s", request.method, request.path)
+        _quiet.log(logging.ERROR, "internal", "internal error handling %s %s", request.method,
+                   request.path, exc_info=True)
         return _error(500, "internal error")
 
 
 async def _body(request: web.Request) -> dict:
     if request.content_type != P.CONTENT_TYPE:
         raise ApiError(415, f"send {P.CONTENT_TYPE} bodies")
-    raw = await request.read()
+    raw = await H.read_body(request)
     try:
         body = P.unpack(raw)
     except Exception:
@@ -530,7 +581,8 @@ async def _body(request: web.Request) -> dict:
 
 
 def build_app(service: VaultService, trust: TrustService | None = None) -> web.Application:
-    app = web.Application(middlewares=[_errors], client_max_size=P.MAX_BODY)
+    app = web.Application(middlewares=[H.track, _errors], client_max_size=P.MAX_BODY)
+    H.install(app)
 
     def post(path, fn):
         async def handler(request):
@@ -582,16 +634,18 @@ def build_app(service: VaultService, trust: TrustService | None = None) -> web.A
     return app
 
 
-async def _serve(service: VaultService, host: str, port: int, ssl_context=None) -> None:
+async def _serve(service: VaultService, host: str, port: int, ssl_context=None,
+                 limits: H.Limits | None = None, nofile: dict | None = None) -> None:
     """Serve the API until SIGTERM/SIGINT: over TLS 1.3 with the node's fleet
     certificate when ``ssl_context`` is given (the default), else plain HTTP
-    (node.json ``"api_tls": false``: local debugging only)."""
+    (node.json ``"api_tls": false``: local debugging only).  Connections are
+    capped and timed (:mod:`.httpguard`)."""
     trust = TrustService(service.cfg.dir)
-    runner = web.AppRunner(build_app(service, trust), access_log=None)
-    await runner.setup()
+    api = H.ApiServer(build_app(service, trust), limits=limits, ssl_context=ssl_context,
+                      logger=log, nofile=nofile)
+    service.http = api
+    await api.start(host, port)
     refresher = asyncio.create_task(trust.run())
-    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
-    await site.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -603,10 +657,14 @@ async def _serve(service: VaultService, host: str, port: int, ssl_context=None) 
     else:
         log.info("node %s serving the API on https://%s:%d (TLS 1.3, fleet certificate)",
                  service.cfg.node_id, host, port)
+    log.info("API limits: %d connections (open files: %s), TLS handshake %gs, headers %gs, "
+             "body %gs, idle %gs", api.max_connections,
+             (nofile or {}).get("soft", "?"), api.limits.handshake_timeout,
+             api.limits.header_timeout, api.limits.body_timeout, api.limits.idle_timeout)
     await stop.wait()
     log.info("node %s stopping", service.cfg.node_id)
     refresher.cancel()
-    await runner.cleanup()
+    await api.stop()
 
 
 class _ServingDown:
@@ -627,14 +685,13 @@ class _ServingDown:
 
         async def down(request):
             return _error(503, self.reason, proposed=False)
-        app = web.Application()
+        app = web.Application(middlewares=[H.track])
+        H.install(app)
         app.router.add_get("/v1/status", status)
         app.router.add_route("*", "/{tail:.*}", down)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, self.cfg.api_host, self.cfg.api_port, reuse_address=True,
-                          ssl_context=self.ssl).start()
-        return runner
+        api = H.ApiServer(app, ssl_context=self.ssl, logger=log)
+        await api.start(self.cfg.api_host, self.cfg.api_port)
+        return api
 
     def __enter__(self):
         self._thread.start()
@@ -647,7 +704,7 @@ class _ServingDown:
 
     def __exit__(self, *exc):
         if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+            asyncio.run_coroutine_threadsafe(self._runner.stop(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         return False
@@ -655,7 +712,15 @@ class _ServingDown:
 
 def run_node(node_dir: str, settings: RaftSettings | None = None) -> int:
     """Run one node in the foreground until SIGTERM/SIGINT. Returns an exit code."""
+    nofile = H.raise_nofile_limit()  # before the replica opens its files and sockets
     cfg = NodeConfig.load(node_dir)
+    try:
+        limits = H.Limits.from_pairs(cfg.limits)
+    except ValueError as exc:
+        raise SystemExit(f"{node_dir}/node.json: {exc}") from None
+    if nofile["soft"] != nofile["soft_at_start"]:
+        log.info("open-file limit raised from %d to %d", nofile["soft_at_start"],
+                 nofile["soft"])
     ks = FileKeystore.load(cfg.keystore_path)
     if ks.fleet_id != cfg.fleet_id:
         raise SystemExit(f"keystore belongs to fleet {ks.fleet_id}, node to {cfg.fleet_id}")
@@ -683,9 +748,10 @@ def run_node(node_dir: str, settings: RaftSettings | None = None) -> int:
             metrics.serve(cfg.api_host, cfg.metrics_port)
         except OSError as exc:
             log.error("cannot serve metrics on port %d: %s", cfg.metrics_port, exc)
+    service = VaultService(cfg, ks, replica, metrics=metrics)
+    service.nofile = nofile
     try:
-        asyncio.run(_serve(VaultService(cfg, ks, replica, metrics=metrics), cfg.api_host,
-                           cfg.api_port, api_ssl))
+        asyncio.run(_serve(service, cfg.api_host, cfg.api_port, api_ssl, limits, nofile))
     finally:
         replica.destroy_synchronous()  # syncs and closes the journal
     return 0

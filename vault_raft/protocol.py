@@ -24,6 +24,9 @@ import msgpack
 from .crypto import seal as S
 
 CONTENT_TYPE = "application/msgpack"
+#: Every node reply carries the node's wall clock (Unix ms) in this header;
+#: clients send ``deadline_ms`` in that clock.
+TIME_HEADER = "Vault-Time"
 MAX_BODY = 64 * 1024
 MAX_SECRET = 4096
 USER_MAX = 256
@@ -35,13 +38,27 @@ ERRORS = {
     400: "bad_request",
     401: "auth_failed",
     404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
     409: "exists",
     410: "destroyed",
     413: "too_large",
     415: "unsupported_media_type",
+    417: "expectation_failed",
     429: "rate_limited",
+    500: "internal",
     503: "unavailable",
 }
+# error codes that are not their status's: a write read after its deadline_ms
+# (503, nothing proposed; ``late_ms`` says by how much, in the node's clock)
+EXPIRED = "expired"
+
+
+def error_code(status: int) -> str:
+    """The ``error`` of a reply with this status."""
+    if status in ERRORS:
+        return ERRORS[status]
+    return "bad_request" if 400 <= status < 500 else "internal"
 
 
 def pack(obj) -> bytes:

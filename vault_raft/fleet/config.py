@@ -31,6 +31,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 
@@ -185,6 +186,7 @@ class NodeConfig:
     api_tls: bool | None = None  # None (field absent): TLS if the node's TLS files exist
     metrics_port: int | None = None  # Prometheus metrics (plain HTTP on api_host); None: off
     tenants: str = "required"  # "off": no tenant tokens checked (a fleet made before tenants)
+    limits: tuple[tuple[str, Any], ...] = ()  # API connection limits (httpguard.Limits)
 
     @classmethod
     def load(cls, node_dir: str) -> "NodeConfig":
@@ -202,7 +204,8 @@ class NodeConfig:
                        _default_max_attempts(d, node_dir),
                        _api_tls(d.get("api_tls")),
                        _port_or_none(d.get("metrics_port")),
-                       _tenants_mode(d.get("tenants", "required")))
+                       _tenants_mode(d.get("tenants", "required")),
+                       tuple((str(k), v) for k, v in dict(d.get("limits", {})).items()))
         except FileNotFoundError:
             raise ConfigError(f"{path} not found: is {node_dir} a node directory "
                               "made by 'vault-raft fleet init'?") from None

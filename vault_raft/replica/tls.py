@@ -21,6 +21,17 @@ pickle on the wire, nothing received unpickled).  Readonly connections and
 utility commands do not exist on this wire.
 Idle connections carry keepalive pings, so a silent (paused) peer is dropped
 after ``connectionTimeout``, as with pysyncobj's transport.
+
+**Hostile connections.**  Anyone can connect to the Raft port.  A connection
+that has not completed the handshake and proved a fleet node's identity
+within ``connectionTimeout`` is closed; at most :attr:`MtlsTransport.MAX_PENDING`
+such connections are held (at the cap, the oldest is closed).  Refusals --
+a failed handshake, a certificate that names no node of ours, a malformed
+frame, a handshake that never completes -- are logged at WARNING with the
+peer's address, at most three lines per kind per minute (the rest are
+counted).  When ``accept`` fails for want of file descriptors (EMFILE,
+ENFILE), the port stops accepting for a while (50 ms, doubling to 2 s)
+instead of spinning.
 """
 
 from __future__ import annotations
@@ -41,9 +52,12 @@ from pysyncobj.monotonic import monotonic as monotonicTime
 from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.transport import Transport, TransportNotReadyError
 
+from ..httpguard import QuietLog
 from . import wire
 
 log = logging.getLogger("vault_raft.tls")
+
+_RESOURCE_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 SAN_PREFIX = "vault-raft:raft/"
 CERT_DAYS = 5 * 365
@@ -151,10 +165,12 @@ class _Conn:
     """One TLS connection on pysyncobj's poller (memory-BIO TLS)."""
 
     def __init__(self, transport: "MtlsTransport", sock: socket.socket, server_side: bool,
-                 node=None, connecting: bool = False):
+                 node=None, connecting: bool = False, peer: str = "?"):
         self.t = transport
         self.sock = sock
         self.fd = sock.fileno()
+        self.server_side = server_side
+        self.peer = peer  # the address it came from (accepted connections)
         self.node = node  # expected peer (outgoing) / identified peer (incoming)
         self.inbio, self.outbio = ssl.MemoryBIO(), ssl.MemoryBIO()
         ctx = transport.server_ctx if server_side else transport.client_ctx
@@ -171,8 +187,8 @@ class _Conn:
     def _on_event(self, descr, event):
         if descr != self.fd or self.state == _CLOSED:
             return
-        if event & POLL_EVENT_TYPE.ERROR:
-            return self.close("socket error")
+        if event & POLL_EVENT_TYPE.ERROR and not event & POLL_EVENT_TYPE.READ:
+            return self.close("socket error")  # (with data to read: read it first, an alert)
         if self.state == _CONNECTING:
             err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
@@ -296,8 +312,17 @@ class _Conn:
         except OSError:
             pass
         if why:
-            (log.info if was_open else log.debug)("connection %s closed: %s",
-                                                   getattr(self.node, "id", "?"), why)
+            if self.server_side and not was_open:
+                self.t._refused(self, why)
+            elif why.startswith("peer refused"):  # we dialled a node: someone else answered
+                self.t._quiet.warning("dialled", "Raft port: dialled %s: %s",
+                                      getattr(self.node, "id", "?"), why)
+            elif why.startswith("dropped"):  # an authenticated peer sent a bad frame
+                self.t._quiet.warning("dropped", "Raft port: connection %s (%s) closed: %s",
+                                      getattr(self.node, "id", "?"), self.peer, why)
+            else:
+                (log.info if was_open else log.debug)("connection %s closed: %s",
+                                                       getattr(self.node, "id", "?"), why)
         self.t._on_closed(self, was_open)
 
 
@@ -305,6 +330,10 @@ class MtlsTransport(Transport):
     """pysyncobj transport: mutual TLS 1.3, certificate identity, msgpack frames."""
 
     max_backlog = 8 << 20
+    #: accepted connections not yet identified as a fleet node (at the cap the
+    #: oldest is closed); a fleet has at most 8 other nodes
+    MAX_PENDING = 32
+    ACCEPT_BACKOFF = (0.05, 2.0)  # after EMFILE/ENFILE: first pause, longest pause
 
     def __init__(self, syncObj, selfNode, otherNodes):
         super().__init__(syncObj, selfNode, otherNodes)
@@ -328,6 +357,12 @@ class MtlsTransport(Transport):
         self._ready = False
         self._bind_attempts = 0
         self._last_bind = 0.0
+        self._quiet = QuietLog(log, bursts={"refused evicted": 1,
+                                            "refused handshake timed out": 1})
+        self._accept_pause = 0.0  # current backoff (0: accepting normally)
+        self._accept_resume_at: float | None = None  # paused until (monotonic)
+        self.counts = {k: 0 for k in ("accepted", "refused", "evicted", "accept_errors",
+                                      "accept_pauses")}
         syncObj.addOnTickCallback(self._on_tick)
         self._bind()
 
@@ -368,17 +403,85 @@ class MtlsTransport(Transport):
 
     # ---------------------------------------------------------- accepting
     def _on_accept(self, descr, event):
-        while self._server is not None:
+        while self._server is not None and self._accept_resume_at is None:
             try:
-                sock, _ = self._server.accept()
+                sock, addr = self._server.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                log.warning("accept: %s", exc)
+                self.counts["accept_errors"] += 1
+                if exc.errno in _RESOURCE_ERRNOS:
+                    self._pause_accepting(exc)
+                else:
+                    self._quiet.warning("accept", "Raft port: accept failed: %s", exc)
                 return
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._pending.add(_Conn(self, sock, server_side=True))
+            self._accept_pause = 0.0
+            self.counts["accepted"] += 1
+            peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+            try:
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                sock.close()
+                continue
+            self._make_room()
+            self._pending.add(_Conn(self, sock, server_side=True, peer=peer))
+
+    def _pause_accepting(self, exc: OSError) -> None:
+        """Out of file descriptors: the listening socket stays readable, so
+        stop polling it for a while (doubling up to the longest pause)."""
+        first, longest = self.ACCEPT_BACKOFF
+        self._accept_pause = min(longest, self._accept_pause * 2 or first)
+        self._accept_resume_at = monotonicTime() + self._accept_pause
+        self.counts["accept_pauses"] += 1
+        try:
+            self.poller.unsubscribe(self._server.fileno())
+        except Exception:  # noqa: BLE001 -- not subscribed
+            pass
+        self._quiet.warning("accept", "Raft port: cannot accept connections: %s; not "
+                                      "accepting for %.2f s", os.strerror(exc.errno),
+                            self._accept_pause)
+
+    def _resume_accepting(self) -> None:
+        if self._accept_resume_at is None or monotonicTime() < self._accept_resume_at:
+            return
+        self._accept_resume_at = None
+        if self._server is not None:
+            self.poller.subscribe(self._server.fileno(), self._on_accept, _READ)
+
+    def _make_room(self) -> None:
+        """At most MAX_PENDING unidentified accepted connections: close the oldest."""
+        waiting = [c for c in self._pending if c.server_side]
+        if len(waiting) < self.MAX_PENDING:
+            return
+        oldest = min(waiting, key=lambda c: c.started)
+        self.counts["evicted"] += 1
+        oldest.close("evicted: too many connections that have not identified themselves")
+
+    def _refused(self, conn: "_Conn", why: str) -> None:
+        """An accepted connection closed before it was identified: rate-limited,
+        by kind, with the peer's address."""
+        kind = why.split(":", 1)[0]
+        if kind in ("closed by peer", "socket error", "recv", "send"):  # the peer left
+            self._quiet.info("left", "Raft port: %s left before identifying itself: %s",
+                             conn.peer, why)
+            return
+        self.counts["refused"] += 1
+        self._quiet.warning(f"refused {kind}", "Raft port: refused %s: %s", conn.peer, why)
+
+    def stats(self) -> dict:
+        """Counters for the admin status (read from another thread)."""
+        for _ in range(5):
+            try:
+                pending = sum(1 for c in list(self._pending) if c.server_side)
+                break
+            except RuntimeError:  # changed on the Raft thread meanwhile
+                continue
+        else:
+            pending = None
+        return dict(self.counts, pending=pending, peers=len(self._conns),
+                    accepting=self._accept_resume_at is None,
+                    log_lines_suppressed=self._quiet.suppressed)
 
     def _identify(self, der: bytes | None, expected):
         """The node a verified peer certificate names; ValueError if none of ours."""
@@ -422,6 +525,7 @@ class MtlsTransport(Transport):
 
     def _on_tick(self):
         self._bind()
+        self._resume_accepting()
         now = monotonicTime()
         timeout = self._so.conf.connectionTimeout
         for conn in list(self._pending) + list(self._conns.values()):
@@ -431,7 +535,8 @@ class MtlsTransport(Transport):
                 elif now - conn.last_sent > timeout / 4:
                     conn.send(self._ping)
             elif now - conn.started > timeout:
-                conn.close("handshake timed out")
+                conn.close("handshake timed out" if conn.server_side or conn.state != _CONNECTING
+                           else "connect timed out")
         dialling = {c.node for c in self._pending if c.node is not None}
         for node in self._nodes.values():
             if node not in self._conns and node not in dialling and self._should_dial(node):
@@ -495,4 +600,5 @@ class MtlsTransport(Transport):
                 pass
             self._server.close()
             self._server = None
+        self._accept_resume_at = None
         self._ready = False
