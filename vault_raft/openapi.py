@@ -72,7 +72,8 @@ ERROR = _obj({
     "proposed": {"type": "boolean", "description": "false: nothing was proposed, the request "
                                                    "is safe to send to another node"},
     "late_ms": _int(1, _U63, "expired: by how much, in the node's clock"),
-    "reason": {"type": "string", "enum": ["replayed", "stale"]},
+    "reason": {"type": "string", "enum": ["replayed", "stale", "token"]},
+    "retry_after": _int(1, _U63, "429: seconds until the next request may pass"),
 }, ["error", "message"])
 
 _ERRS = {
@@ -87,6 +88,7 @@ _ERRS = {
     413: f"body over {P.MAX_BODY} bytes (after decoding a Content-Encoding)",
     415: f"body is not {P.CONTENT_TYPE}",
     417: "an Expect other than 100-continue",
+    429: "rate limited (per tenant or per user): Retry-After says when to come back",
     503: "unavailable: no majority reachable in time, or the node is waiting for its disk "
          "(proposed: false: nothing proposed); error 'expired': read after its deadline_ms",
 }
@@ -101,6 +103,9 @@ def _errors(*statuses: int, **described: str) -> dict:
 
 _ANY = (400, 405, 417, 503)  # any request: malformed, a wrong method or Expect, a node down
 _POST = (*_ANY, 408, 413, 415)
+AUTH = {"type": "string", "description": "the tenant's token for this user (an EdDSA JWT, "
+                                         "docs/api.md): checked before anything is proposed"}
+_USER_REQUEST = (401, 429)  # a missing, bad or foreign token; a rate limit
 
 
 def _post(summary: str, body: dict, ok: dict, *extra: int, **described: str) -> dict:
@@ -137,49 +142,56 @@ OPENAPI = {
         "/v1/enroll/start": _post(
             "OPAQUE registration: evaluate the OPRF under a fresh credential identifier and "
             "issue a single-use ticket (stores nothing)",
-            _body({"user": USER, "request": _bin(opaque.REG_REQUEST_LEN),
+            _body({"user": USER, "auth": AUTH, "request": _bin(opaque.REG_REQUEST_LEN),
                    "purpose": {"type": "string", "enum": list(P.TICKET_PURPOSES)}},
                   ["user", "request"]),
             {"200": _resp("registration response and ticket", _obj({
                 "response": _bin(opaque.REG_RESPONSE_LEN), "ticket": TICKET,
                 "nonce": _bin(M.NONCE_LEN), "expires_ms": _int()},
-                ["response", "ticket", "nonce", "expires_ms"]))}),
+                ["response", "ticket", "nonce", "expires_ms"]))}, *_USER_REQUEST,
+            s401="a missing, bad or foreign tenant token (reason: token)"),
         "/v1/enroll/finish": _post(
             "Store the OPAQUE record and the HPKE-encrypted secret (majority commit)",
-            _body({"user": USER, "record": _bin(opaque.RECORD_LEN), "ticket": TICKET,
+            _body({"user": USER, "auth": AUTH, "record": _bin(opaque.RECORD_LEN),
+                   "ticket": TICKET,
                    "upload": _bin(1, P.MAX_BODY, "HPKE ciphertext of the secret"),
                    "max_attempts": MAX_ATTEMPTS, "deadline_ms": DEADLINE},
                   ["user", "record", "ticket", "upload"]),
             {"201": _resp("enrolled", _obj({"enrolled": {"type": "boolean"},
                                            "max_attempts": MAX_ATTEMPTS},
                                           ["enrolled", "max_attempts"]))},
-            401, 409,
-            s401="ticket invalid, expired or for another user",
+            *_USER_REQUEST, 409,
+            s401="a bad tenant token (reason: token), or a ticket invalid, expired or for "
+                 "another user",
             s409="an active record exists, or the ticket was used (reason: replayed) or "
                  "issued before the record last changed (reason: stale)"),
         "/v1/recover/start": _post(
             "Count an attempt (majority commit), then answer KE1 with KE2",
-            _body({"user": USER, "ke1": _bin(opaque.KE1_LEN), "deadline_ms": DEADLINE},
+            _body({"user": USER, "auth": AUTH, "ke1": _bin(opaque.KE1_LEN),
+                   "deadline_ms": DEADLINE},
                   ["user", "ke1"]),
             {"200": _resp("KE2 (fake for unknown users)", _obj({
                 "ke2": _bin(opaque.KE2_LEN), "token": TOKEN,
                 "attempts_left": _int(0, M.MAX_ATTEMPTS_LIMIT)},
                 ["ke2", "token", "attempts_left"]))},
-            410, s410="record destroyed"),
+            *_USER_REQUEST, 410, s410="record destroyed",
+            s401="a missing, bad or foreign tenant token (reason: token)"),
         "/v1/recover/finish": _post(
             "Verify KE3, release the secret (majority commit), encrypted to the session",
-            _body({"user": USER, "token": TOKEN, "ke3": _bin(opaque.KE3_LEN)},
+            _body({"user": USER, "auth": AUTH, "token": TOKEN, "ke3": _bin(opaque.KE3_LEN)},
                   ["user", "token", "ke3"]),
             {"200": _resp("released", _obj({
                 "secret_box": _bin(_SEALED_OVERHEAD + 1, _SEALED_OVERHEAD + P.MAX_SECRET),
                 "failed_attempts": _int(0, M.MAX_ATTEMPTS_LIMIT),
                 "max_attempts": MAX_ATTEMPTS}, ["secret_box", "failed_attempts",
                                                 "max_attempts"]))},
-            401, 410, s401="KE3 did not verify / attempt expired, used or for another user",
+            *_USER_REQUEST, 410, s401="a bad tenant token (reason: token), or KE3 did not "
+                                      "verify / attempt expired, used or for another user",
             s410="record destroyed"),
         "/v1/manage": _post(
             "change_secret, change_code or delete, with proof of a fresh recovery",
-            _body({"user": USER, "op": {"type": "string", "enum": list(P.MANAGE_OPS)},
+            _body({"user": USER, "auth": AUTH,
+                   "op": {"type": "string", "enum": list(P.MANAGE_OPS)},
                    "token": TOKEN, "payload": _bin(0, P.MAX_BODY), "proof": _bin(32),
                    "ticket": _bin(0, P.TICKET_MAX, "change_code only: the enroll/start "
                                                    "ticket of the new code"),
@@ -188,7 +200,8 @@ OPENAPI = {
             {"200": _resp("done", _obj({"done": {"type": "string",
                                                  "enum": ["changed", "deleted"]}},
                                        ["done"]))},
-            401, 409, 410, s401="no valid proof, or a bad ticket",
+            *_USER_REQUEST, 409, 410, s401="a bad tenant token (reason: token), no valid "
+                                           "proof, or a bad ticket",
             s409="the change_code ticket was used before, or is stale",
             s410="record destroyed"),
         "/v1/status": _get("Role, term, commit index, leader, health (healthy: false and a "
