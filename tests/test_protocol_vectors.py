@@ -106,7 +106,8 @@ def test_the_nodes_accept_the_client_side_vectors(vec):
     assert info.hex() == up["info"]
     assert ks.open_upload(h(up["ciphertext"]), info) == h(en["secret"])
     # the ticket is the node's: purpose, record key, nonce, credential identifier
-    purpose, rid, nonce, cred_id, _seq, expires = P.unpack(ks.open_ticket(h(en["ticket"]["ticket"])))
+    ticket = h(en["ticket"]["ticket"])
+    purpose, rid, nonce, cred_id, _seq, expires = P.unpack(ks.open_ticket(ticket))
     assert (purpose, rid, nonce.hex(), cred_id.hex(), expires) == (
         "enroll", b"app\0" + user, en["ticket"]["nonce"], en["inputs"]["credential_identifier"],
         en["ticket"]["expires_ms"])

@@ -114,7 +114,8 @@ def check_enroll(vec, rfc=None):
     info = S.upload_info(f["fleet_id"], _user(vec), b"enroll", h(en["ticket"]["nonce"]))
     _eq(info, up["info"], "upload info")
     assert up["binding"] == en["ticket"]["nonce"] and up["purpose"] == "enroll"
-    assert S.open_upload(h(up["recipient_private_key"]), h(up["ciphertext"]), info) == h(en["secret"])
+    assert S.open_upload(h(up["recipient_private_key"]), h(up["ciphertext"]), info) == \
+        h(en["secret"])
     assert len(h(up["ciphertext"])) == 48 + len(h(en["secret"]))
     sk = X25519PrivateKey.from_private_bytes(h(up["recipient_private_key"]))
     mine = S.seal_upload(sk, h(en["secret"]), info)
@@ -287,7 +288,8 @@ def check_trust(vec, rfc=None):
     assert entry["fleet_id"] == want["fleet_id"] == vec["fleet"]["fleet_id"]
     assert entry["opaque_server_key"].hex() == want["opaque_server_key"] == \
         vec["fleet"]["opaque"]["server_public_key"]
-    assert entry["enroll_key"].hex() == want["enroll_key"] == vec["fleet"]["enroll_key"]["public_key"]
+    assert entry["enroll_key"].hex() == want["enroll_key"] == \
+        vec["fleet"]["enroll_key"]["public_key"]
     assert entry["ksf"] == _ksf(vec) and entry["channel_ca"].hex() == tr["channel_ca"]
     st = msgpack.unpackb(reply["statement"], raw=False)
     assert st == [1, tr["namespace"], tr["statement"]["timestamp"], 2, bundle["digest"]]
