@@ -77,3 +77,30 @@ def test_opaquepy_client_against_our_server():
     state, ke2 = O.server_login_start(setup, record, _b64d(msg), b"dave", context=b"")
     ke3, session_key = lib.login_client_finish(login_state, PW.decode(), _b64e(ke2))
     assert O.server_login_finish(state, _b64d(ke3)) == _b64d(session_key)
+
+
+def test_neither_binding_can_log_in_to_a_fleet_whose_context_it_cannot_pass():
+    """docs/protocol.md section 12: a fleet's logins carry the context
+    "vault-raft OPAQUE v1 " + fleet id; the bindings cannot pass one, so their
+    login finish refuses every KE2 of a fleet (InvalidLoginError), as it would a
+    wrong password. Registration, which has no context, works."""
+    from vault_raft.fleet.config import opaque_context
+    ctx = opaque_context("0123456789abcdef")
+    setup = O.ServerSetup.generate()
+    K = pytest.importorskip("opaque_ke_py")
+    start = K.client_registration_start(PW)
+    resp = O.server_registration_response(setup, start.get_message(), b"erin")
+    record = O.check_registration_record(
+        K.client_registration_finish(PW, start.get_state(), resp).get_message())
+    cl = K.client_login_start(PW)
+    _, ke2 = O.server_login_start(setup, record, cl.get_message(), b"erin", context=ctx)
+    with pytest.raises(ValueError, match="InvalidLogin"):
+        K.client_login_finish(PW, cl.get_state(), ke2)
+    lib = pytest.importorskip("opaquepy.lib")
+    msg, reg_state = lib.register_client(PW.decode())
+    resp = O.server_registration_response(setup, _b64d(msg), b"frank")
+    record = _b64d(lib.register_client_finish(reg_state, PW.decode(), _b64e(resp)))
+    msg, login_state = lib.login_client(PW.decode())
+    _, ke2 = O.server_login_start(setup, record, _b64d(msg), b"frank", context=ctx)
+    with pytest.raises(ValueError, match="InvalidLogin"):
+        lib.login_client_finish(login_state, PW.decode(), _b64e(ke2))

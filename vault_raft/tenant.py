@@ -158,13 +158,16 @@ def user_to_sub(user: bytes) -> str:
 
 
 def mint(tenant_id: str, sk: Ed25519PrivateKey, user: bytes, audience: str,
-         lifetime: int = 300, now: float | None = None) -> str:
-    """A token for ``user`` (what a tenant's server gives its signed-in user)."""
+         lifetime: int = 300, now: float | None = None, jti: str | None = None) -> str:
+    """A token for ``user`` (what a tenant's server gives its signed-in user).
+    ``jti`` is drawn at random unless given (the conformance vectors fix it)."""
     if not 1 <= lifetime <= MAX_LIFETIME_S:
         raise ValueError(f"lifetime must be 1..{MAX_LIFETIME_S} s")
     t = int(time.time() if now is None else now)
+    if jti is None:
+        jti = base64.urlsafe_b64encode(os.urandom(12)).decode()
     claims = {"iss": tenant_id, "sub": user_to_sub(user), "aud": audience, "iat": t,
-              "exp": t + lifetime, "jti": base64.urlsafe_b64encode(os.urandom(12)).decode()}
+              "exp": t + lifetime, "jti": jti}
     return jwt.encode(claims, sk, algorithm="EdDSA")
 
 

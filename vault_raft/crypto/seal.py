@@ -43,9 +43,18 @@ def _check_key(key: bytes) -> None:
 
 
 def seal(key: bytes, plaintext: bytes, ad: bytes) -> bytes:
+    return seal_with_nonce(key, plaintext, ad, os.urandom(_NONCE))
+
+
+def seal_with_nonce(key: bytes, plaintext: bytes, ad: bytes, nonce: bytes) -> bytes:
+    """:func:`seal` with the nonce given: the deterministic seam the protocol's
+    conformance vectors are made with (``vault_raft/protocol_vectors.py``).
+    Everything else calls :func:`seal`, which draws a fresh random nonce: a
+    nonce must never be used twice under one key."""
     _check_key(key)
-    nonce = os.urandom(_NONCE)
-    return _VERSION + nonce + AESGCM(key).encrypt(nonce, plaintext, ad)
+    if not isinstance(nonce, (bytes, bytearray)) or len(nonce) != _NONCE:
+        raise SealError("nonce must be 12 bytes")
+    return _VERSION + bytes(nonce) + AESGCM(key).encrypt(bytes(nonce), plaintext, ad)
 
 
 def unseal(key: bytes, blob: bytes, ad: bytes) -> bytes:
