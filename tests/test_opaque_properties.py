@@ -184,8 +184,8 @@ def test_importing_the_curve_leaves_no_library_copy_behind(tmp_path):
 def test_a_fake_ke2_does_the_work_of_a_real_one(monkeypatch):
     """The fake path (unknown user) performs the same group operations as the
     real one -- the same OPRF evaluation, key share and three Diffie-Hellman
-    products -- with one map of uniform bytes to the group in place of the
-    real record's element check (their costs are compared by the bench)."""
+    products, one fake-credential derivation (used, or discarded) and one record
+    check (their costs are compared by the bench)."""
     from vault_raft.crypto import group
     counts = {}
 
@@ -211,7 +211,5 @@ def test_a_fake_ke2_does_the_work_of_a_real_one(monkeypatch):
         return dict(counts)
     real, fake = run(record, cred), run(None, b"unknown user")
     assert real.get("scalar_mult", 0) >= 4  # (the counters see the work)
-    for op in ("scalar_mult", "scalar_mult_base", "hash_to_scalar"):
-        assert real.get(op) == fake.get(op), (op, real, fake)
-    assert real.get("check_element", 0) == fake.get("check_element", 0) + 1
-    assert fake.get("element_from_uniform") == 1 and "element_from_uniform" not in real
+    assert real == fake, (real, fake)
+    assert fake.get("element_from_uniform") == 1

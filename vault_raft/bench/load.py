@@ -212,6 +212,25 @@ def timed(n: int, op: Op, name: str) -> Result:
     return res
 
 
+def timed_interleaved(n: int, ops: dict[str, Op]) -> dict[str, Result]:
+    """``n`` rounds of one operation of each kind in turn (concurrency 1): a
+    comparison that drift on the machine hits alike."""
+    out = {name: Result(name, 1, "closed", 0.0) for name in ops}
+    for _ in range(n):
+        for name, op in ops.items():
+            res = out[name]
+            t0 = time.perf_counter()
+            ok = attempt(op)
+            took = time.perf_counter() - t0
+            res.duration += took
+            if ok:
+                res.ok += 1
+                res.hist.record_value(max(1, int(took * 1e6)))
+            else:
+                res.errors += 1
+    return out
+
+
 def slowest_second(timeline: list) -> dict | None:
     """The one-second window (by intended start) with the highest p99."""
     by: dict[int, list] = {}

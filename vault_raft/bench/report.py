@@ -73,7 +73,8 @@ def table(res: dict) -> str:
         line += f" {_ratio(_pct(r, 99), _pct(put, 99)):>14}" if put else ""
         lines.append(line)
     for a, b, what in (("ke2_fake", "ke2_real", "fake KE2 / real KE2 (in process)"),
-                       ("guess_unknown", "guess", "unknown-user guess / enrolled guess"),
+                       ("guess_unknown", "guess_enrolled_pair",
+                        "unknown-user guess / enrolled (interleaved)"),
                        ("token_verify", "guess", "token check / guess")):
         if a in c1 and b in c1:
             lines.append(f"{what:42} p50 {_ratio(_pct(c1[a], 50), _pct(c1[b], 50))}, "

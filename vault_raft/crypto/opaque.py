@@ -158,8 +158,11 @@ def server_login_start(setup: ServerSetup, record: bytes | None, ke1: bytes,
     identical length and cost is produced from :meth:`ServerSetup.fake_credential`
     (the login can then never finish)."""
     cred = _cred_id(credential_identifier)
+    # Both paths do the same work, so that timing does not tell an unknown user:
+    # one fake-credential derivation (used, or discarded), one record check.
+    fake_cred, fake_rec = setup.fake_credential(cred)
     if record is None:
-        cred, rec = setup.fake_credential(cred)
+        cred, rec = fake_cred, core.check_record(fake_rec)
     else:
         rec = core.check_record(record)
     state, ke2 = core.server_respond(
