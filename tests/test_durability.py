@@ -22,6 +22,7 @@ import time
 import pytest
 
 from vault_raft.core.machine import CRED_ID_LEN, NONCE_LEN, encode_command
+from vault_raft.cluster import wait_until
 from vault_raft.replica import journal as J
 from vault_raft.replica.raft import RaftSettings, VaultReplica
 
@@ -99,10 +100,7 @@ def run_cluster(tmp_path, recorder, monkeypatch, disable_sync=False):
             rep = VaultReplica(a, [x for x in addrs if x != a], str(tmp_path / f"n{i}"), "s3cret",
                                settings=RaftSettings(), trace=recorder.tracer(a))
             reps.append(rep)
-        deadline = time.monotonic() + 20
-        while not any(r.can_serve() for r in reps):
-            assert time.monotonic() < deadline, "no leader"
-            time.sleep(0.05)
+        wait_until(lambda: not (not any(r.can_serve() for r in reps)), 20, what="no leader")
         done = threading.Semaphore(0)
 
         def committed(rep):
@@ -126,10 +124,7 @@ def run_cluster(tmp_path, recorder, monkeypatch, disable_sync=False):
         leader = next(r for r in reps if r.status()["role"] == "leader")
         leader.destroy_synchronous()
         reps.remove(leader)
-        deadline = time.monotonic() + 20
-        while not any(r.status().get("role") == "leader" for r in reps):
-            assert time.monotonic() < deadline, "no re-election"
-            time.sleep(0.05)
+        wait_until(lambda: not (not any(r.status().get("role") == "leader" for r in reps)), 20, what="no re-election")
         for k in range(10):
             reps[k % 2].propose(encode_command("begin_attempt", user=b"u1", now=100 + k,
                                                attempt_id=os.urandom(16)),
@@ -576,10 +571,7 @@ def test_snapshots_are_written_by_a_forked_child(tmp_path, fork):
     rep = _PidSnapshotReplica(addr, [], str(tmp_path / "n1"), "s3cret",
                               settings=RaftSettings(fork_snapshots=fork))
     try:
-        deadline = time.monotonic() + 20
-        while rep.status().get("role") != "leader":
-            assert time.monotonic() < deadline, "no leader"
-            time.sleep(0.05)
+        wait_until(lambda: not (rep.status().get("role") != "leader"), 20, what="no leader")
         done, errors = threading.Semaphore(0), []
         for k in range(20):
             rep.propose(encode_command("enroll", user=f"u{k}".encode(), now=k, max_attempts=3,
@@ -591,10 +583,7 @@ def test_snapshots_are_written_by_a_forked_child(tmp_path, fork):
         assert errors == []
         before = rep.status()["log_start"]
         rep.compact_now()
-        deadline = time.monotonic() + 20
-        while rep.status()["log_start"] <= before:
-            assert time.monotonic() < deadline, "no compaction"
-            time.sleep(0.05)
+        wait_until(lambda: not (rep.status()["log_start"] <= before), 20, what="no compaction")
         with open(rep.snapshot_path + ".writer") as f:
             writer = int(f.read())
         assert (writer != os.getpid()) == fork
@@ -605,10 +594,7 @@ def test_snapshots_are_written_by_a_forked_child(tmp_path, fork):
     again = VaultReplica(addr, [], str(tmp_path / "n1"), "s3cret",
                          settings=RaftSettings(fork_snapshots=fork))
     try:
-        deadline = time.monotonic() + 20
-        while again.read_state(lambda v: len(v.records)) != 20:
-            assert time.monotonic() < deadline, "state not restored"
-            time.sleep(0.05)
+        wait_until(lambda: not (again.read_state(lambda v: len(v.records)) != 20), 20, what="state not restored")
     finally:
         again.destroy_synchronous()
 
@@ -626,10 +612,7 @@ def _enroll_all(rep, users):
 
 
 def _wait_leader(rep):
-    deadline = time.monotonic() + 20
-    while rep.status().get("role") != "leader":
-        assert time.monotonic() < deadline, "no leader"
-        time.sleep(0.05)
+    wait_until(lambda: not (rep.status().get("role") != "leader"), 20, what="no leader")
 
 
 def test_compaction_deletes_segments_and_a_restart_keeps_every_entry(tmp_path):
@@ -647,19 +630,13 @@ def test_compaction_deletes_segments_and_a_restart_keeps_every_entry(tmp_path):
         before_files = J.list_segments(journal)
         assert len(before_files) >= 4
         rep.compact_now()
-        deadline = time.monotonic() + 20
-        while J.list_segments(journal)[0] == before_files[0]:
-            assert time.monotonic() < deadline, "no segment deleted"
-            time.sleep(0.05)
+        wait_until(lambda: not (J.list_segments(journal)[0] == before_files[0]), 20, what="no segment deleted")
         _enroll_all(rep, [f"v{k}" for k in range(10)])  # entries after the snapshot
     finally:
         rep.destroy_synchronous()
     again = VaultReplica(addr, [], data, "s3cret", settings=settings)
     try:
-        deadline = time.monotonic() + 20
-        while again.read_state(lambda v: len(v.records)) != 70:
-            assert time.monotonic() < deadline, "state not restored"
-            time.sleep(0.05)
+        wait_until(lambda: not (again.read_state(lambda v: len(v.records)) != 70), 20, what="state not restored")
         _wait_leader(again)
         _enroll_all(again, ["w0"])
         assert again.read_state(lambda v: len(v.records)) == 71
