@@ -96,10 +96,12 @@ def test_publish_verify_deployment_and_audit_commands(tmp_path, witness, cluster
     D.verify(dep["record"], dep["operator_sig"], tc.config.operator_key, tc.verify_fleet().current)
 
 
-def test_rotation_while_clients_keep_recovering(tmp_path, witness, cluster_factory):
+def _two_fleets(tmp_path, witness, cluster_factory):
+    """Two running fleets (fast KSF), the operator of namespace acme with the
+    first published, and one app tenant registered on both: (fa, fb, operator
+    directory, client.json, the app's token source)."""
     url, wdir, _ = witness
-    fa = cluster_factory(3, start=False)
-    fb = cluster_factory(3, start=False)
+    fa, fb = cluster_factory(3, start=False), cluster_factory(3, start=False)
     for cl in (fa, fb):
         _fast(cl.dir)
         cl.start()
@@ -110,8 +112,11 @@ def test_rotation_while_clients_keep_recovering(tmp_path, witness, cluster_facto
     assert vault_cli("operator", "init", "--dir", op, "--namespace", "acme", "--witness", url,
                      "--witness-key", f"@{wdir}/witness.pub").returncode == 0
     assert vault_cli("fleet", "publish", "--fleet", fa.dir, "--operator", op).returncode == 0
-    client = os.path.join(op, "client.json")
-    app = app_tenant([fa.dir, fb.dir], "acme")  # one app, registered on both fleets
+    return fa, fb, op, os.path.join(op, "client.json"), app_tenant([fa.dir, fb.dir], "acme")
+
+
+def test_rotation_while_clients_keep_recovering(tmp_path, witness, cluster_factory):
+    fa, fb, op, client, app = _two_fleets(tmp_path, witness, cluster_factory)
     users = {f"user{i}": (f"code-{i}", os.urandom(16)) for i in range(6)}
     setup = C.TrustedClient(client, str(tmp_path / "setup.json"), token=app)
     for u, (code, secret) in users.items():
@@ -179,20 +184,7 @@ def test_no_squatting_during_a_rotation(tmp_path, witness, cluster_factory):
     """An attacker without the victim's token cannot take her id on the new fleet;
     and when another record holds it there anyway, her recovery still returns
     her secret and leaves her old record in place."""
-    url, wdir, _ = witness
-    fa, fb = cluster_factory(3, start=False), cluster_factory(3, start=False)
-    for cl in (fa, fb):
-        _fast(cl.dir)
-        cl.start()
-    for cl in (fa, fb):
-        cl.wait_leader(30)
-        cl.wait_healthy(timeout=30)
-    op = str(tmp_path / "op")
-    assert vault_cli("operator", "init", "--dir", op, "--namespace", "acme", "--witness", url,
-                     "--witness-key", f"@{wdir}/witness.pub").returncode == 0
-    assert vault_cli("fleet", "publish", "--fleet", fa.dir, "--operator", op).returncode == 0
-    client = os.path.join(op, "client.json")
-    app = app_tenant([fa.dir, fb.dir], "acme")
+    fa, fb, op, client, app = _two_fleets(tmp_path, witness, cluster_factory)
     owner = C.TrustedClient(client, str(tmp_path / "owner.json"), token=app)
     owner.enroll("erin", "erin's code", b"erin's key")
     owner.enroll("fay", "fay's code", b"fay's key")

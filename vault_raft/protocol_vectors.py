@@ -29,11 +29,9 @@ import json
 import os
 import sys
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.x509.oid import NameOID
 
 from . import protocol as P
 from . import tenant as T
@@ -47,6 +45,7 @@ from .fleet import deployment as D
 from .fleet import merkle
 from .fleet.config import opaque_context
 from .fleet.keystore import FileKeystore
+from .replica.tls import ca_certificate
 
 PROTOCOL = "vault-raft protocol v1"
 FORMAT = 1  # of this file
@@ -128,19 +127,9 @@ def _channel_ca(fleet_id: str, sk: Ed25519PrivateKey) -> bytes:
     """A fleet CA certificate (DER) in the profile ``fleet init`` makes
     (``replica/tls.py``), with fixed key, serial and dates: Ed25519 signatures
     are deterministic, so is the certificate."""
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"vault-raft fleet CA {fleet_id}"),
-                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, fleet_id)])
     start = datetime.datetime.fromtimestamp(T0 - 30 * 86400, datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(sk.public_key()).serial_number(int.from_bytes(fixed("ca serial", 8),
-                                                                      "big") >> 1)
-            .not_valid_before(start).not_valid_after(start + datetime.timedelta(days=5 * 365))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
-                                         key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, key_cert_sign=True, crl_sign=True,
-                                         encipher_only=False, decipher_only=False), critical=True)
-            .sign(sk, None))
+    cert = ca_certificate(fleet_id, sk, int.from_bytes(fixed("ca serial", 8), "big") >> 1,
+                          start)
     return cert.public_bytes(serialization.Encoding.DER)
 
 

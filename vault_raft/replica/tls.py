@@ -75,21 +75,28 @@ def _pem_key(sk: Ed25519PrivateKey) -> bytes:
                             serialization.NoEncryption())
 
 
-def make_ca(fleet_id: str) -> tuple[bytes, bytes]:
-    """A fleet CA: (private key PEM, certificate PEM)."""
-    sk = Ed25519PrivateKey.generate()
-    now = datetime.datetime.now(datetime.timezone.utc)
+def ca_certificate(fleet_id: str, sk: Ed25519PrivateKey, serial: int,
+                   not_before: datetime.datetime) -> x509.Certificate:
+    """The fleet CA's self-signed certificate (the one profile, used by
+    ``make_ca`` and by the conformance vectors with fixed inputs)."""
     name = _name(f"vault-raft fleet CA {fleet_id}", fleet_id)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(sk.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=CERT_DAYS))
+    return (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(sk.public_key()).serial_number(serial)
+            .not_valid_before(not_before)
+            .not_valid_after(not_before + datetime.timedelta(days=CERT_DAYS))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
                                          key_encipherment=False, data_encipherment=False,
                                          key_agreement=False, key_cert_sign=True, crl_sign=True,
                                          encipher_only=False, decipher_only=False), critical=True)
             .sign(sk, None))
+
+
+def make_ca(fleet_id: str) -> tuple[bytes, bytes]:
+    """A fleet CA: (private key PEM, certificate PEM)."""
+    sk = Ed25519PrivateKey.generate()
+    start = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
+    cert = ca_certificate(fleet_id, sk, x509.random_serial_number(), start)
     return _pem_key(sk), cert.public_bytes(serialization.Encoding.PEM)
 
 
