@@ -19,9 +19,9 @@ import json  # noqa: E402
 import random  # noqa: E402
 import sys  # noqa: E402
 
-from vault_raft.cluster import LocalCluster  # noqa: E402
-from vault_raft.cluster import free_base_port as _free_base_port  # noqa: E402
-from vault_raft.fleet.config import init_fleet  # noqa: E402
+from vault_raft.fleet.create import init_fleet  # noqa: E402
+from vault_raft.ops.cluster import LocalCluster  # noqa: E402
+from vault_raft.ops.cluster import free_base_port as _free_base_port  # noqa: E402
 
 
 def free_base_port(nodes: int) -> int:
@@ -76,7 +76,7 @@ def vault_cli(*args, env=None, stdin=None, timeout=60):
 def app_tenant(fleet_dirs, namespace, name="app"):
     """Register one app tenant (one key) on every fleet of a namespace; returns
     its token source (user -> token), as the app's server would mint them."""
-    from vault_raft import tenant as T
+    from vault_raft.fleet import tenants as T
     from vault_raft.fleet.keystore import load_signing_key
     first, *others = fleet_dirs
     key = T.add_tenant(first, name, audiences=(namespace,))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from vault_raft.openapi import OPENAPI
+from vault_raft.api.openapi import OPENAPI
 
 U64 = (1 << 64) - 1
 

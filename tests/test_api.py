@@ -6,14 +6,13 @@ import stat
 
 import msgpack
 import pytest
+from conftest import make_fleet, vault_cli
 
-from vault_raft import channel as CH
 from vault_raft import client as C
-from vault_raft.cluster import LocalCluster, wait_until
+from vault_raft.api import channel as CH
 from vault_raft.crypto import opaque
 from vault_raft.fleet.keystore import FileKeystore, KeystoreError
-
-from conftest import make_fleet, vault_cli
+from vault_raft.ops.cluster import LocalCluster, wait_until
 
 pytestmark = pytest.mark.cluster
 

@@ -1,10 +1,10 @@
 """The monitor (``vault-raft audit verify``) and the log mirror nodes keep."""
 import pytest
 
-from vault_raft.fleet import bundle as B
-from vault_raft.fleet.audit import audit
-from vault_raft.fleet.mirror import LogMirror
-from vault_raft.fleet.witness import WitnessLog
+from vault_raft.trust import bundle as B
+from vault_raft.trust.audit import audit
+from vault_raft.trust.mirror import LogMirror
+from vault_raft.trust.witness import WitnessLog
 
 NOW = 1_800_000_000
 
@@ -56,7 +56,7 @@ def test_audit_flags_what_the_witness_rules_forbid(tmp_path):
     # statements a misbehaving witness might log (built by hand, signed heads)
     sts = [B.statement(_b("acme", 1), NOW), B.statement(_b("acme", 1, b"q" * 32), NOW),
            B.statement(_b("acme", 3), NOW)]
-    from vault_raft.fleet import merkle
+    from vault_raft.trust import merkle
     leaves = [merkle.hash_leaf(s) for s in sts]
     sth = B.tree_head(3, merkle.root(leaves), NOW)
     m = LogMirror.from_statements(pk, sts, sth, sk.sign(sth))
@@ -68,7 +68,7 @@ def test_audit_flags_what_the_witness_rules_forbid(tmp_path):
 def test_audit_catches_a_head_that_hides_a_newer_bundle(tmp_path):
     """Clients trust a v2 head to name their namespace's newest bundle; the
     monitor checks each head it is served against the log."""
-    from vault_raft.fleet.audit import check_namespace_head
+    from vault_raft.trust.audit import check_namespace_head
     sk, _ = B.new_signing_key()
     op, _ = B.new_signing_key()
     w = _log(tmp_path / "a.log", sk, op, [_b("acme", 1), _b("x", 1), _b("acme", 2)])

@@ -4,8 +4,8 @@ import copy
 import msgpack
 import pytest
 
-from vault_raft.fleet import bundle as B
-from vault_raft.fleet import merkle as M
+from vault_raft.trust import bundle as B
+from vault_raft.trust import merkle as M
 
 NOW = 1_800_000_000
 

@@ -15,18 +15,18 @@ import threading
 import time
 
 import pytest
-
-from vault_raft import channel as CH
-from vault_raft import client as C
-from vault_raft.tenant import local_token_source
-from vault_raft import wire
-from vault_raft.cluster import LocalCluster
-from vault_raft.crypto import opaque
-from vault_raft.fleet import bundle as B
-from vault_raft.fleet.config import ConfigError, FleetInfo, NodeConfig, init_fleet
-from vault_raft.replica.tls import issue_node_cert, make_ca
-
 from conftest import free_base_port, vault_cli
+
+from vault_raft import client as C
+from vault_raft.api import channel as CH
+from vault_raft.api import http as wire
+from vault_raft.crypto import opaque
+from vault_raft.fleet.config import ConfigError, FleetInfo, NodeConfig
+from vault_raft.fleet.create import init_fleet
+from vault_raft.fleet.tenants import local_token_source
+from vault_raft.ops.cluster import LocalCluster
+from vault_raft.raft.transport import issue_node_cert, make_ca
+from vault_raft.trust import bundle as B
 
 
 def _pki(directory, fleet_id="f1", cert_fleet=None):

@@ -36,6 +36,7 @@ def test_campaign_passes_on_the_real_node(tmp_path, seed):
 def test_clock_nemesis_steps_the_wall_clock_and_not_the_monotonic_one(tmp_path):
     import subprocess
     import time
+
     from vault_raft.chaos.skewclock import set_offset
     set_offset(str(tmp_path), 150.0)
     code = ("import sys, time; from vault_raft.chaos import skewclock as s; "

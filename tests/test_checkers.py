@@ -1,6 +1,11 @@
 """The chaos checkers on hand-written histories: they accept good ones and reject bad ones."""
-from vault_raft.chaos.checker import (guess_limit, linearizable, linearizable_record,
-                                      no_lost_writes, released_secret)
+from vault_raft.chaos.checker import (
+    guess_limit,
+    linearizable,
+    linearizable_record,
+    no_lost_writes,
+    released_secret,
+)
 from vault_raft.chaos.history import History, Op
 
 

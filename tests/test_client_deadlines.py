@@ -7,11 +7,10 @@ import socket
 import time
 
 import pytest
+from hostile import host_port, settled_commit_index
 
 from vault_raft import client as C
-from vault_raft import wire
-
-from hostile import host_port, settled_commit_index
+from vault_raft.api import http as wire
 
 pytestmark = pytest.mark.cluster
 
@@ -93,8 +92,9 @@ def test_a_node_that_cannot_be_connected_to_is_skipped_for_a_counted_request(
 
 def test_a_trusted_client_a_minute_slow_enrolls_and_recovers(tmp_path, cluster_factory,
                                                              monkeypatch, fresh_clocks):
-    from vault_raft import witness_server
     from conftest import free_base_port, vault_cli
+
+    from vault_raft.ops import witness_server
     wdir, port = str(tmp_path / "witness"), free_base_port(1) + 1
     assert vault_cli("witness", "init", "--dir", wdir, "--port", str(port)).returncode == 0
     proc = witness_server.spawn(wdir)

@@ -9,12 +9,11 @@ import time
 import zlib
 
 import pytest
+from conftest import vault_cli
 
 from vault_raft import client as C
-from vault_raft.cluster import wait_until
-from vault_raft.replica.journal import list_segments
-
-from conftest import vault_cli
+from vault_raft.ops.cluster import wait_until
+from vault_raft.storage.journal import list_segments
 
 pytestmark = pytest.mark.cluster
 

@@ -16,11 +16,10 @@ import threading
 import time
 
 import pytest
+from hostile import LogWatch, connect, exchange, host_port, request
 
 from vault_raft import client as C
-from vault_raft import httpguard as H
-
-from hostile import LogWatch, connect, exchange, host_port, request
+from vault_raft.node import httpguard as H
 
 pytestmark = pytest.mark.cluster
 
@@ -166,6 +165,7 @@ def test_at_the_cap_the_least_recently_active_idle_connection_goes():
     20 open, the oldest closed; a request still gets through, and one being
     processed is never the one closed."""
     import asyncio
+
     from aiohttp import web
 
     release = threading.Event()

@@ -3,9 +3,9 @@
 import msgpack
 import pytest
 
-from vault_raft.fleet import bundle as B
-from vault_raft.fleet import deployment as D
 from vault_raft.fleet.keystore import FileKeystore
+from vault_raft.trust import bundle as B
+from vault_raft.trust import deployment as D
 
 NOW = 1_800_000_000
 

@@ -20,13 +20,12 @@ import threading
 import time
 
 import pytest
+from conftest import free_base_port
 
 from vault_raft.core.machine import CRED_ID_LEN, NONCE_LEN, encode_command
-from vault_raft.cluster import wait_until
-from vault_raft.replica import journal as J
-from vault_raft.replica.raft import RaftSettings, VaultReplica
-
-from conftest import free_base_port
+from vault_raft.ops.cluster import wait_until
+from vault_raft.raft.replica import RaftSettings, VaultReplica
+from vault_raft.storage import journal as J
 
 
 class Recorder:

@@ -21,18 +21,17 @@ import urllib.parse
 import zlib
 
 import msgpack
+import openapi_check as O
 import pytest
+from conftest import make_fleet
+from hostile import LogWatch, exchange
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vault_raft import client as C
-from vault_raft.cluster import LocalCluster
+from vault_raft.api.openapi import OPENAPI
 from vault_raft.crypto import opaque
-from vault_raft.openapi import OPENAPI
-
-import openapi_check as O
-from conftest import make_fleet
-from hostile import LogWatch, exchange
+from vault_raft.ops.cluster import LocalCluster
 
 pytestmark = pytest.mark.cluster
 

@@ -19,18 +19,25 @@ import asyncio
 import os
 
 import pytest
-from hypothesis import HealthCheck, settings, strategies as st
-from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition,
-                                 rule, run_state_machine_as_test)
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from vault_raft import client as C
-from vault_raft import node as N
 from vault_raft.core import machine as M
 from vault_raft.crypto import _opaque_core as core
 from vault_raft.crypto import group, opaque, oprf
 from vault_raft.crypto.ksf import IDENTITY_KSF
 from vault_raft.fleet.config import FleetInfo, NodeConfig, NodeInfo, opaque_context
 from vault_raft.fleet.keystore import FileKeystore
+from vault_raft.node import service as N
 
 USERS = [b"alice", b"bob"]
 CODES = [b"code-a", b"code-b"]

@@ -8,15 +8,21 @@ import zlib
 
 import msgpack
 import pytest
+from conftest import make_fleet
+from hostile import (
+    LogWatch,
+    connect,
+    error_map,
+    exchange,
+    read_reply,
+    request,
+    set_limits,
+    settled_commit_index,
+)
 
 from vault_raft import client as C
 from vault_raft.crypto import opaque
-
-from vault_raft.cluster import LocalCluster
-
-from conftest import make_fleet
-from hostile import (LogWatch, connect, error_map, exchange, read_reply, request, set_limits,
-                     settled_commit_index)
+from vault_raft.ops.cluster import LocalCluster
 
 pytestmark = pytest.mark.cluster
 

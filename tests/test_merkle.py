@@ -1,9 +1,10 @@
 """RFC 9162 / RFC 6962 Merkle trees: published vectors, an independent computation, properties."""
 import hashlib
 
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from vault_raft.fleet import merkle as M
+from vault_raft.trust import merkle as M
 
 # The RFC 6962 reference inputs and roots (certificate-transparency's test data).
 LEAF_INPUTS = [bytes.fromhex(h) for h in (

@@ -15,12 +15,11 @@ import time
 import msgpack
 import pysyncobj.utility as U
 import pytest
-
-from vault_raft.replica import wire
-from vault_raft.replica.raft import RaftSettings, VaultReplica
-from vault_raft.replica.tls import TlsConfig, issue_node_cert, make_ca
-
 from conftest import free_base_port
+
+from vault_raft.raft import frames as wire
+from vault_raft.raft.replica import RaftSettings, VaultReplica
+from vault_raft.raft.transport import TlsConfig, issue_node_cert, make_ca
 
 FLEET = "f00dfeed"
 
@@ -303,10 +302,11 @@ def test_a_three_node_mtls_cluster_commits(pki):
 # ----------------------------------------------------------- the admin path
 
 def test_admin_status_and_transfer_need_the_admin_key(cluster_factory, tmp_path):
-    from vault_raft import wire as W
-    from vault_raft.admin import sign_request
-    from vault_raft.fleet.bundle import new_signing_key
     from conftest import vault_cli
+
+    from vault_raft.api import http as W
+    from vault_raft.node.admin import sign_request
+    from vault_raft.trust.bundle import new_signing_key
 
     cl = cluster_factory(3)
     leader = cl.leader()

@@ -2,7 +2,8 @@
 import os
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vault_raft.crypto import _opaque_core as opaque_core
 from vault_raft.crypto import opaque as O

@@ -5,7 +5,6 @@ import pathlib
 from vault_raft.crypto import _opaque_core as C
 from vault_raft.crypto.ksf import IDENTITY_KSF
 
-
 # The vectors published with RFC 9807 (Appendix C), as the reference
 # implementation's JSON, vendored so a fresh clone checks them.
 VECTORS = pathlib.Path(__file__).parent / "vectors" / "opaque-rfc9807-vectors.json"

@@ -21,19 +21,18 @@ import os
 import time
 
 import pytest
+from conftest import free_base_port, make_fleet, vault_cli
 
-from vault_raft import channel as CH
-from vault_raft import protocol as P
-from vault_raft import tenant as T
-from vault_raft import witness_server
-from vault_raft.admin import sign_request
-from vault_raft.cluster import LocalCluster
+from vault_raft.api import binding as P
+from vault_raft.api import channel as CH
 from vault_raft.crypto import opaque
 from vault_raft.crypto.ksf import IDENTITY_KSF
+from vault_raft.fleet import tenants as T
 from vault_raft.fleet.config import ADMIN_KEY_FILE, FleetInfo
 from vault_raft.fleet.keystore import load_signing_key
-
-from conftest import free_base_port, make_fleet, vault_cli
+from vault_raft.node.admin import sign_request
+from vault_raft.ops import witness_server
+from vault_raft.ops.cluster import LocalCluster
 
 pytestmark = pytest.mark.cluster
 

@@ -21,16 +21,16 @@ import sys
 
 import pytest
 
-from vault_raft import protocol as P
-from vault_raft import protocol_vectors as V
-from vault_raft import tenant as T
-from vault_raft.channel import check_ca
+from vault_raft.api import binding as P
+from vault_raft.api.channel import check_ca
 from vault_raft.crypto import opaque
 from vault_raft.crypto import seal as S
-from vault_raft.fleet import bundle as B
-from vault_raft.fleet import deployment as D
+from vault_raft.fleet import tenants as T
 from vault_raft.fleet.config import FleetInfo, opaque_context
 from vault_raft.fleet.keystore import FileKeystore
+from vault_raft.ops import protocol_vectors as V
+from vault_raft.trust import bundle as B
+from vault_raft.trust import deployment as D
 
 FILE = pathlib.Path(__file__).resolve().parent.parent / "docs" / "vectors" / "protocol-v1.json"
 h = bytes.fromhex
@@ -54,7 +54,7 @@ def _flat(x, path=""):
 
 def test_the_generator_writes_the_file_byte_for_byte(vec):
     assert V.render(V.build(vec)) == FILE.read_text(encoding="utf-8"), \
-        "docs/vectors/protocol-v1.json is stale: run python -m vault_raft.protocol_vectors"
+        "docs/vectors/protocol-v1.json is stale: run python -m vault_raft.ops.protocol_vectors"
 
 
 def test_only_the_hpke_uploads_depend_on_randomness(vec):
@@ -73,15 +73,15 @@ def test_only_the_hpke_uploads_depend_on_randomness(vec):
 
 
 def test_the_command_line_checks_and_writes(tmp_path, vec):
-    r = subprocess.run([sys.executable, "-m", "vault_raft.protocol_vectors", "--check",
+    r = subprocess.run([sys.executable, "-m", "vault_raft.ops.protocol_vectors", "--check",
                         "--out", str(FILE)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "up to date" in r.stdout, r.stdout + r.stderr
     copy = tmp_path / "v.json"
     copy.write_text(FILE.read_text().replace('"format": 1', '"format": 0'))
-    r = subprocess.run([sys.executable, "-m", "vault_raft.protocol_vectors", "--check",
+    r = subprocess.run([sys.executable, "-m", "vault_raft.ops.protocol_vectors", "--check",
                         "--out", str(copy)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "DIFFERS" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "vault_raft.protocol_vectors", "--out",
+    r = subprocess.run([sys.executable, "-m", "vault_raft.ops.protocol_vectors", "--out",
                         str(copy)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and copy.read_text() == FILE.read_text()
 

@@ -6,12 +6,11 @@ import time
 
 import pysyncobj.utility as U
 import pytest
-
-from vault_raft.crypto.seal import FrameCipher
-from vault_raft.replica.raft import RaftSettings, VaultReplica, _VaultTransport
+from conftest import free_base_port
 from pysyncobj.transport import TCPTransport
 
-from conftest import free_base_port
+from vault_raft.crypto.seal import FrameCipher
+from vault_raft.raft.replica import RaftSettings, VaultReplica, _VaultTransport
 
 SECRET = "0123456789abcdef" * 4
 

@@ -8,8 +8,13 @@ import socket
 import time
 
 import pytest
-
-from test_mtls import _answer_to, _as_node, _vote_request, n1, pki  # noqa: F401 -- fixtures
+from test_mtls import (  # noqa: F401 -- fixtures
+    _answer_to,
+    _as_node,
+    _vote_request,
+    n1,
+    pki,
+)
 
 
 def _transport(rep):
@@ -103,8 +108,9 @@ def test_unidentified_connections_are_capped_timed_out_and_logged(pki, n1, caplo
 
 @pytest.mark.parametrize("kind", ["plain", "wrong-fleet"])
 def test_a_refused_peer_is_logged_at_warning_with_its_address(pki, n1, caplog, kind):
-    from vault_raft.replica.tls import issue_node_cert, make_ca
     from test_mtls import _tls_client, _write
+
+    from vault_raft.raft.transport import issue_node_cert, make_ca
     caplog.set_level(logging.INFO, logger="vault_raft.tls")
     if kind == "plain":
         c = socket.create_connection(_raft_addr(pki))

@@ -11,7 +11,8 @@ import random
 import sys
 
 import pytest
-from hypothesis import settings, strategies as st
+from hypothesis import settings
+from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from vault_raft.chaos.sim import Sim, SimWorkload, random_run
@@ -216,6 +217,7 @@ def _storage_sweep(seeds, mark=True):
     """Schedules with the storage nemesis (a stopped node's log tail cut, its
     term/vote file, mark or snapshot lost; one damaged node at a time)."""
     import logging
+
     from vault_raft.chaos import sim as S
     saved = S.SimJournal.USE_DURABILITY_MARK
     S.SimJournal.USE_DURABILITY_MARK = mark

@@ -19,10 +19,10 @@ import pytest
 
 from vault_raft import client as C
 from vault_raft.chaos.disk import cut_at, records
-from vault_raft.cluster import wait_until
 from vault_raft.crypto.ksf import IDENTITY_KSF
-from vault_raft.replica import journal as J
-from vault_raft.replica.raft import read_snapshot
+from vault_raft.ops.cluster import wait_until
+from vault_raft.raft.replica import read_snapshot
+from vault_raft.storage import journal as J
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 pytestmark = pytest.mark.cluster

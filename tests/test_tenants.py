@@ -13,11 +13,12 @@ import time
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vault_raft import client as C
-from vault_raft import tenant as T
-from vault_raft.channel import connection
+from vault_raft.api.channel import connection
+from vault_raft.fleet import tenants as T
 from vault_raft.fleet.keystore import load_signing_key
 
 FLEET = "f1eet"

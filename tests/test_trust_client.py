@@ -10,22 +10,21 @@ import dataclasses
 import http.server
 import json
 import os
-import ssl
 import tempfile
 import threading
 
 import pytest
 
 from vault_raft import client as C
-from vault_raft import protocol as P
+from vault_raft.api import binding as P
+from vault_raft.api.channel import ca_der_from_pem, server_context
 from vault_raft.crypto import seal as S
 from vault_raft.crypto.ksf import IDENTITY_KSF
 from vault_raft.crypto.opaque import ServerSetup
-from vault_raft.fleet import bundle as B
-from vault_raft.fleet.mirror import LogMirror
-from vault_raft.fleet.witness import WitnessLog
-from vault_raft.channel import ca_der_from_pem, server_context
-from vault_raft.replica.tls import issue_node_cert, make_ca
+from vault_raft.raft.transport import issue_node_cert, make_ca
+from vault_raft.trust import bundle as B
+from vault_raft.trust.mirror import LogMirror
+from vault_raft.trust.witness import WitnessLog
 
 NOW = 1_800_000_000
 

@@ -8,15 +8,14 @@ import threading
 
 import msgpack
 import pytest
+from conftest import app_tenant, free_base_port, vault_cli
 
 from vault_raft import client as C
-from vault_raft import witness_server
-from vault_raft.cluster import wait_until
 from vault_raft.crypto.ksf import IDENTITY_KSF
-from vault_raft.fleet import deployment as D
 from vault_raft.fleet.operator import DEPLOYMENT_FILE
-
-from conftest import app_tenant, free_base_port, vault_cli
+from vault_raft.ops import witness_server
+from vault_raft.ops.cluster import wait_until
+from vault_raft.trust import deployment as D
 
 
 @pytest.fixture

@@ -11,12 +11,12 @@ import msgpack
 import pytest
 from aiohttp import web
 
-from vault_raft.fleet import bundle as B
-from vault_raft.fleet import trust_service as TS
-from vault_raft.fleet.mirror import LogMirror
 from vault_raft.fleet.operator import TRUST_FILE
-from vault_raft.fleet.witness import Limits, WitnessLog
-from vault_raft.witness_server import build_app
+from vault_raft.node import trust_service as TS
+from vault_raft.ops.witness_server import build_app
+from vault_raft.trust import bundle as B
+from vault_raft.trust.mirror import LogMirror
+from vault_raft.trust.witness import Limits, WitnessLog
 
 NOW = int(time.time())
 

@@ -19,19 +19,18 @@ import threading
 import time
 
 import pytest
-
-from vault_raft import channel as CH
-from vault_raft import client as C
-from vault_raft import witness_server
-from vault_raft import wire
-from vault_raft.cluster import wait_until
-from vault_raft.fleet import bundle as B
-from vault_raft.fleet import trust_service as TS
-from vault_raft.fleet.operator import TRUST_FILE
-from vault_raft.crypto.ksf import IDENTITY_KSF
-
 from bugs.trust_without_freshness import without_freshness
 from conftest import free_base_port, vault_cli
+
+from vault_raft import client as C
+from vault_raft.api import channel as CH
+from vault_raft.api import http as wire
+from vault_raft.crypto.ksf import IDENTITY_KSF
+from vault_raft.fleet.operator import TRUST_FILE
+from vault_raft.node import trust_service as TS
+from vault_raft.ops import witness_server
+from vault_raft.ops.cluster import wait_until
+from vault_raft.trust import bundle as B
 
 
 @pytest.fixture
@@ -180,7 +179,7 @@ def _flood(url: str, n: int) -> dict:
     by a fresh key: what anyone could send.  Returns {HTTP status: count}."""
     import http.client
 
-    from vault_raft import protocol as P
+    from vault_raft.api import binding as P
     host, port = url[len("http://"):].rsplit(":", 1)
     entry = B.FleetEntry("evil", "current", b"k" * 32, b"e" * 32, (), 10,
                          ("https://127.0.0.1:1",), channel_ca=b"\x30" * 8)

@@ -4,9 +4,17 @@ import os
 
 import pytest
 
-from vault_raft.fleet import bundle as B
-from vault_raft.fleet.witness import (Limits, NotRegistered, OperatorRegistry, RateLimited,
-                                      TooLarge, WitnessLog, WitnessLogCorrupt, WitnessRefused)
+from vault_raft.trust import bundle as B
+from vault_raft.trust.witness import (
+    Limits,
+    NotRegistered,
+    OperatorRegistry,
+    RateLimited,
+    TooLarge,
+    WitnessLog,
+    WitnessLogCorrupt,
+    WitnessRefused,
+)
 
 NOW = 1_800_000_000
 
@@ -188,8 +196,9 @@ def test_witness_http_refusals_and_the_register_commands(tmp_path):
     import json
 
     from conftest import free_base_port, vault_cli
-    from vault_raft import protocol as P
-    from vault_raft import witness_server
+
+    from vault_raft.api import binding as P
+    from vault_raft.ops import witness_server
     d = str(tmp_path / "w")
     port = free_base_port(1) + 1
     assert vault_cli("witness", "init", "--dir", d, "--port", str(port)).returncode == 0

@@ -5,7 +5,7 @@ The recovery code never leaves this process: it is the OPAQUE password.
 :class:`TrustedClient` is what end users run: configured with ``client.json``
 (a namespace, the operator's and the witness's public keys, bootstrap
 endpoints) and a small state file, it fetches the fleet's signed bundle from a
-node and verifies it (:func:`vault_raft.fleet.bundle.verify`) *before* it
+node and verifies it (:func:`vault_raft.trust.bundle.verify`) *before* it
 sends anything derived from the recovery code; it follows rotations to a new
 fleet (see ``docs/trust.md``).  :class:`Client` talks to one fleet whose keys
 it is given (``fleet.json`` pins them: the operator's own tools use it).  Both
@@ -31,14 +31,14 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from . import channel as CH
-from . import protocol as P
-from . import wire
-from .crypto import opaque
-from .crypto.errors import OpaqueError, SealError
-from .fleet import bundle as B
-from .fleet.config import ConfigError, FleetInfo
-from .tenant import local_token_source
+from vault_raft.api import binding as P
+from vault_raft.api import channel as CH
+from vault_raft.api import http as wire
+from vault_raft.crypto import opaque
+from vault_raft.crypto.errors import OpaqueError, SealError
+from vault_raft.fleet.config import ConfigError, FleetInfo
+from vault_raft.fleet.tenants import local_token_source
+from vault_raft.trust import bundle as B
 
 log = logging.getLogger("vault_raft.client")
 
@@ -93,7 +93,7 @@ class Untrusted(VaultError):
     """The fleet could not be authenticated through its signed bundle, or a
     node through the channel key the fleet pins; nothing derived from the
     recovery code was sent.  ``reason`` is the specific
-    :class:`~vault_raft.fleet.bundle.TrustError` subclass."""
+    :class:`~vault_raft.trust.bundle.TrustError` subclass."""
     exit_code = 6
 
     def __init__(self, message: str, reason: type = B.TrustError):

@@ -22,10 +22,10 @@ import argparse
 import os
 import sys
 
-from vault_raft import node as N
-from vault_raft import protocol as P
+from vault_raft.api import binding as P
 from vault_raft.core import machine as M
 from vault_raft.crypto import opaque
+from vault_raft.node import service as N
 
 
 def _answer(self, user, ke1, rec, left):
@@ -118,7 +118,7 @@ BUGS = {"ke2-before-commit": ("recover_start", ke2_before_commit),
         "registration-login-key": ("enroll_start", registration_login_key)}
 
 def trust_damaged_tail():
-    from vault_raft.replica import journal as J
+    from vault_raft.storage import journal as J
     J.DurableJournal._check_lost = lambda self, mark, snapshot_last: None  # BUG
 
 

@@ -10,7 +10,7 @@ Used only by tests; nothing in the vault_raft package can load it.
 """
 import contextlib
 
-from vault_raft.fleet import bundle as B
+from vault_raft.trust import bundle as B
 
 
 @contextlib.contextmanager

@@ -12,9 +12,8 @@ import json
 import sys
 
 import msgpack
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
 import vaultspec as S
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 h = bytes.fromhex
 

@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 import spec_checks
 
 HERE = pathlib.Path(__file__).resolve().parent

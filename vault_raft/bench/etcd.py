@@ -26,7 +26,7 @@ import signal
 import subprocess
 import time
 
-from .http import KeepAlive
+from vault_raft.bench.http import KeepAlive
 
 ETCD_PACKAGE = "etcd-server=3.4.23-4+b4"
 

@@ -7,7 +7,7 @@ here, a tenth of a guess.  This client writes the request line and headers
 itself and reads only what it needs from the answer (status, Content-Length
 or chunked framing, Connection), over one socket.  It is used alike for the
 vault, raw pysyncobj and etcd, so every system is measured through the same
-client.  ``https://`` URLs go through a :class:`~vault_raft.channel.Channel`
+client.  ``https://`` URLs go through a :class:`~vault_raft.api.channel.Channel`
 (TLS 1.3, the server pinned to its fleet's CA, checked before the first
 request byte), exactly as the vault's own client connects.
 """
@@ -18,8 +18,8 @@ import json
 import socket
 import urllib.parse
 
-from .. import protocol as P
-from ..channel import Channel
+from vault_raft.api import binding as P
+from vault_raft.api.channel import Channel
 
 _MAX_HEAD = 64 * 1024
 _MAX_BODY = 64 * 1024 * 1024

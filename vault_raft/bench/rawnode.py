@@ -19,11 +19,11 @@ import sys
 from aiohttp import web
 from pysyncobj import replicated
 
-from .. import protocol as P
-from ..fleet.config import NodeConfig
-from ..fleet.keystore import FileKeystore
-from ..node import ApiError, commit
-from ..replica.raft import DurableReplica
+from vault_raft.api import binding as P
+from vault_raft.fleet.config import NodeConfig
+from vault_raft.fleet.keystore import FileKeystore
+from vault_raft.node.service import ApiError, commit
+from vault_raft.raft.replica import DurableReplica
 
 
 class CounterReplica(DurableReplica):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from .load import Result
+from vault_raft.bench.load import Result
 
 
 def _pct(r: Result | None, p: float) -> float | None:

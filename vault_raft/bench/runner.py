@@ -16,19 +16,27 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from .. import protocol as P
-from ..channel import for_fleet
-from ..cluster import LocalCluster, free_base_port, wait_until
-from ..core import machine as M
-from ..crypto import opaque
-from ..crypto.ksf import IDENTITY_KSF
-from ..fleet.config import FleetInfo, NodeConfig, init_fleet
-from ..replica.raft import _snapshot_bytes
-from ..tenant import Gate, local_token_source
-from . import etcd as E
-from .http import KeepAlive
-from .load import (Result, attempt, closed_loop, open_loop, slowest_second, timed,
-                   timed_interleaved)
+from vault_raft.api import binding as P
+from vault_raft.api.channel import for_fleet
+from vault_raft.bench import etcd as E
+from vault_raft.bench.http import KeepAlive
+from vault_raft.bench.load import (
+    Result,
+    attempt,
+    closed_loop,
+    open_loop,
+    slowest_second,
+    timed,
+    timed_interleaved,
+)
+from vault_raft.core import machine as M
+from vault_raft.crypto import opaque
+from vault_raft.crypto.ksf import IDENTITY_KSF
+from vault_raft.fleet.config import FleetInfo, NodeConfig
+from vault_raft.fleet.create import init_fleet
+from vault_raft.fleet.tenants import Gate, local_token_source
+from vault_raft.ops.cluster import LocalCluster, free_base_port, wait_until
+from vault_raft.raft.replica import _snapshot_bytes
 
 ATTEMPTS_PER_BENCH_USER = 100
 NO_OP = b"\x01"

@@ -18,19 +18,20 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from .. import protocol as P
-from ..channel import connection, for_fleet
-from ..cluster import LocalCluster, free_base_port, wait_until
-from ..crypto import opaque
-from ..crypto.errors import OpaqueError
-from ..fleet.config import FleetInfo, init_fleet
-from .skewclock import set_offset
-from .checker import Verdict, check_all
-from .disk import KINDS as DISK_KINDS
-from .disk import damage
-from .history import History, Op
-from .proxy import ProxyNet
-from ..tenant import local_token_source
+from vault_raft.api import binding as P
+from vault_raft.api.channel import connection, for_fleet
+from vault_raft.chaos.checker import Verdict, check_all
+from vault_raft.chaos.disk import KINDS as DISK_KINDS
+from vault_raft.chaos.disk import damage
+from vault_raft.chaos.history import History, Op
+from vault_raft.chaos.proxy import ProxyNet
+from vault_raft.chaos.skewclock import set_offset
+from vault_raft.crypto import opaque
+from vault_raft.crypto.errors import OpaqueError
+from vault_raft.fleet.config import FleetInfo
+from vault_raft.fleet.create import init_fleet
+from vault_raft.fleet.tenants import local_token_source
+from vault_raft.ops.cluster import LocalCluster, free_base_port, wait_until
 
 NEMESES = ("partition", "kill", "pause", "slow", "lossy", "clock", "disk")
 

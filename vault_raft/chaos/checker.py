@@ -25,7 +25,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from .history import History, Op
+from vault_raft.chaos.history import History, Op
 
 INF = float("inf")
 

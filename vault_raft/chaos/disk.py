@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import random
 
-from ..replica import journal as J
+from vault_raft.storage import journal as J
 
 KINDS = ("cut", "flip", "last-segment", "meta", "snapshot")
 

@@ -36,10 +36,10 @@ from typing import Callable
 import pysyncobj.syncobj as _so
 from pysyncobj.transport import Transport
 
-from ..core import machine as M
-from ..replica.journal import assess_loss, raft_add_position, restore_term
-from ..replica.raft import RaftSettings, VaultReplica
-from .history import History
+from vault_raft.chaos.history import History
+from vault_raft.core import machine as M
+from vault_raft.raft.replica import RaftSettings, VaultReplica
+from vault_raft.storage.journal import assess_loss, raft_add_position, restore_term
 
 SIM_SETTINGS = dict(election_min=0.4, election_max=1.0, heartbeat=0.05, leader_fallback=1.0,
                     connection_timeout=1.5, reconnect=0.3, compaction_min_entries=40,
@@ -685,7 +685,7 @@ class SimWorkload:
         sim.pending.clear()
 
     def verdicts(self, budget_s: float = 5.0):
-        from .checker import Verdict, guess_limit, linearizable
+        from vault_raft.chaos.checker import Verdict, guess_limit, linearizable
         safety = Verdict("raft_safety", "fail" if self.sim.violations else "pass",
                          f"{len(self.sim.leaders)} terms", list(self.sim.violations))
         acked = Verdict("acked_entries", "fail" if self.sim.ack_violations else "pass",

@@ -57,8 +57,12 @@ def main(argv: list[str]) -> int:
         return 2
     node_dir = argv[argv.index("--dir") + 1]
     _install(os.path.join(node_dir, OFFSET_FILE))
-    from ..cli import main as cli_main
-    return cli_main(argv)
+    import logging
+
+    from vault_raft.node.service import run_node
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_node(node_dir)
 
 
 if __name__ == "__main__":

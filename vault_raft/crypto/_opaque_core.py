@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import constant_time, hashes, hmac
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
-from . import group, oprf
-from .errors import OpaqueError
-from .ksf import KSF
+from vault_raft.crypto import group, oprf
+from vault_raft.crypto.errors import OpaqueError
+from vault_raft.crypto.ksf import KSF
 
 Nn = 32  # nonce
 Nseed = 32

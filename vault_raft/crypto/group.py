@@ -21,7 +21,7 @@ import sys
 
 import rbcl
 
-from .errors import OpaqueError
+from vault_raft.crypto.errors import OpaqueError
 
 
 def _delete_rbcl_library_copy() -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
-from .errors import OpaqueError
+from vault_raft.crypto.errors import OpaqueError
 
 ARGON2ID = "argon2id"
 IDENTITY = "identity"

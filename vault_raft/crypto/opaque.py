@@ -21,10 +21,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from . import _opaque_core as core
-from . import group
-from .errors import OpaqueError
-from .ksf import DEFAULT_KSF, KSF
+from vault_raft.crypto import _opaque_core as core
+from vault_raft.crypto import group
+from vault_raft.crypto.errors import OpaqueError
+from vault_raft.crypto.ksf import DEFAULT_KSF, KSF
 
 DEFAULT_CONTEXT = b"vault-raft OPAQUE v1"
 KE1_LEN = core.KE1_LEN

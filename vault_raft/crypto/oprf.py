@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 
-from . import group
-from .errors import OpaqueError
+from vault_raft.crypto import group
+from vault_raft.crypto.errors import OpaqueError
 
 IDENTIFIER = b"ristretto255-SHA512"
 MODE_OPRF = 0x00

@@ -30,10 +30,11 @@ from typing import Protocol
 import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ..crypto import seal as S
-from ..crypto.errors import CryptoError, SealError
-from ..crypto.opaque import ServerSetup
-from ..replica.journal import atomic_write
+from vault_raft.crypto import seal as S
+from vault_raft.crypto.errors import CryptoError, SealError
+from vault_raft.crypto.opaque import ServerSetup
+from vault_raft.storage.journal import atomic_write
+from vault_raft.trust.deployment import KEY_STATEMENT_V
 
 KEYSTORE_VERSION = 1
 
@@ -205,7 +206,6 @@ class FileKeystore:
         return st, self._node_sk.sign(st)
 
 
-KEY_STATEMENT_V = "vault-raft node keys v1"
 
 
 def _commit(label: bytes, secret: bytes) -> bytes:

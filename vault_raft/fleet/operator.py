@@ -28,13 +28,13 @@ from typing import Callable
 
 import msgpack
 
-from .. import wire
-from ..replica.journal import atomic_write
-from . import bundle as B
-from . import deployment as D
-from .config import STATEMENTS_FILE, ConfigError, FleetInfo
-from .keystore import load_signing_key, new_signing_key_file
-from .mirror import LogMirror
+from vault_raft.api import http as wire
+from vault_raft.fleet.config import STATEMENTS_FILE, ConfigError, FleetInfo
+from vault_raft.fleet.keystore import load_signing_key, new_signing_key_file
+from vault_raft.storage.journal import atomic_write
+from vault_raft.trust import bundle as B
+from vault_raft.trust import deployment as D
+from vault_raft.trust.mirror import LogMirror
 
 TRUST_FILE = "trust.bin"
 # 2: the log as leaf hashes ("leaf_hashes") and its head naming the namespace's newest

@@ -1,0 +1,425 @@
+"""vault-raft: a guess-limited key vault whose records live in a Raft cluster.
+
+exit codes (a contract; scripts may rely on them):
+  0 success    3 wrong recovery code    4 no such record / destroyed
+  5 unavailable (no majority reachable in time)
+  6 the fleet's signed bundle did not verify, or a node is not the pinned
+    fleet's (its TLS certificate): nothing was sent
+  7 the fleet refused the tenant token (missing, expired, for another user
+    or fleet): nothing was proposed
+  2 usage    1 anything else
+
+Users' commands trust the fleet through --client client.json (the operator's and
+witness's public keys; the fleet's keys come from a verified, witnessed bundle).
+--fleet fleet.json pins a fleet's keys instead: for the operator's own tools.
+
+User commands send a tenant token (--token, else VAULT_TOKEN); with --fleet and
+no token, the fleet directory's "local" tenant key mints one.
+
+Recovery codes are read from VAULT_RECOVERY_CODE, else from standard input
+(one per line), else from a prompt -- never from the command line, where
+other users of the machine could read them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import sys
+
+from vault_raft import client as C
+from vault_raft.cli.trust import TrustCommandError
+from vault_raft.fleet import tenants as T
+from vault_raft.fleet.config import ConfigError, FleetInfo
+from vault_raft.fleet.create import init_fleet
+from vault_raft.fleet.keystore import KeystoreError
+from vault_raft.fleet.operator import OperatorError
+from vault_raft.ops.cluster import ClusterError, LocalCluster
+from vault_raft.ops.witness_server import WitnessConfigError
+from vault_raft.storage.journal import JournalCorrupt
+from vault_raft.trust.bundle import TrustError
+from vault_raft.trust.witness import WitnessLogCorrupt
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_WRONG, EXIT_NORECORD, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4, 5
+
+
+class UsageError(Exception):
+    pass
+
+
+# ------------------------------------------------------------ secrets input
+
+class _Codes:
+    """Recovery codes from the environment, stdin lines, or a prompt."""
+
+    def __init__(self):
+        self._stdin_lines: list[str] | None = None
+
+    def get(self, env: str, prompt: str, index: int) -> bytes:
+        value = os.environ.get(env)
+        if value is None:
+            if sys.stdin is not None and not sys.stdin.isatty():
+                if self._stdin_lines is None:
+                    self._stdin_lines = sys.stdin.read().splitlines()
+                if index >= len(self._stdin_lines):
+                    raise UsageError(f"expected a recovery code on line {index + 1} of stdin "
+                                     f"(or set {env})")
+                value = self._stdin_lines[index]
+            else:
+                value = getpass.getpass(prompt)
+        code = value.rstrip("\r\n")
+        if not code:
+            raise UsageError("the recovery code is empty")
+        if len(code.encode()) > 4096:
+            raise UsageError("the recovery code is longer than 4096 bytes")
+        return code.encode()
+
+
+def _read_secret(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(4097)
+    except OSError as exc:
+        raise UsageError(f"cannot read --secret-file {path}: {exc.strerror}") from None
+    if not 1 <= len(data) <= 4096:
+        raise UsageError("the secret file must hold 1..4096 bytes")
+    return data
+
+
+def _write_secret(path: str, data: bytes, force: bool) -> None:
+    if path == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return
+    if os.path.exists(path) and not force:
+        raise UsageError(f"{path} exists; use --force to overwrite")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+# ---------------------------------------------------------------- commands
+
+def cmd_fleet_init(a) -> int:
+    path = init_fleet(a.dir, a.nodes, a.host, a.base_port, a.max_attempts,
+                      api_tls=not a.insecure_http)
+    print(f"fleet created: {path}")
+    if a.insecure_http:
+        print("warning: the nodes' API is PLAIN HTTP (--insecure-http): user ids, OPAQUE "
+              "messages and counters cross the network unencrypted; for local debugging only",
+              file=sys.stderr)
+    print(f"start it with: vault-raft cluster up --dir {a.dir}")
+    return 0
+
+
+def cmd_tenant_init(a) -> int:
+    limits = {k: getattr(a, k) for k in T.DEFAULT_LIMITS}
+    if any(v < 0 for v in limits.values()):
+        raise UsageError("rates and bursts must be >= 0")
+    try:
+        pk = bytes.fromhex(a.public_key) if a.public_key else None
+        key = T.add_tenant(a.fleet_dir, a.name, audiences=tuple(a.audience), limits=limits,
+                           public_key=pk, bare_ids=a.bare_ids)
+    except ValueError:
+        raise UsageError("--public-key must be hex") from None
+    except (T.TenantError, ConfigError, KeystoreError) as exc:
+        raise UsageError(str(exc)) from None
+    where = f"signing key {key} (give it to the tenant's server; keep it secret)" if key \
+        else "its existing key registered"
+    print(f"tenant {a.name}: {where}; the signed tenant list is in the fleet and node "
+          "directories (copy tenants.bin to nodes on other machines)")
+    return 0
+
+
+def cmd_tenant_token(a) -> int:
+    from vault_raft.fleet.keystore import load_signing_key
+    try:
+        fleet = FleetInfo.load(os.path.join(a.fleet_dir, "fleet.json"))
+        sk = load_signing_key(T.tenant_key_path(a.fleet_dir, a.name), f"tenant key {a.name}")
+        print(T.mint(a.name, sk, a.user.encode(), a.audience or fleet.fleet_id, a.lifetime))
+    except (ConfigError, KeystoreError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    return 0
+
+
+def cmd_node(a) -> int:
+    from vault_raft.node.service import run_node
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_node(a.dir)
+
+
+def cmd_cluster(a) -> int:
+    cl = LocalCluster(a.dir)
+    if a.action == "up":
+        started = cl.start()
+        print(f"started {', '.join(started) or 'nothing (all running)'}", file=sys.stderr)
+        try:
+            leader = cl.wait_leader(a.timeout)
+        except ClusterError as exc:
+            print(cl.table())
+            print(f"error: {exc}; see {cl.dir}/n*/node.log", file=sys.stderr)
+            return EXIT_UNAVAILABLE
+        print(f"leader: {leader}", file=sys.stderr)
+        print(cl.table())
+        return 0
+    if a.action == "down":
+        cl.stop()
+        print("stopped", file=sys.stderr)
+        return 0
+    if a.action == "transfer":
+        before = cl.leader()
+        print(f"leader: {before} -> {cl.transfer(a.to, a.timeout)}", file=sys.stderr)
+        return 0
+    print(cl.as_json() if a.json else cl.table())
+    return 0 if cl.leader() else EXIT_UNAVAILABLE
+
+
+def _client(a) -> C.Client | C.TrustedClient:
+    token = a.token or os.environ.get("VAULT_TOKEN") or None
+    if a.client:
+        return C.TrustedClient(a.client, a.state, timeout=a.timeout, token=token)
+    return C.Client(a.fleet, timeout=a.timeout, token=token)
+
+
+def cmd_enroll(a) -> int:
+    secret = _read_secret(a.secret_file)
+    code = _Codes().get("VAULT_RECOVERY_CODE", "recovery code: ", 0)
+    n = _client(a).enroll(a.user, code, secret, a.max_attempts)
+    print(f"enrolled {a.user}: {n} attempts allowed", file=sys.stderr)
+    return 0
+
+
+def _warn_failed(rec: C.Recovery) -> None:
+    if rec.failed_attempts:
+        print(f"warning: {rec.failed_attempts} wrong code(s) were tried since the last "
+              "successful recovery", file=sys.stderr)
+
+
+def cmd_recover(a) -> int:
+    if a.out != "-" and os.path.exists(a.out) and not a.force:
+        raise UsageError(f"{a.out} exists; use --force to overwrite")
+    code = _Codes().get("VAULT_RECOVERY_CODE", "recovery code: ", 0)
+    rec = _client(a).recover(a.user, code)
+    _write_secret(a.out, rec.secret, a.force)
+    _warn_failed(rec)
+    print(f"recovered the secret of {a.user}" + (f" into {a.out}" if a.out != "-" else ""),
+          file=sys.stderr)
+    if rec.migrated_from:
+        print(f"moved {a.user} from retiring fleet {rec.migrated_from} to the current fleet",
+              file=sys.stderr)
+    if rec.migration_conflict:
+        print(f"warning: the current fleet holds another record for {a.user}; the secret was "
+              "recovered from the retiring fleet, whose record is kept: ask the operator",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_delete(a) -> int:
+    code = _Codes().get("VAULT_RECOVERY_CODE", "recovery code: ", 0)
+    _warn_failed(_client(a).delete(a.user, code))
+    print(f"deleted the record of {a.user}", file=sys.stderr)
+    return 0
+
+
+def cmd_change_code(a) -> int:
+    codes = _Codes()
+    code = codes.get("VAULT_RECOVERY_CODE", "current recovery code: ", 0)
+    new = codes.get("VAULT_NEW_RECOVERY_CODE", "new recovery code: ", 1)
+    _warn_failed(_client(a).change_code(a.user, code, new))
+    print(f"changed the recovery code of {a.user}", file=sys.stderr)
+    return 0
+
+
+def cmd_change_secret(a) -> int:
+    secret = _read_secret(a.secret_file)
+    code = _Codes().get("VAULT_RECOVERY_CODE", "recovery code: ", 0)
+    _warn_failed(_client(a).change_secret(a.user, code, secret))
+    print(f"changed the secret of {a.user}", file=sys.stderr)
+    return 0
+
+
+def cmd_demo(a) -> int:
+    from vault_raft.ops.demo import run_demo
+    return run_demo(a.dir, keep=a.keep)
+
+
+# ------------------------------------------------------------------ parser
+
+def _user_arg(p):
+    p.add_argument("--user", required=True, help="user id (1..256 bytes)")
+
+
+def _fleet_arg(p):
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--client", help="client.json: trust the fleet through its signed bundle")
+    g.add_argument("--fleet", help="fleet.json: pin this fleet's keys (operator tools)")
+    p.add_argument("--state", default=None, help="with --client: the trust state file "
+                   "(default: next to client.json)")
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds to find a majority before giving up (exit 5)")
+    p.add_argument("--token", default=None, help="the tenant's token for this user (default: "
+                   "VAULT_TOKEN; with --fleet, minted with the fleet directory's local tenant "
+                   "key)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="vault-raft", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    from vault_raft.cli import bench as benchcli
+    from vault_raft.cli import chaos as chaoscli
+    from vault_raft.cli import sim as simcli
+    from vault_raft.cli import trust as trustcli
+    fleet = sub.add_parser("fleet", help="create, publish, rotate and verify fleets")
+    fsub = fleet.add_subparsers(dest="fleet_cmd", required=True, metavar="ACTION")
+    fi = fsub.add_parser("init", help="create node directories, keys and fleet.json")
+    fi.add_argument("--dir", required=True)
+    fi.add_argument("--nodes", type=int, default=3)
+    fi.add_argument("--host", default="127.0.0.1")
+    fi.add_argument("--base-port", type=int, default=7100,
+                    help="Raft ports are base+i, API ports base+100+i")
+    fi.add_argument("--max-attempts", type=int, default=10,
+                    help="default guess limit for new records")
+    fi.add_argument("--insecure-http", action="store_true",
+                    help="serve the client API over plain HTTP instead of TLS 1.3 (local "
+                    "debugging only; clients holding client.json refuse such a fleet)")
+    fi.set_defaults(fn=cmd_fleet_init)
+    trustcli.register(sub, fsub)
+
+    tn = sub.add_parser("tenant", help="register tenants (the apps whose users the fleet "
+                                       "serves) and mint their tokens")
+    tsub = tn.add_subparsers(dest="tenant_cmd", required=True, metavar="ACTION")
+    ti = tsub.add_parser("init", help="make a tenant: its signing key and its place in the "
+                                      "fleet's signed tenant list (nodes reload it)")
+    ti.add_argument("--fleet-dir", required=True, help="the fleet directory (holds admin.key)")
+    ti.add_argument("--name", required=True, help="tenant id: 1..32 of a-z, 0-9, '-'")
+    ti.add_argument("--audience", action="append", default=[],
+                    help="a namespace tokens may name besides the fleet id (repeatable)")
+    ti.add_argument("--bare-ids", action="store_true",
+                    help="this tenant's users keep their plain ids (at most one tenant: the one "
+                    "whose users a fleet made before tenants already holds)")
+    ti.add_argument("--public-key", default=None,
+                    help="register this existing tenant key (hex) instead of making one: the "
+                    "same tenant on another fleet of its namespace")
+    for k, v in T.DEFAULT_LIMITS.items():
+        ti.add_argument(f"--{k.replace('_', '-')}", type=float, default=v,
+                        help=f"requests/s (rate) or bucket size (burst); 0: none (default {v:g})")
+    ti.set_defaults(fn=cmd_tenant_init)
+    tt = tsub.add_parser("token", help="print a token for a user (scripts and tests; a "
+                                       "tenant's server mints its own)")
+    tt.add_argument("--fleet-dir", required=True)
+    tt.add_argument("--name", required=True, help="the tenant")
+    tt.add_argument("--user", required=True)
+    tt.add_argument("--audience", default=None, help="default: the fleet id")
+    tt.add_argument("--lifetime", type=int, default=300, help="seconds (at most 900)")
+    tt.set_defaults(fn=cmd_tenant_token)
+
+    node = sub.add_parser("node", help="run one node in the foreground (SIGTERM stops it)")
+    node.add_argument("--dir", required=True, help="the node directory, e.g. FLEET/n1")
+    node.set_defaults(fn=cmd_node)
+
+    cl = sub.add_parser("cluster", help="start/stop/inspect every node of a local fleet")
+    cl.add_argument("action", choices=["up", "down", "status", "transfer"],
+                    help="status and transfer use the signed admin path (FLEET/admin.key)")
+    cl.add_argument("--to", default=None, help="transfer: the node to lead (default: the most "
+                    "caught-up follower)")
+    cl.add_argument("--dir", required=True, help="the fleet directory")
+    cl.add_argument("--timeout", type=float, default=30.0)
+    cl.add_argument("--json", action="store_true", help="status as JSON")
+    cl.set_defaults(fn=cmd_cluster)
+
+    en = sub.add_parser("enroll", help="enroll a user (code from VAULT_RECOVERY_CODE/stdin/prompt)")
+    _fleet_arg(en)
+    _user_arg(en)
+    en.add_argument("--secret-file", required=True)
+    en.add_argument("--max-attempts", type=int, default=None)
+    en.set_defaults(fn=cmd_enroll)
+
+    rc = sub.add_parser("recover", help="recover a user's secret")
+    _fleet_arg(rc)
+    _user_arg(rc)
+    rc.add_argument("--out", required=True, help="file to write the secret to ('-': stdout)")
+    rc.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    rc.set_defaults(fn=cmd_recover)
+
+    de = sub.add_parser("delete", help="delete a record (needs the current code)")
+    _fleet_arg(de)
+    _user_arg(de)
+    de.set_defaults(fn=cmd_delete)
+
+    cc = sub.add_parser("change-code", help="change the recovery code (current, then new code)")
+    _fleet_arg(cc)
+    _user_arg(cc)
+    cc.set_defaults(fn=cmd_change_code)
+
+    cs = sub.add_parser("change-secret", help="replace the stored secret (needs the code)")
+    _fleet_arg(cs)
+    _user_arg(cs)
+    cs.add_argument("--secret-file", required=True)
+    cs.set_defaults(fn=cmd_change_secret)
+
+    dm = sub.add_parser("demo", help="local 3-node cluster: enroll, wrong guesses, recovery")
+    dm.add_argument("--dir", default=None, help="fleet directory (default: a temporary one)")
+    dm.add_argument("--keep", action="store_true", help="leave the cluster running")
+    dm.set_defaults(fn=cmd_demo)
+
+    benchcli.register(sub)
+    chaoscli.register(sub)
+    simcli.register(sub)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    a = ap.parse_args(argv)
+    try:
+        return a.fn(a)
+    except UsageError as exc:
+        print(f"vault-raft: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except C.WrongCode as exc:
+        print(f"vault-raft: {exc}", file=sys.stderr)
+        return EXIT_WRONG
+    except C.VaultError as exc:
+        print(f"vault-raft: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except (ConfigError, KeystoreError) as exc:
+        print(f"vault-raft: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except TrustError as exc:
+        print(f"vault-raft: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        return C.Untrusted.exit_code
+    except (OperatorError, WitnessConfigError, TrustCommandError, WitnessLogCorrupt) as exc:
+        print(f"vault-raft: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except (ClusterError, JournalCorrupt) as exc:
+        print(f"vault-raft: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("vault-raft: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # never a traceback unless asked for
+        if os.environ.get("VAULT_RAFT_DEBUG"):
+            raise
+        print(f"vault-raft: internal error: {exc.__class__.__name__}: {exc} "
+              "(set VAULT_RAFT_DEBUG=1 for details)", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,461 @@
+"""Who may act for a user: tenant-issued tokens, and limits on abuse.
+
+A *tenant* is an app whose users the vault serves.  The fleet's operator
+registers each tenant's Ed25519 verification keys in a **tenant list**
+(``tenants.bin``) signed with the fleet admin key that every node already
+trusts (``node.json`` ``admin_key``); ``vault-raft tenant init`` makes a tenant
+(and ``fleet init`` makes ``local``, whose key the operator's own CLI uses).
+Nodes reload the list when the file changes, so keys rotate the same way.
+
+Every user-facing request (enroll, recover start and finish, manage) carries
+``auth``: a JWT the tenant signed (EdDSA only) with
+
+* ``iss`` the tenant id, ``sub`` the user id, ``aud`` the fleet id (or a
+  namespace the list names), ``exp`` and ``iat`` (a lifetime of at most
+  ``MAX_LIFETIME_S``), ``jti`` a unique id;
+
+and is verified before anything is proposed: a missing, malformed, oversized,
+expired, future-dated, wrongly signed (any algorithm but EdDSA, ``none``
+included), wrong-audience or wrong-subject token costs no commit and gets 401.
+Signatures are checked by PyJWT; the claims are parsed here, strictly (exact
+types, no duplicated member).
+
+Records are keyed by (tenant, user): a tenant's user ``u`` lives at
+``tenant || 0x00 || u``, except for the one tenant flagged ``bare_ids`` (the
+fleet's ``local`` tenant), whose users keep their plain ids, so that one fleet
+can serve several tenants without their ids colliding.
+
+Rate limits (token buckets per tenant and per user, in each node's memory)
+are applied before proposing and answered with 429 and ``Retry-After``.  They
+protect the fleet's commit capacity from floods; the guess limit does not
+depend on them (the replicated log enforces it).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import jwt
+import msgpack
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+log = logging.getLogger("vault_raft.fleet.tenants")
+
+TENANTS_FILE = "tenants.bin"
+TENANT_KEYS_DIR = "tenants"  # in the fleet directory: the operator's copies of tenant keys
+LIST_TAG = "vault-raft tenants v1"
+TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+MAX_TOKEN = 2048  # bytes of a compact JWT
+MAX_LIFETIME_S = 900  # exp - iat
+CLOCK_SKEW_S = 60  # iat may be this far ahead of the node's clock
+MAX_KEYS = 4  # per tenant (rotation: old and new side by side)
+MAX_USERS_TRACKED = 100_000  # per-user buckets kept (least recently used dropped)
+DEFAULT_LIMITS = {"tenant_rate": 2000.0, "tenant_burst": 4000.0,
+                  "user_rate": 10.0, "user_burst": 30.0}
+
+
+class TenantError(Exception):
+    """The tenant list is missing, malformed, or not signed by the fleet admin key."""
+
+
+class Unauthorized(Exception):
+    """A token was refused; the message says why (one line, no secrets)."""
+
+
+class RateLimited(Exception):
+    def __init__(self, message: str, retry_after: float):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Tenant:
+    id: str
+    keys: tuple[bytes, ...]  # raw Ed25519 public keys
+    bare_ids: bool = False
+    tenant_rate: float = DEFAULT_LIMITS["tenant_rate"]  # 0: no limit
+    tenant_burst: float = DEFAULT_LIMITS["tenant_burst"]
+    user_rate: float = DEFAULT_LIMITS["user_rate"]
+    user_burst: float = DEFAULT_LIMITS["user_burst"]
+
+    def to_list(self) -> list:
+        return [self.id, list(self.keys), self.bare_ids, self.tenant_rate, self.tenant_burst,
+                self.user_rate, self.user_burst]
+
+    @classmethod
+    def from_list(cls, x) -> "Tenant":
+        tid, keys, bare, tr, tb, ur, ub = x
+        if not isinstance(tid, str) or not TENANT_ID.match(tid):
+            raise TenantError(f"bad tenant id {tid!r}")
+        if not isinstance(keys, list) or not 1 <= len(keys) <= MAX_KEYS or any(
+                not isinstance(k, bytes) or len(k) != 32 for k in keys):
+            raise TenantError(f"tenant {tid}: 1..{MAX_KEYS} keys of 32 bytes")
+        rates = [float(v) for v in (tr, tb, ur, ub)]
+        if any(v < 0 for v in rates) or type(bare) is not bool:
+            raise TenantError(f"tenant {tid}: bad limits")
+        return cls(tid, tuple(keys), bare, *rates)
+
+    def record_key(self, user: bytes) -> bytes:
+        """Where this tenant's ``user`` lives in the vault."""
+        return user if self.bare_ids else self.id.encode() + b"\0" + user
+
+
+@dataclass(frozen=True)
+class TenantList:
+    fleet_id: str
+    tenants: tuple[Tenant, ...]
+    audiences: tuple[str, ...]  # besides the fleet id: namespaces tokens may name
+    created: int
+
+    def body(self) -> bytes:
+        return msgpack.packb([LIST_TAG, self.fleet_id, [t.to_list() for t in self.tenants],
+                              list(self.audiences), self.created], use_bin_type=True)
+
+    def signed(self, admin_sk: Ed25519PrivateKey) -> bytes:
+        body = self.body()
+        return msgpack.packb([body, admin_sk.sign(body)], use_bin_type=True)
+
+    @classmethod
+    def verify(cls, blob: bytes, admin_pk: bytes, fleet_id: str) -> "TenantList":
+        try:
+            body, sig = msgpack.unpackb(blob, raw=False)
+            Ed25519PublicKey.from_public_bytes(admin_pk).verify(sig, body)
+            tag, fid, tenants, audiences, created = msgpack.unpackb(body, raw=False)
+        except InvalidSignature:
+            raise TenantError("tenant list not signed by this fleet's admin key") from None
+        except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError) as exc:
+            raise TenantError(f"tenant list malformed: {exc}") from None
+        if tag != LIST_TAG or fid != fleet_id:
+            raise TenantError(f"tenant list is for fleet {fid!r}, not {fleet_id!r}")
+        if not isinstance(tenants, list) or not isinstance(audiences, list) \
+                or any(not isinstance(a, str) for a in audiences):
+            raise TenantError("tenant list malformed")
+        ts = tuple(Tenant.from_list(t) for t in tenants)
+        if len({t.id for t in ts}) != len(ts) or sum(t.bare_ids for t in ts) > 1:
+            raise TenantError("tenant ids must be unique, and at most one tenant bare_ids")
+        return cls(fid, ts, tuple(audiences), int(created))
+
+    def get(self, tenant_id: str) -> Tenant | None:
+        return next((t for t in self.tenants if t.id == tenant_id), None)
+
+
+# ----------------------------------------------------------------- tokens
+
+def user_to_sub(user: bytes) -> str:
+    """A user id as a token's ``sub``: its UTF-8 text (ids that are not UTF-8
+    cannot be named in a token)."""
+    return user.decode("utf-8")
+
+
+def mint(tenant_id: str, sk: Ed25519PrivateKey, user: bytes, audience: str,
+         lifetime: int = 300, now: float | None = None, jti: str | None = None) -> str:
+    """A token for ``user`` (what a tenant's server gives its signed-in user).
+    ``jti`` is drawn at random unless given (the conformance vectors fix it)."""
+    if not 1 <= lifetime <= MAX_LIFETIME_S:
+        raise ValueError(f"lifetime must be 1..{MAX_LIFETIME_S} s")
+    t = int(time.time() if now is None else now)
+    if jti is None:
+        jti = base64.urlsafe_b64encode(os.urandom(12)).decode()
+    claims = {"iss": tenant_id, "sub": user_to_sub(user), "aud": audience, "iat": t,
+              "exp": t + lifetime, "jti": jti}
+    return jwt.encode(claims, sk, algorithm="EdDSA")
+
+
+def _no_duplicates(pairs):
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise Unauthorized(f"token claim {k!r} appears twice")
+        out[k] = v
+    return out
+
+
+def _claims(token: str) -> dict:
+    """The payload, parsed strictly (before the signature is known good: used
+    only to find the issuer, then again after verification)."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise Unauthorized("token is not a compact JWT")
+    try:
+        raw = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
+        if not raw.lstrip().startswith(b"{"):
+            raise Unauthorized("token payload is not an object")
+        claims = json.loads(raw, object_pairs_hook=_no_duplicates)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise Unauthorized("token payload is not JSON") from None
+    if not isinstance(claims, dict):
+        raise Unauthorized("token payload is not an object")
+    return claims
+
+
+def _want(claims: dict, name: str, kind: type):
+    v = claims.get(name)
+    if type(v) is not kind:
+        raise Unauthorized(f"token claim {name!r} missing or not a {kind.__name__}")
+    return v
+
+
+class Gate:
+    """A node's check of tokens and rates, from the tenant list in its
+    directory (reloaded when the file changes).  Thread-safe.
+
+    It fails closed: a node that has the fleet admin key but no usable tenant
+    list answers user requests 503 (:meth:`required`), unless its node.json
+    says ``"tenants": "off"`` (a fleet made before tenants, on purpose).  A
+    list that does not verify, or is older than one already seen, is refused
+    and the last good one kept (logged once)."""
+
+    def __init__(self, node_dir: str, fleet_id: str, admin_pk: bytes | None,
+                 clock=time.time, required: bool = True):
+        self.path = os.path.join(node_dir, TENANTS_FILE)
+        self.seen_path = self.path + ".seen"  # the newest list's ``created`` ever loaded
+        self.fleet_id, self.admin_pk, self.clock = fleet_id, admin_pk, clock
+        self.required = required and admin_pk is not None
+        self._stamp: tuple | None = None
+        self.tenants: TenantList | None = None
+        self.error: str | None = None
+        self._lock = threading.Lock()
+        self._tenant_buckets: dict = {}  # tenant id -> [tokens, last time]
+        self._user_buckets: OrderedDict = OrderedDict()  # (tenant, user) -> [tokens, last]
+        self._reload()
+
+    @property
+    def enforced(self) -> bool:
+        """Are tokens checked?  (Always, unless the node opted out, or has no
+        admin key to check a list with.)"""
+        return self.required or self.tenants is not None
+
+    def _seen(self) -> int:
+        try:
+            with open(self.seen_path) as f:
+                return int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def _reload(self) -> None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            if self.tenants is None:
+                self.error = f"no tenant list ({self.path}): run 'vault-raft tenant init'"
+            return
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            if self.admin_pk is None:
+                raise TenantError(f"{self.path}: this node has no admin key to check it with")
+            with open(self.path, "rb") as f:
+                tl = TenantList.verify(f.read(), self.admin_pk, self.fleet_id)
+            newest = max(self._seen(), self.tenants.created if self.tenants else 0)
+            if tl.created < newest:
+                raise TenantError(f"{self.path} is older ({tl.created}) than a list already "
+                                  f"in force ({newest}): refused")
+        except (TenantError, OSError) as exc:
+            if str(exc) != self.error:
+                log.error("tenant list not loaded: %s%s", exc, "; keeping the one in force"
+                          if self.tenants else "")
+            self.error = str(exc)
+            return
+        if tl.created > self._seen():
+            from vault_raft.storage.journal import atomic_write
+            try:
+                atomic_write(self.seen_path, str(tl.created).encode())
+            except OSError as exc:
+                log.warning("cannot record the tenant list's date: %s", exc)
+        self.tenants, self.error = tl, None
+
+    def check_ready(self) -> None:
+        """Reload if changed; TenantError if tokens must be checked and no list
+        is usable (the node then answers 503, proposing nothing)."""
+        self._reload()
+        if self.required and self.tenants is None:
+            raise TenantError(self.error or "no tenant list")
+
+    def authorize(self, token, user: bytes) -> Tenant:
+        """The tenant a valid token for ``user`` was issued by; Unauthorized
+        otherwise.  Nothing here touches the replicated state."""
+        self.check_ready()
+        tl = self.tenants
+        if tl is None:
+            raise TenantError(self.error or "no tenant list")
+        if not isinstance(token, str) or not token:
+            raise Unauthorized("a tenant token (auth) is required")
+        if len(token) > MAX_TOKEN:
+            raise Unauthorized(f"token longer than {MAX_TOKEN} bytes")
+        unverified = _claims(token)
+        tenant = tl.get(unverified.get("iss")) if isinstance(unverified.get("iss"), str) \
+            else None
+        if tenant is None:
+            raise Unauthorized("token issuer is not a tenant of this fleet")
+        for pk in tenant.keys:
+            try:
+                jwt.api_jws.decode_complete(token, Ed25519PublicKey.from_public_bytes(pk),
+                                            algorithms=["EdDSA"])
+                break
+            except jwt.InvalidTokenError:
+                continue
+        else:
+            raise Unauthorized("token signature is not the tenant's (EdDSA only)")
+        claims = _claims(token)  # the same bytes: now known to be the tenant's
+        now = self.clock()
+        iat, exp = _want(claims, "iat", int), _want(claims, "exp", int)
+        _want(claims, "jti", str)
+        if _want(claims, "iss", str) != tenant.id:
+            raise Unauthorized("token issuer changed")
+        if exp <= now:
+            raise Unauthorized("token expired")
+        if iat > now + CLOCK_SKEW_S:
+            raise Unauthorized("token issued in the future")
+        if not 0 < exp - iat <= MAX_LIFETIME_S:
+            raise Unauthorized(f"token lifetime must be 1..{MAX_LIFETIME_S} s")
+        if _want(claims, "aud", str) not in (self.fleet_id, *tl.audiences):
+            raise Unauthorized("token is for another fleet")
+        try:
+            if _want(claims, "sub", str) != user_to_sub(user):
+                raise Unauthorized("token is for another user")
+        except UnicodeDecodeError:
+            raise Unauthorized("this user id cannot be named in a token (not UTF-8)") from None
+        if b"\0" in user:  # record keys are tenant \0 user: no id may contain one
+            raise Unauthorized("user ids may not contain NUL")
+        return tenant
+
+    def admit(self, tenant: Tenant, user: bytes) -> None:
+        """Take one request from the tenant's and the user's buckets; RateLimited
+        (with the seconds to wait) if either is empty."""
+        now = time.monotonic()
+        with self._lock:
+            take = []
+            for who, table, key, rate, burst in (
+                    ("tenant", self._tenant_buckets, tenant.id, tenant.tenant_rate,
+                     tenant.tenant_burst),
+                    ("user", self._user_buckets, (tenant.id, user), tenant.user_rate,
+                     tenant.user_burst)):
+                if rate <= 0:
+                    continue
+                b = table.get(key)
+                if b is None:
+                    b = table[key] = [burst, now]
+                if table is self._user_buckets:  # bounded: least recently used dropped
+                    table.move_to_end(key)
+                    while len(table) > MAX_USERS_TRACKED:
+                        table.popitem(last=False)
+                b[0] = min(burst, b[0] + (now - b[1]) * rate)
+                b[1] = now
+                if b[0] < 1:
+                    raise RateLimited(f"{who} rate limit ({rate:g}/s) reached",
+                                      (1 - b[0]) / rate)
+                take.append(b)
+            for b in take:
+                b[0] -= 1
+
+
+# ------------------------------------------------------- operator's side
+
+def tenant_key_path(fleet_dir: str, tenant_id: str) -> str:
+    return os.path.join(fleet_dir, TENANT_KEYS_DIR, f"{tenant_id}.key")
+
+
+def local_token_source(fleet_dir: str, audience: str, tenant_id: str = "local",
+                       lifetime: int = 120):
+    """For the operator's own tools: a function user -> token minted with the
+    fleet directory's copy of a tenant's key (a token is reused for a user
+    until half its lifetime has passed), or None if it has none."""
+    from vault_raft.fleet.keystore import load_signing_key
+    path = tenant_key_path(fleet_dir, tenant_id)
+    if not os.path.exists(path):
+        return None
+    sk = load_signing_key(path, f"tenant key {tenant_id}")
+    cache: OrderedDict = OrderedDict()
+
+    def source(user: bytes) -> str:
+        now = time.time()
+        hit = cache.get(user)
+        if hit is None or now - hit[0] > lifetime / 2:
+            hit = cache[user] = (now, mint(tenant_id, sk, user, audience, lifetime, now))
+            while len(cache) > 10_000:
+                cache.popitem(last=False)
+        return hit[1]
+    return source
+
+
+def _admin(fleet_dir: str):
+    from vault_raft.fleet.config import ADMIN_KEY_FILE
+    from vault_raft.fleet.keystore import load_signing_key
+    return load_signing_key(os.path.join(fleet_dir, ADMIN_KEY_FILE), "admin key")
+
+
+def load_list(fleet_dir: str) -> TenantList | None:
+    """The fleet directory's tenant list (checked), or None if it has none."""
+    from vault_raft.fleet.config import FleetInfo
+    path = os.path.join(fleet_dir, TENANTS_FILE)
+    if not os.path.exists(path):
+        return None
+    fleet = FleetInfo.load(os.path.join(fleet_dir, "fleet.json"))
+    pk = _admin(fleet_dir).public_key().public_bytes_raw()
+    with open(path, "rb") as f:
+        return TenantList.verify(f.read(), pk, fleet.fleet_id)
+
+
+def publish_list(fleet_dir: str, tl: TenantList) -> list[str]:
+    """Sign ``tl`` with the admin key and write it to the fleet directory and
+    to every node directory in it (nodes reload it); returns the paths."""
+    from vault_raft.fleet.config import FleetInfo
+    from vault_raft.storage.journal import atomic_write
+    blob = tl.signed(_admin(fleet_dir))
+    fleet = FleetInfo.load(os.path.join(fleet_dir, "fleet.json"))
+    paths = [os.path.join(fleet_dir, TENANTS_FILE)]
+    paths += [os.path.join(fleet_dir, n.id, TENANTS_FILE) for n in fleet.nodes
+              if os.path.isdir(os.path.join(fleet_dir, n.id))]
+    for p in paths:
+        atomic_write(p, blob)
+    return paths
+
+
+def add_tenant(fleet_dir: str, tenant_id: str, *, bare_ids: bool = False,
+               audiences: tuple[str, ...] = (), limits: dict | None = None,
+               public_key: bytes | None = None) -> str:
+    """Register a new tenant: its signing key (kept in the fleet directory,
+    0600: the tenant's server holds it in a real deployment) and the signed
+    list with its verification key.  Returns the key's path.  With
+    ``public_key``, the tenant's existing key is registered instead (the same
+    tenant on another fleet of its namespace) and no key file is made."""
+    from vault_raft.fleet.config import FleetInfo
+    from vault_raft.fleet.keystore import new_signing_key_file
+    if not TENANT_ID.match(tenant_id):
+        raise TenantError("tenant names are 1..32 of a-z, 0-9 and '-', starting with a "
+                          "letter or digit")
+    fleet = FleetInfo.load(os.path.join(fleet_dir, "fleet.json"))
+    tl = load_list(fleet_dir) or TenantList(fleet.fleet_id, (), (), int(time.time()))
+    if tl.get(tenant_id) is not None:
+        raise TenantError(f"tenant {tenant_id!r} exists already")
+    if bare_ids and any(t.bare_ids for t in tl.tenants):
+        raise TenantError("another tenant already owns the plain user ids")
+    key_path = tenant_key_path(fleet_dir, tenant_id)
+    if public_key is not None:
+        if not isinstance(public_key, bytes) or len(public_key) != 32:
+            raise TenantError("a tenant public key is 32 bytes (Ed25519)")
+        pk, key_path = public_key, ""
+    else:
+        os.makedirs(os.path.join(fleet_dir, TENANT_KEYS_DIR), mode=0o700, exist_ok=True)
+        pk = new_signing_key_file(key_path)
+    lim = dict(DEFAULT_LIMITS, **(limits or {}))
+    t = Tenant(tenant_id, (pk,), bare_ids, lim["tenant_rate"], lim["tenant_burst"],
+               lim["user_rate"], lim["user_burst"])
+    tl = TenantList(tl.fleet_id, tl.tenants + (t,),
+                    tuple(dict.fromkeys(tl.audiences + tuple(audiences))), int(time.time()))
+    publish_list(fleet_dir, tl)
+    return key_path

@@ -1,0 +1,758 @@
+"""A vault node: one OS process with a Raft replica and the client HTTP API.
+
+The order of events for a guess is the point of this module::
+
+    KE1 arrives -> validate -> commit begin_attempt (majority, durable)
+                -> only now: KE2 for the *committed* record -> reply
+
+(A candidate KE2 is computed while the entry is in flight and kept in the
+process; it is sent only if the committed record is the one it was made from.)
+
+Nothing about a guess (not even "unknown user") is revealed before the
+commit; a node that cannot reach a majority answers 503 and proposes
+nothing.  Any failure of the commit (timeout, leader change, discarded
+entry) is reported as 503 "unavailable": the attempt may still be counted
+later, never the reverse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+from aiohttp import web
+
+from vault_raft.api import binding as P
+from vault_raft.api.openapi import OPENAPI
+from vault_raft.core import machine as M
+from vault_raft.crypto import group, opaque
+from vault_raft.crypto import seal as S
+from vault_raft.crypto.errors import OpaqueError, SealError
+from vault_raft.fleet import tenants as T
+from vault_raft.fleet.config import ConfigError, NodeConfig, opaque_context
+from vault_raft.fleet.keystore import FileKeystore, Keystore
+from vault_raft.logs import QuietLog
+from vault_raft.node import httpguard as H
+from vault_raft.node import restart
+from vault_raft.node.admin import AdminAuthError, AdminVerifier
+from vault_raft.node.metrics import NodeMetrics
+from vault_raft.node.trust_service import NoBundle, TrustService
+from vault_raft.raft.replica import FAIL_NAMES, RaftSettings, VaultReplica
+
+log = logging.getLogger("vault_raft.node.service")
+
+TOKEN_LIFETIME_MS = M.PROOF_TTL_MS
+TICKET_LIFETIME_MS = M.TICKET_TTL_MS
+
+
+ApiError = H.ApiError
+_quiet = QuietLog(log)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _integer(v: Any) -> bool:
+    """A msgpack integer (never a boolean)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _user(body: dict) -> bytes:
+    u = body.get("user")
+    if isinstance(u, str):
+        u = u.encode()
+    if not isinstance(u, bytes) or not 1 <= len(u) <= P.USER_MAX:
+        raise ApiError(400, f"user must be 1..{P.USER_MAX} bytes")
+    return u
+
+
+def _bin(body: dict, key: str, lo: int, hi: int | None = None) -> bytes:
+    v = body.get(key)
+    hi = lo if hi is None else hi
+    if not isinstance(v, bytes) or not lo <= len(v) <= hi:
+        want = f"{lo}" if lo == hi else f"{lo}..{hi}"
+        raise ApiError(400, f"{key} must be {want} bytes")
+    return v
+
+
+_IN_FLIGHT: set = set()  # this process's commits in flight
+
+#: pysyncobj's failures that leave nothing in any log: the command never left
+#: this node's queue (no leader known, queue full) or the leader refused it.
+NOT_PROPOSED = frozenset({"QUEUE_FULL", "MISSING_LEADER", "NOT_LEADER", "REQUEST_DENIED"})
+
+
+def _expire(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_exception(asyncio.TimeoutError())
+
+
+async def commit(replica, propose, command: bytes, timeout: float, meanwhile=None):
+    """Propose ``command`` through ``propose(command, callback)`` and wait until
+    this node applied it.  Raises ApiError(503) if it cannot be proposed (no
+    leader or quorum in sight: ``proposed=False``), times out, or fails.
+
+    ``meanwhile()``, if given, runs on this thread while the commit is in
+    flight; nothing it computes may leave the node before the commit is done
+    (the caller decides after the commit whether to use or discard it)."""
+    if not replica.can_serve():
+        raise ApiError(503, "no majority reachable from this node", proposed=False)
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+
+    def _done(res, err):
+        if not fut.done():
+            fut.set_result((res, err))
+
+    def callback(res, err):  # runs on the Raft thread
+        loop.call_soon_threadsafe(_done, res, err)
+
+    # a plain timer, not asyncio.wait_for: the reply is then one loop pass
+    # after the commit instead of two
+    timer = loop.call_later(timeout, _expire, fut)
+    _IN_FLIGHT.add(fut)
+    try:
+        sent = getattr(replica, "rounds_sent", 0)
+        propose(command, callback)
+        if meanwhile is not None:
+            if len(_IN_FLIGHT) == 1 and hasattr(replica, "wait_sent"):
+                # Alone on this node: let the Raft thread send the append round
+                # before `meanwhile` takes the GIL (it would delay the sends).
+                # Under load, the round is on its way anyway: no waiting.
+                replica.wait_sent(sent, 0.002)
+            meanwhile()
+        res, err = await fut
+    except asyncio.TimeoutError:
+        raise ApiError(503, "commit timed out (the attempt may still be counted)") from None
+    finally:
+        timer.cancel()
+        _IN_FLIGHT.discard(fut)
+    if err != 0:
+        name = FAIL_NAMES.get(err, err)
+        if name in NOT_PROPOSED:
+            raise ApiError(503, f"not proposed: {name}", proposed=False)
+        raise ApiError(503, f"commit failed: {name} (the attempt may still be counted)")
+    return res
+
+
+class VaultService:
+    def __init__(self, cfg: NodeConfig, keystore: Keystore, replica: VaultReplica,
+                 commit_timeout: float = 3.0, metrics: NodeMetrics | None = None):
+        self.cfg = cfg
+        self.ks = keystore
+        self.replica = replica
+        self.setup = keystore.opaque_setup()
+        self.context = opaque_context(keystore.fleet_id)
+        self.commit_timeout = commit_timeout
+        # An unknown user looks like one enrolled with the fleet's published
+        # default limit, after one wrong code.
+        self.fake_attempts_left = cfg.default_max_attempts - 1
+        self.peer_ids = dict(cfg.peer_ids)
+        self.admin_auth = AdminVerifier(cfg.admin_key, keystore.fleet_id, cfg.node_id)
+        self.gate = T.Gate(cfg.dir, keystore.fleet_id, cfg.admin_key,
+                           required=cfg.tenants != "off")
+        if not self.gate.enforced:
+            log.warning("tenant tokens are not checked on this node (%s): anyone who reaches "
+                        "it may act for any user", "node.json says tenants: off"
+                        if cfg.tenants == "off" else "it has no admin key")
+        elif self.gate.tenants is None:
+            log.error("%s; user requests are answered 503 until there is one",
+                      self.gate.error)
+        self.stats = {"commits": 0, "unavailable": 0, "ke2": 0}
+        self.metrics = metrics or NodeMetrics(replica, cfg.node_id)
+        self.http: H.ApiServer | None = None  # the API listener (connection statistics)
+        self.nofile: dict | None = None  # open-file limits (httpguard.raise_nofile_limit)
+
+    # ------------------------------------------------------------- commit
+    async def commit(self, op: str, deadline_ms: Any = None, meanwhile=None,
+                     **fields: Any) -> dict:
+        """Propose a command and wait until this node applied it (majority commit).
+
+        ``deadline_ms`` is the client's give-up time *in this node's clock*
+        (clients learn the offset from the ``Vault-Time`` header of any reply):
+        a request that waited past it (e.g. in a paused node's socket buffer)
+        is refused unproposed, so a client that reported "unavailable" is not
+        charged an attempt later.  The refusal says by how much it was late
+        (``late_ms``): a client that sent it just now learns that its clock,
+        not the fleet, is the problem.
+        """
+        if deadline_ms is not None:
+            if not _integer(deadline_ms) or not 0 <= deadline_ms < 1 << 63:
+                raise ApiError(400, "deadline_ms must be an integer: Unix ms in the node's "
+                                    f"clock (the {H.TIME_HEADER} header of any reply)")
+            late = _now_ms() - deadline_ms
+            if late > 0:
+                raise ApiError(503, f"request read {late} ms after its deadline_ms (in this "
+                                    f"node's clock, sent in every reply's {H.TIME_HEADER} "
+                                    "header); nothing was proposed", code=P.EXPIRED,
+                               proposed=False, late_ms=late)
+        t0 = time.perf_counter()
+        try:
+            res = await commit(self.replica, self.replica.propose, M.encode_command(op, **fields),
+                               self.commit_timeout, meanwhile)
+        except ApiError:
+            self.stats["unavailable"] += 1
+            self.metrics.commits.labels(op, "unavailable").inc()
+            raise
+        self.stats["commits"] += 1
+        self.metrics.commits.labels(op, "ok").inc()
+        self.metrics.commit_seconds.labels(op).observe(time.perf_counter() - t0)
+        if res.get("code") == "bad_command":
+            raise ApiError(400, f"rejected: {res.get('detail')}")
+        return res
+
+    # ------------------------------------------------------ who may act
+    def _who(self, body: dict) -> tuple[bytes, bytes]:
+        """(user id, record key) of a user request, after its tenant token was
+        verified and the tenant's and user's rates admitted it: nothing is
+        proposed for a request that fails here (see :mod:`vault_raft.fleet.tenants`)."""
+        user = _user(body)
+        try:
+            self.gate.check_ready()
+            if not self.gate.enforced:
+                return user, user
+            tenant = self.gate.authorize(body.get("auth"), user)
+            self.gate.admit(tenant, user)
+        except T.Unauthorized as exc:
+            self.metrics.rejections.labels("token").inc()
+            raise ApiError(401, f"not authorized: {exc}", reason="token") from None
+        except T.RateLimited as exc:
+            self.metrics.rejections.labels("rate_limited").inc()
+            raise ApiError(429, str(exc), retry_after=max(1, math.ceil(exc.retry_after))) \
+                from None
+        except T.TenantError as exc:
+            log.error("tenant list unusable: %s", exc)
+            raise ApiError(503, "this node cannot check tenant tokens", proposed=False) from None
+        rid = tenant.record_key(user)
+        if len(rid) > M.USER_MAX:
+            raise ApiError(400, "user id too long for this tenant")
+        return user, rid
+
+    # ---------------------------------------------------------- enroll
+    async def enroll_start(self, body: dict) -> dict:
+        """Evaluate the OPRF under a *fresh* credential identifier (never an
+        existing record's key) and issue a single-use ticket that carries the
+        identifier to enroll/finish or a change of code.  Nothing is stored."""
+        user, rid = self._who(body)
+        request = _bin(body, "request", opaque.REG_REQUEST_LEN)
+        purpose = body.get("purpose", "enroll")
+        if purpose not in P.TICKET_PURPOSES:
+            raise ApiError(400, f"purpose must be one of {', '.join(P.TICKET_PURPOSES)}")
+        nonce, cred_id = os.urandom(M.NONCE_LEN), os.urandom(M.CRED_ID_LEN)
+        # The state the ticket is issued from: a later change of the user's
+        # record makes it stale.  Its expiry is in the machine's time as well
+        # as ours (a clock stepped ahead elsewhere must not expire every ticket).
+        seq, clock = self.replica.read_state(lambda v: (v.applied, v.clock))
+        expires = max(_now_ms(), clock) + TICKET_LIFETIME_MS
+        try:
+            response = opaque.server_registration_response(self.setup, request, cred_id)
+        except OpaqueError as exc:
+            raise ApiError(400, f"bad registration request: {exc}") from None
+        ticket = self.ks.seal_ticket(P.pack([purpose, rid, nonce, cred_id, seq, expires]))
+        return {"response": response, "ticket": ticket, "nonce": nonce, "expires_ms": expires}
+
+    def _open_ticket(self, user: bytes, body: dict, purpose: str) -> dict:
+        """The ticket's command fields (nonce, expiry, issue position, credential
+        identifier)."""
+        blob = _bin(body, "ticket", 1, P.TICKET_MAX)
+        try:
+            t_purpose, t_user, nonce, cred_id, seq, expires = P.unpack(self.ks.open_ticket(blob))
+        except (SealError, ValueError, TypeError):
+            raise ApiError(401, "enrollment ticket invalid (from another fleet, or altered)") \
+                from None
+        if t_user != user:
+            raise ApiError(401, "enrollment ticket was issued for another user")
+        if t_purpose != purpose:
+            raise ApiError(401, f"enrollment ticket was issued for {t_purpose}, not {purpose}")
+        clock = self.replica.read_state(lambda v: v.clock)
+        if max(_now_ms(), clock) > expires:
+            raise ApiError(401, "enrollment ticket expired; start again")
+        return {"nonce": nonce, "ticket_exp": expires, "ticket_seq": seq, "cred_id": cred_id}
+
+    @staticmethod
+    def _ticket_refused(code: str) -> None:
+        if code == "replayed":
+            raise ApiError(409, "this enrollment ticket was already used", reason="replayed")
+        if code == "stale":
+            raise ApiError(409, "the record changed after this enrollment ticket was issued; "
+                                "start again", reason="stale")
+        if code == "expired":
+            raise ApiError(401, "enrollment ticket expired; start again")
+
+    def _open_upload(self, user: bytes, upload: bytes, purpose: bytes, binding: bytes) -> bytes:
+        try:
+            secret = self.ks.open_upload(upload, P.upload_info(self.ks.fleet_id, user, purpose,
+                                                               binding))
+        except SealError:
+            raise ApiError(400, "secret upload did not decrypt (wrong fleet key, user or "
+                                "request?)") from None
+        if not 1 <= len(secret) <= P.MAX_SECRET:
+            raise ApiError(400, f"secret must be 1..{P.MAX_SECRET} bytes")
+        return secret
+
+    async def enroll_finish(self, body: dict) -> tuple[int, dict]:
+        user, rid = self._who(body)
+        record = _bin(body, "record", opaque.RECORD_LEN)
+        try:
+            opaque.check_registration_record(record)
+        except OpaqueError as exc:
+            raise ApiError(400, f"bad registration record: {exc}") from None
+        max_attempts = body.get("max_attempts", self.cfg.default_max_attempts)
+        if not _integer(max_attempts) or not 1 <= max_attempts <= M.MAX_ATTEMPTS_LIMIT:
+            raise ApiError(400, f"max_attempts must be an integer 1..{M.MAX_ATTEMPTS_LIMIT}")
+        ticket = self._open_ticket(rid, body, "enroll")
+        secret = self._open_upload(user, _bin(body, "upload", 1, P.MAX_BODY), b"enroll",
+                                   ticket["nonce"])
+        version = os.urandom(M.ID_LEN)
+        sealed = self.ks.seal_secret(rid, version, secret)
+        res = await self.commit(M.ENROLL, deadline_ms=body.get("deadline_ms"), user=rid,
+                                now=_now_ms(), version=version,
+                                opaque_record=record, sealed_secret=sealed,
+                                max_attempts=max_attempts, **ticket)
+        self._ticket_refused(res["code"])
+        if res["code"] == "exists":
+            raise ApiError(409, "an active record exists for this user")
+        return 201, {"enrolled": True, "max_attempts": res["max_attempts"]}
+
+    # --------------------------------------------------------- recover
+    async def recover_start(self, body: dict) -> dict:
+        user, rid = self._who(body)
+        ke1 = _bin(body, "ke1", opaque.KE1_LEN)
+        try:  # malformed KE1 cannot test a guess: refuse before counting
+            group.check_element(ke1[:32], "KE1 blinded element")
+            group.check_element(ke1[64:], "KE1 key share")
+        except OpaqueError as exc:
+            raise ApiError(400, f"bad KE1: {exc}") from None
+        attempt_id, now = os.urandom(M.ID_LEN), _now_ms()
+        # While the attempt is being committed, KE2 is computed from the record
+        # as it stands now.  It stays in this process until the commit is done,
+        # and is used only if the committed record is the same one.
+        spec: dict = {}
+
+        def ke2_in_flight():
+            rec = self.replica.read_state(lambda v: v.records.get(rid))
+            active = rec is not None and rec.status == M.ACTIVE
+            record, cred_id = (rec.opaque_record, rec.cred_id) if active else (None, rid)
+            spec["cred"] = (record, cred_id)
+            spec["out"] = opaque.server_login_start(self.setup, record, ke1, cred_id,
+                                                    context=self.context)
+        try:
+            res = await self.commit(M.BEGIN_ATTEMPT, deadline_ms=body.get("deadline_ms"),
+                                    user=rid, attempt_id=attempt_id, now=now,
+                                    meanwhile=ke2_in_flight)
+        except ApiError as exc:
+            if exc.status == 503:
+                self.metrics.guesses.labels("unavailable").inc()
+            raise
+        # ---- committed: from here on the node may reveal the outcome ----
+        code = res["code"]
+        self.metrics.guesses.labels(code if code in ("counted", "unknown", "destroyed")
+                                    else "refused").inc()
+        if code == "destroyed":
+            raise ApiError(410, "this record was destroyed after too many wrong codes")
+        if code == "counted":
+            cred = (res["opaque_record"], res["cred_id"])
+            version, left = res["version"], res["attempts_left"]
+        elif code == "unknown":  # fake KE2: same shape, same work, same commit
+            cred, version, left = (None, rid), bytes(M.ID_LEN), self.fake_attempts_left
+        else:
+            raise ApiError(400, f"attempt refused: {code}")
+        if spec.get("cred") == cred:
+            state, ke2 = spec["out"]
+        else:  # the record changed while the attempt was in flight
+            state, ke2 = opaque.server_login_start(self.setup, cred[0], ke1, cred[1],
+                                                   context=self.context)
+        self.stats["ke2"] += 1
+        token = self.ks.seal_token(P.pack([rid, attempt_id, version, now + TOKEN_LIFETIME_MS,
+                                           state.to_bytes()]))
+        return {"ke2": ke2, "token": token, "attempts_left": left}
+
+    def _open_token(self, user: bytes, token: bytes):
+        try:
+            t_user, attempt_id, version, exp, state = P.unpack(self.ks.open_token(token))
+            login = opaque.ServerLogin.from_bytes(state)
+        except (SealError, OpaqueError, ValueError, TypeError):
+            raise ApiError(401, "authentication failed") from None
+        if t_user != user:
+            raise ApiError(401, "authentication failed")
+        if _now_ms() > exp:
+            raise ApiError(401, "attempt expired; start a new recovery")
+        return attempt_id, version, login
+
+    async def recover_finish(self, body: dict) -> dict:
+        user, rid = self._who(body)
+        token = _bin(body, "token", 1, 1024)
+        ke3 = _bin(body, "ke3", opaque.KE3_LEN)
+        attempt_id, version, login = self._open_token(rid, token)
+        try:
+            session_key = opaque.server_login_finish(login, ke3)
+        except OpaqueError:
+            raise ApiError(401, "authentication failed") from None
+        res = await self.commit(M.COMPLETE_ATTEMPT, user=rid, attempt_id=attempt_id,
+                                version=version, now=_now_ms())
+        if res["code"] == "destroyed":
+            raise ApiError(410, "this record was destroyed after too many wrong codes")
+        if res["code"] != "released":
+            raise ApiError(401, "attempt expired, already used or superseded")
+        try:
+            secret = self.ks.unseal_secret(rid, res["version"], res["sealed_secret"])
+        except SealError:
+            log.error("sealed secret of a record failed to open: wrong fleet seal key?")
+            raise ApiError(500, "stored secret could not be opened") from None
+        box = S.seal(S.session_subkey(session_key, P.RELEASE_KEY), secret, P.release_ad(user, token))
+        return {"secret_box": box, "failed_attempts": res["failed_attempts"],
+                "max_attempts": res["max_attempts"]}
+
+    # ---------------------------------------------------------- manage
+    async def manage(self, body: dict) -> dict:
+        user, rid = self._who(body)
+        op = body.get("op")
+        if op not in P.MANAGE_OPS:
+            raise ApiError(400, f"op must be one of {', '.join(P.MANAGE_OPS)}")
+        token = _bin(body, "token", 1, 1024)
+        payload = body.get("payload", b"")
+        if not isinstance(payload, bytes) or len(payload) > P.MAX_BODY:
+            raise ApiError(400, "payload must be bytes")
+        ticket_blob = body.get("ticket", b"") if op == "change_code" else b""
+        if not isinstance(ticket_blob, bytes):
+            raise ApiError(400, "ticket must be bytes")
+        proof = _bin(body, "proof", 32)
+        attempt_id, version, login = self._open_token(rid, token)
+        session_key = login.session_key  # attempt completed: checked by the machine
+        if not S.mac_ok(S.session_subkey(session_key, P.MANAGE_KEY),
+                        P.manage_message(op, user, token, payload, ticket_blob), proof):
+            raise ApiError(401, "authentication failed")
+        fields: dict[str, Any] = {"user": rid, "attempt_id": attempt_id, "now": _now_ms()}
+        if op == "change_secret":
+            new_version = os.urandom(M.ID_LEN)
+            secret = self._open_upload(user, payload, b"change_secret", token)
+            fields.update(version=new_version,
+                          sealed_secret=self.ks.seal_secret(rid, new_version, secret))
+        elif op == "change_code":
+            try:
+                fields["opaque_record"] = opaque.check_registration_record(payload)
+            except OpaqueError as exc:
+                raise ApiError(400, f"bad registration record: {exc}") from None
+            fields.update(self._open_ticket(rid, body, "change_code"))
+        res = await self.commit(op, deadline_ms=body.get("deadline_ms"), **fields)
+        self._ticket_refused(res["code"])
+        if res["code"] == "destroyed":
+            raise ApiError(410, "this record was destroyed")
+        if not res["ok"]:
+            raise ApiError(401, "no fresh successful recovery authorises this change")
+        return {"done": res["code"]}
+
+    # ---------------------------------------------------------- status
+    def status(self, detail: bool = False) -> dict:
+        """Health for anyone; with ``detail`` (admin only) record counts,
+        journal and request statistics as well."""
+        st = self.replica.status()
+        leader = st.get("leader")
+        out = {
+            "node_id": self.cfg.node_id,
+            "fleet_id": self.ks.fleet_id,
+            "role": st.get("role"),
+            "term": st.get("term"),
+            "commit_index": st.get("commit_index"),
+            "last_applied": st.get("last_applied"),
+            "leader": self.peer_ids.get(leader, leader) if leader else None,
+            "healthy": self.replica.can_serve(),
+        }
+        if detail:
+            out.update(records=st.get("records"), journal_syncs=st.get("journal_syncs"),
+                       synced_index=st.get("synced_index"), log_len=st.get("log_len"),
+                       log_start=st.get("log_start"),
+                       transport=self.cfg.transport, stats=dict(self.stats))
+            if self.nofile is not None:
+                out["open_files"] = dict(self.nofile, in_use=_open_files())
+            if self.http is not None:
+                out["api"] = dict(self.http.stats(), limits=self.http.limits.to_dict())
+            transport = getattr(self.replica, "_SyncObj__transport", None)
+            if hasattr(transport, "stats"):  # the mTLS transport
+                out["raft_port"] = transport.stats()
+        return out
+
+    # ----------------------------------------------------------- admin
+    async def admin(self, body: dict) -> dict:
+        try:
+            op, args = self.admin_auth.verify(body, _now_ms())
+        except AdminAuthError as exc:
+            raise ApiError(401, str(exc)) from None
+        if op == "status":
+            return self.status(detail=True)
+        if op == "compact":
+            self.replica.compact_now()
+            return {"compacting": True}
+        # transfer: hand leadership to args["to"] (a node id) or the best follower
+        to = args.get("to")
+        by_id = {nid: addr for addr, nid in self.cfg.peer_ids}
+        if to is not None and (not isinstance(to, str) or to not in by_id
+                               or to == self.cfg.node_id):
+            raise ApiError(400, "to must be the id of another node of this fleet: "
+                                f"{sorted(n for n in by_id if n != self.cfg.node_id)}")
+        before = self.replica.status().get("leader")
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+
+        def done(res, err):  # Raft thread
+            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(err))
+        self.replica.transfer_leadership(by_id.get(to) if to else None, done)
+        try:
+            err = await asyncio.wait_for(fut, 5.0)
+        except asyncio.TimeoutError:
+            raise ApiError(503, "the Raft thread did not take the transfer request within 5 s")\
+                from None
+        if err not in (0, None):
+            raise ApiError(409, f"transfer refused: {FAIL_NAMES.get(err, err)} (this node must "
+                                "lead, and the target must be connected and caught up)")
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            leader = self.replica.status().get("leader")
+            if leader and leader != before:
+                return {"transferred": True, "leader": self.peer_ids.get(leader, leader)}
+            await asyncio.sleep(0.05)
+        return {"transferred": False, "leader": self.peer_ids.get(before, before)}
+
+
+def _open_files() -> int | None:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return None
+
+
+# ------------------------------------------------------------ fleet trust
+
+# TrustService (GET /v1/trust, /v1/deployment) lives in fleet/trust_service.py
+
+
+# ------------------------------------------------------------------ HTTP
+
+def _reply(status: int, obj: dict) -> web.Response:
+    return web.Response(status=status, body=P.pack(obj), content_type=P.CONTENT_TYPE)
+
+
+def _error(status: int, message: str, **extra) -> web.Response:
+    return H.error_response(status, message, **extra)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        resp = H.error_response(exc.status, exc.message, exc.code, **exc.extra)
+        if exc.close:
+            resp.force_close()
+        if "retry_after" in exc.extra:
+            resp.headers["Retry-After"] = str(exc.extra["retry_after"])
+        return resp
+    except web.HTTPException as exc:  # 404, 405, 413 from aiohttp itself
+        if exc.status == 405:
+            allow = exc.headers.get("Allow", "")
+            return H.error_response(405, f"{request.method} is not allowed here (allowed: "
+                                         f"{allow})", headers={"Allow": allow})
+        return H.error_response(exc.status, exc.reason or "error")
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # never a traceback to the client; full detail in the node log
+        _quiet.log(logging.ERROR, "internal", "internal error handling %s %s", request.method,
+                   request.path, exc_info=True)
+        return _error(500, "internal error")
+
+
+async def _body(request: web.Request) -> dict:
+    if request.content_type != P.CONTENT_TYPE:
+        raise ApiError(415, f"send {P.CONTENT_TYPE} bodies")
+    raw = await H.read_body(request)
+    try:
+        body = P.unpack(raw)
+    except Exception:
+        raise ApiError(400, "body is not valid msgpack") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "body must be a msgpack map")
+    return body
+
+
+def build_app(service: VaultService, trust: TrustService | None = None) -> web.Application:
+    app = web.Application(middlewares=[H.track, _errors], client_max_size=P.MAX_BODY)
+    H.install(app)
+
+    def post(path, fn):
+        async def handler(request):
+            out = await fn(await _body(request))
+            if isinstance(out, tuple):
+                return _reply(*out)
+            return _reply(200, out)
+        app.router.add_post(path, handler)
+
+    post("/v1/enroll/start", service.enroll_start)
+    post("/v1/enroll/finish", service.enroll_finish)
+    post("/v1/recover/start", service.recover_start)
+    post("/v1/recover/finish", service.recover_finish)
+    post("/v1/manage", service.manage)
+    post("/v1/admin", service.admin)
+
+    async def status(request):
+        return _reply(200, service.status())
+
+    async def openapi(request):
+        return web.json_response(OPENAPI)
+
+    async def get_trust(request):
+        if trust is None:
+            raise ApiError(404, "this node serves no bundle")
+        raw = request.query.get("since", "0")
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 20):
+            raise ApiError(400, "since must be an integer >= 0")
+        try:  # answered from what the node holds: never waits on the witness
+            return _reply(200, await trust.answer(int(raw)))
+        except NoBundle as exc:
+            raise ApiError(404, str(exc)) from None
+
+    async def get_deployment(request):
+        if trust is None:
+            raise ApiError(404, "this node serves no bundle")
+        fleet = request.query.get("fleet", "")
+        try:
+            return _reply(200, await trust.deployment(fleet))
+        except NoBundle as exc:
+            raise ApiError(404, str(exc)) from None
+        except KeyError:
+            raise ApiError(404, f"no deployment record for fleet {fleet[:64]!r} here") from None
+
+    app.router.add_get("/v1/status", status)
+    app.router.add_get("/v1/trust", get_trust)
+    app.router.add_get("/v1/deployment", get_deployment)
+    app.router.add_get("/openapi.json", openapi)
+    return app
+
+
+async def _serve(service: VaultService, host: str, port: int, ssl_context=None,
+                 limits: H.Limits | None = None, nofile: dict | None = None) -> None:
+    """Serve the API until SIGTERM/SIGINT: over TLS 1.3 with the node's fleet
+    certificate when ``ssl_context`` is given (the default), else plain HTTP
+    (node.json ``"api_tls": false``: local debugging only).  Connections are
+    capped and timed (:mod:`.httpguard`)."""
+    trust = TrustService(service.cfg.dir)
+    api = H.ApiServer(build_app(service, trust), limits=limits, ssl_context=ssl_context,
+                      logger=log, nofile=nofile)
+    service.http = api
+    await api.start(host, port)
+    refresher = asyncio.create_task(trust.run())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ssl_context is None:
+        log.warning("node %s serving the API on http://%s:%d: PLAIN HTTP, unencrypted and "
+                    "unauthenticated (api_tls is false: for local debugging only)",
+                    service.cfg.node_id, host, port)
+    else:
+        log.info("node %s serving the API on https://%s:%d (TLS 1.3, fleet certificate)",
+                 service.cfg.node_id, host, port)
+    log.info("API limits: %d connections (open files: %s), TLS handshake %gs, headers %gs, "
+             "body %gs, idle %gs", api.max_connections,
+             (nofile or {}).get("soft", "?"), api.limits.handshake_timeout,
+             api.limits.header_timeout, api.limits.body_timeout, api.limits.idle_timeout)
+    await stop.wait()
+    log.info("node %s stopping", service.cfg.node_id)
+    refresher.cancel()
+    await api.stop()
+
+
+class _ServingDown:
+    """While the node cannot run (its disk takes no writes), its API port
+    answers ``/v1/status`` with ``healthy: false`` and the reason, and every
+    other request with 503 (nothing proposed): clients fail over at once and
+    operators see why, instead of a refused connection."""
+
+    def __init__(self, cfg: NodeConfig, ssl_context, reason: str):
+        self.cfg, self.ssl, self.reason = cfg, ssl_context, reason
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    async def _start(self) -> web.AppRunner:
+        async def status(request):
+            return _reply(200, {"node_id": self.cfg.node_id, "fleet_id": self.cfg.fleet_id,
+                                "role": "down", "healthy": False, "reason": self.reason})
+
+        async def down(request):
+            return _error(503, self.reason, proposed=False)
+        app = web.Application(middlewares=[H.track])
+        H.install(app)
+        app.router.add_get("/v1/status", status)
+        app.router.add_route("*", "/{tail:.*}", down)
+        api = H.ApiServer(app, ssl_context=self.ssl, logger=log)
+        await api.start(self.cfg.api_host, self.cfg.api_port)
+        return api
+
+    def __enter__(self):
+        self._thread.start()
+        try:
+            self._runner = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        except OSError as exc:  # the port is not ours to take: wait without it
+            log.warning("cannot serve the status while waiting: %s", exc)
+            self._runner = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        return False
+
+
+def run_node(node_dir: str, settings: RaftSettings | None = None) -> int:
+    """Run one node in the foreground until SIGTERM/SIGINT. Returns an exit code."""
+    nofile = H.raise_nofile_limit()  # before the replica opens its files and sockets
+    cfg = NodeConfig.load(node_dir)
+    try:
+        limits = H.Limits.from_pairs(cfg.limits)
+    except ValueError as exc:
+        raise SystemExit(f"{node_dir}/node.json: {exc}") from None
+    if nofile["soft"] != nofile["soft_at_start"]:
+        log.info("open-file limit raised from %d to %d", nofile["soft_at_start"],
+                 nofile["soft"])
+    ks = FileKeystore.load(cfg.keystore_path)
+    if ks.fleet_id != cfg.fleet_id:
+        raise SystemExit(f"keystore belongs to fleet {ks.fleet_id}, node to {cfg.fleet_id}")
+    if settings is None:
+        try:
+            settings = RaftSettings(**dict(cfg.raft))
+        except TypeError as exc:
+            raise SystemExit(f"{node_dir}/node.json: bad raft setting: {exc}") from None
+    try:
+        tls = cfg.tls_config()
+        api_ssl = cfg.api_ssl_context()
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
+    # after a storage failure: waits for the disk, serving its status meanwhile
+    truncate_after = restart.prepare(
+        cfg.data_dir, while_waiting=lambda reason: _ServingDown(cfg, api_ssl, reason))
+    replica = VaultReplica(cfg.raft_addr, list(cfg.partners), cfg.data_dir, ks.cluster_secret(),
+                           settings=settings, dial=dict(cfg.dial), tls=tls,
+                           truncate_after=truncate_after)
+    metrics = NodeMetrics(replica, cfg.node_id)
+    if replica.journal_path.journal is not None:
+        replica.journal_path.journal.on_sync = metrics.fsync_seconds.observe
+    if cfg.metrics_port:
+        try:
+            metrics.serve(cfg.api_host, cfg.metrics_port)
+        except OSError as exc:
+            log.error("cannot serve metrics on port %d: %s", cfg.metrics_port, exc)
+    service = VaultService(cfg, ks, replica, metrics=metrics)
+    service.nofile = nofile
+    try:
+        asyncio.run(_serve(service, cfg.api_host, cfg.api_port, api_ssl, limits, nofile))
+    finally:
+        replica.destroy_synchronous()  # syncs and closes the journal
+    return 0

@@ -1,0 +1,514 @@
+"""Conformance vectors of the vault-raft protocol v1 (``docs/protocol.md``).
+
+Every key and every random value is fixed (derived from labelled SHA-512
+of a constant), and every message is computed by the same code the client
+and the nodes run: the OPAQUE core with its randomness injected
+(:mod:`vault_raft.crypto._opaque_core`), :func:`~vault_raft.crypto.seal.seal_with_nonce`,
+the bindings of :mod:`vault_raft.api.binding`, and the trust formats of
+:mod:`vault_raft.fleet`.  So the file is the same on every run, byte for
+byte, with one exception: HPKE encapsulation draws its ephemeral key inside
+``cryptography`` and cannot be given one.  The two HPKE uploads are
+therefore kept from the previous file whenever they still open, under the
+vector's recipient key and ``info``, to the vector's plaintext (else they are
+sealed anew, and the file changes).
+
+    python -m vault_raft.ops.protocol_vectors --out docs/vectors/protocol-v1.json
+    python -m vault_raft.ops.protocol_vectors --check   # exit 1 if the file is not what this makes
+
+``tests/test_protocol_vectors.py`` regenerates the file and compares it byte for
+byte; ``tests/independent/`` checks every vector with an implementation written
+from ``docs/protocol.md`` alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import sys
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from vault_raft.api import binding as P
+from vault_raft.crypto import _opaque_core as core
+from vault_raft.crypto import group
+from vault_raft.crypto import seal as S
+from vault_raft.crypto.errors import OpaqueError, SealError
+from vault_raft.crypto.ksf import DEFAULT_KSF
+from vault_raft.fleet import tenants as T
+from vault_raft.fleet.config import opaque_context
+from vault_raft.fleet.keystore import FileKeystore
+from vault_raft.raft.transport import ca_certificate
+from vault_raft.trust import bundle as B
+from vault_raft.trust import deployment as D
+from vault_raft.trust import merkle
+
+PROTOCOL = "vault-raft protocol v1"
+FORMAT = 1  # of this file
+DEFAULT_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "docs", "vectors", "protocol-v1.json")
+_SEED = b"vault-raft protocol v1 conformance vectors"
+
+# Fixed times: Unix seconds (T) and the node's clock in ms.
+T0 = 1_790_000_000
+T0_MS = T0 * 1000
+
+
+# ---------------------------------------------------------------- inputs
+
+def fixed(label: str, n: int) -> bytes:
+    """``n`` bytes named ``label``: SHA-512(seed || 0x00 || label || counter) blocks."""
+    out, i = b"", 0
+    while len(out) < n:
+        out += hashlib.sha512(_SEED + b"\0" + label.encode() + i.to_bytes(4, "big")).digest()
+        i += 1
+    return out[:n]
+
+
+def fixed_scalar(label: str) -> bytes:
+    """A non-zero ristretto255 scalar named ``label``."""
+    return group.hash_to_scalar(label.encode(), _SEED)
+
+
+def _ed25519(label: str) -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(fixed(label, 32))
+
+
+def _ed_pub(sk: Ed25519PrivateKey) -> bytes:
+    return sk.public_key().public_bytes_raw()
+
+
+def _ed_priv(sk: Ed25519PrivateKey) -> bytes:
+    return sk.private_bytes_raw()
+
+
+def _hex(x):
+    """Bytes as hex, recursively (lists, dicts); other values as they are."""
+    if isinstance(x, (bytes, bytearray)):
+        return bytes(x).hex()
+    if isinstance(x, (list, tuple)):
+        return [_hex(v) for v in x]
+    if isinstance(x, dict):
+        return {k: _hex(v) for k, v in x.items()}
+    return x
+
+
+def _get(previous: dict | None, *path):
+    node = previous
+    for p in path:
+        if not isinstance(node, dict) or p not in node:
+            return None
+        node = node[p]
+    return node
+
+
+def _upload(previous: dict | None, path: tuple, recipient_sk: bytes, recipient_pk: bytes,
+            info: bytes, plaintext: bytes) -> bytes:
+    """An HPKE upload: the previous file's, if it still opens to ``plaintext``
+    under ``info``; else a new one (``cryptography`` draws the ephemeral key)."""
+    prev = _get(previous, *path)
+    if isinstance(prev, dict) and prev.get("info") == info.hex() \
+            and prev.get("plaintext") == plaintext.hex() \
+            and prev.get("recipient_public_key") == recipient_pk.hex():
+        try:
+            ct = bytes.fromhex(prev["ciphertext"])
+            if S.hpke_open(recipient_sk, ct, info) == plaintext:
+                return ct
+        except (SealError, ValueError, TypeError, KeyError):
+            pass
+    return S.hpke_seal(recipient_pk, plaintext, info)
+
+
+def _channel_ca(fleet_id: str, sk: Ed25519PrivateKey) -> bytes:
+    """A fleet CA certificate (DER) in the profile ``fleet init`` makes
+    (``replica/tls.py``), with fixed key, serial and dates: Ed25519 signatures
+    are deterministic, so is the certificate."""
+    start = datetime.datetime.fromtimestamp(T0 - 30 * 86400, datetime.timezone.utc)
+    cert = ca_certificate(fleet_id, sk, int.from_bytes(fixed("ca serial", 8), "big") >> 1,
+                          start)
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+# ------------------------------------------------------------- the vectors
+
+def build(previous: dict | None = None) -> dict:
+    """The vectors (a JSON-ready dict).  ``previous``: the current file, whose
+    HPKE uploads are kept when they still open (see the module docstring)."""
+    fleet_id = fixed("fleet id", 8).hex()
+    context = opaque_context(fleet_id)
+    ksf = DEFAULT_KSF
+    ksf_pairs = sorted(ksf.to_dict().items())
+
+    # ---- the fleet's keys (the nodes' secrets are here so the vectors can be
+    # checked from both sides; a client only ever sees the public halves)
+    oprf_seed = fixed("oprf seed", core.Nh)
+    server_sk, server_pk = core.derive_dh_key_pair(fixed("server key seed", core.Nseed))
+    enroll_sk_obj = X25519PrivateKey.from_private_bytes(fixed("enroll key", 32))
+    enroll_sk = enroll_sk_obj.private_bytes_raw()
+    enroll_pk = enroll_sk_obj.public_key().public_bytes_raw()
+    seal_key, token_key = fixed("seal key", 32), fixed("token key", 32)
+    cluster_secret = fixed("cluster secret", 32).hex()
+    ca_sk = _ed25519("fleet CA key")
+    channel_ca = _channel_ca(fleet_id, ca_sk)
+    endpoints = [f"https://n{i}.vault.example:7201" for i in (1, 2, 3)]
+    max_attempts_default = 10
+
+    def ticket_seal(payload: bytes, label: str) -> bytes:  # keystore.seal_ticket, fixed nonce
+        return S.seal_with_nonce(token_key, payload, b"vault-raft ticket v1 " + fleet_id.encode(),
+                                 fixed(label, 12))
+
+    def token_seal(payload: bytes, label: str) -> bytes:  # keystore.seal_token, fixed nonce
+        return S.seal_with_nonce(token_key, payload, b"vault-raft token v1 " + fleet_id.encode(),
+                                 fixed(label, 12))
+
+    # ---- lp
+    lp_cases = [[], [b""], [b"a"], [b"vault-raft", b"", b"\x00\x01"], [bytes(300)]]
+    lp = [{"parts": _hex(parts), "output": S.length_prefixed(*parts).hex()} for parts in lp_cases]
+
+    # ---- the tenant token the requests below carry
+    tenant_id, user_text = "app", "alice"
+    user = user_text.encode()
+    record_key = tenant_id.encode() + b"\0" + user  # where the node keeps alice's record
+    tenant_sk = _ed25519("tenant key")
+    jti = "dmVjdG9yLWp0aS0x"
+    token = T.mint(tenant_id, tenant_sk, user, fleet_id, lifetime=300, now=T0, jti=jti)
+    tenant_token = {
+        "tenant": tenant_id, "private_key": _ed_priv(tenant_sk).hex(),
+        "public_key": _ed_pub(tenant_sk).hex(), "user": user_text,
+        "claims": {"iss": tenant_id, "sub": user_text, "aud": fleet_id, "iat": T0,
+                   "exp": T0 + 300, "jti": jti},
+        "jwt": token, "valid_at": T0 + 10,
+    }
+
+    # ---- enroll
+    password = b"correct horse battery staple"
+    secret = fixed("the secret", 32)
+    max_attempts = 5
+    blind_reg = fixed_scalar("blind registration")
+    cred_id = fixed("credential identifier", core.Nseed)
+    envelope_nonce = fixed("envelope nonce", core.Nn)
+    reg_request = core.registration_request(password, blind_reg)
+    reg_response = core.registration_response(oprf_seed, server_pk, reg_request, cred_id)
+    evaluated = reg_response[:core.Noe]
+    rwd = core._randomized_password(password, blind_reg, evaluated, ksf)
+    record, export_key = core.registration_finalize(password, blind_reg, reg_response, ksf,
+                                                    envelope_nonce)
+    ticket_nonce = fixed("ticket nonce", 16)
+    ticket_expires = T0_MS + 300_000
+    ticket_seq = 41
+    ticket = ticket_seal(P.pack(["enroll", record_key, ticket_nonce, cred_id, ticket_seq,
+                                 ticket_expires]), "ticket seal nonce")
+    enroll_info = P.upload_info(fleet_id, user, b"enroll", ticket_nonce)
+    enroll_upload = _upload(previous, ("enroll", "upload"), enroll_sk, enroll_pk, enroll_info,
+                            secret)
+
+    # ---- recover with a wrong code (attempt 1 of 5), then the right one (attempt 2)
+    def login(label: str, pw: bytes):
+        inputs = {"blind_login": fixed_scalar(f"{label} blind login"),
+                  "client_nonce": fixed(f"{label} client nonce", core.Nn),
+                  "client_keyshare_seed": fixed(f"{label} client keyshare seed", core.Nseed),
+                  "masking_nonce": fixed(f"{label} masking nonce", core.Nn),
+                  "server_nonce": fixed(f"{label} server nonce", core.Nn),
+                  "server_keyshare_seed": fixed(f"{label} server keyshare seed", core.Nseed)}
+        st = core.client_start(pw, inputs["blind_login"], inputs["client_nonce"],
+                               inputs["client_keyshare_seed"])
+        server_state, ke2 = core.server_respond(
+            oprf_seed=oprf_seed, server_sk=server_sk, server_pk=server_pk, record=record,
+            credential_identifier=cred_id, ke1=st.ke1, context=context, server_identity=None,
+            client_identity=None, masking_nonce=inputs["masking_nonce"],
+            server_nonce=inputs["server_nonce"],
+            server_keyshare_seed=inputs["server_keyshare_seed"])
+        return inputs, st, server_state, ke2
+
+    wrong_password = b"correct horse battery stable"
+    w_inputs, w_state, _, w_ke2 = login("wrong", wrong_password)
+    try:
+        core.client_finish(w_state, w_ke2, ksf, context, None, None)
+        raise AssertionError("the wrong code must not log in")
+    except OpaqueError as exc:
+        wrong_error = str(exc)
+
+    r_inputs, r_state, r_server, r_ke2 = login("right", password)
+    ke3, session_key, login_export, recovered_server_pk = core.client_finish(
+        r_state, r_ke2, ksf, context, None, None)
+    assert core.server_finish(r_server, ke3) == session_key == r_server.session_key
+    assert login_export == export_key and recovered_server_pk == server_pk
+    attempt_id, version = fixed("attempt id", 16), fixed("record version", 16)
+    recovery_token = token_seal(P.pack([record_key, attempt_id, version, T0_MS + 300_000,
+                                        r_server.expected_client_mac + r_server.session_key]),
+                                "token seal nonce")
+    wrong_token = token_seal(P.pack([record_key, fixed("wrong attempt id", 16), version,
+                                     T0_MS + 300_000, bytes(128)]), "wrong token seal nonce")
+
+    # ---- the released secret
+    release_key = S.session_subkey(session_key, P.RELEASE_KEY)
+    box_nonce = fixed("secret box nonce", 12)
+    release_ad = P.release_ad(user, recovery_token)
+    secret_box = S.seal_with_nonce(release_key, secret, release_ad, box_nonce)
+    assert P.open_release(session_key, user, recovery_token, secret_box) == secret
+
+    # ---- manage: the three operations, each proved with the recovery above
+    manage_key = S.session_subkey(session_key, P.MANAGE_KEY)
+    new_secret = fixed("the new secret", 48)
+    cs_info = P.upload_info(fleet_id, user, b"change_secret", recovery_token)
+    cs_upload = _upload(previous, ("manage", "change_secret_upload"), enroll_sk, enroll_pk,
+                        cs_info, new_secret)
+    new_password = b"new recovery code 4711"
+    cc = {"password": new_password, "blind_registration": fixed_scalar("new blind registration"),
+          "credential_identifier": fixed("new credential identifier", core.Nseed),
+          "envelope_nonce": fixed("new envelope nonce", core.Nn)}
+    cc_request = core.registration_request(new_password, cc["blind_registration"])
+    cc_response = core.registration_response(oprf_seed, server_pk, cc_request,
+                                             cc["credential_identifier"])
+    cc_record, cc_export = core.registration_finalize(new_password, cc["blind_registration"],
+                                                      cc_response, ksf, cc["envelope_nonce"])
+    cc_nonce = fixed("change_code ticket nonce", 16)
+    cc_ticket = ticket_seal(P.pack(["change_code", record_key, cc_nonce,
+                                    cc["credential_identifier"], ticket_seq + 3,
+                                    T0_MS + 300_000]), "change_code ticket seal nonce")
+    proofs = []
+    for op, payload, tkt in (("change_secret", cs_upload, b""),
+                             ("change_code", cc_record, cc_ticket),
+                             ("delete", b"", b"")):
+        msg = P.manage_message(op, user, recovery_token, payload, tkt)
+        proof = P.manage_proof(session_key, op, user, recovery_token, payload, tkt)
+        assert proof == S.mac(manage_key, msg)
+        proofs.append({"op": op, "payload": payload.hex(), "ticket": tkt.hex(),
+                       "message": msg.hex(), "proof": proof.hex()})
+
+    # ---- trust: deployment record, bundles of epochs 1 and 2, the witness's log
+    operator_sk, witness_sk = _ed25519("operator key"), _ed25519("witness key")
+    node_statements = []
+    opaque_setup = oprf_seed + server_sk + server_pk
+    for i in (1, 2, 3):
+        ks = FileKeystore(fleet_id, opaque_setup, seal_key, token_key, enroll_sk, enroll_pk,
+                          cluster_secret, f"n{i}", fixed(f"node {i} identity key", 32))
+        node_statements.append(ks.key_statement(T0 - 30 * 86400 + i))
+    dep_record, dep_sig = D.assemble(fleet_id, node_statements, operator_sk)
+    entry = B.FleetEntry(fleet_id, "current", server_pk, enroll_pk, tuple(ksf_pairs),
+                         max_attempts_default, tuple(endpoints), D.digest(dep_record), channel_ca)
+    namespace = "example"
+    b1 = B.Bundle(namespace, 1, (entry,), T0 - 40 * 86400, T0 - 10 * 86400, bytes(32))
+    b2 = B.Bundle(namespace, 2, (entry,), T0 - 86400 - 300, T0 + 29 * 86400, b1.digest)
+    others = [B.Bundle("other", e, (entry,), T0 - 50 * 86400, T0 + 86400,
+                       fixed(f"other prev {e}", 32)) for e in (1, 2, 3)]
+    log_order = [(others[0], T0 - 45 * 86400), (b1, T0 - 40 * 86400 + 60),
+                 (others[1], T0 - 20 * 86400), (b2, T0 - 86400),
+                 (others[2], T0 - 3600)]
+    statements = [B.statement(b, ts) for b, ts in log_order]
+    leaves = [merkle.hash_leaf(st) for st in statements]
+    size, leaf_index, seen_size = len(leaves), 3, 2
+    root = merkle.root(leaves)
+    sth = B.tree_head(size, root, T0 - 60, namespace, b2.epoch, b2.digest)
+    signed = B.SignedBundle(
+        bundle=b2.canonical(), operator_sig=operator_sk.sign(b2.canonical()),
+        statement=statements[leaf_index], witness_sig=witness_sk.sign(statements[leaf_index]),
+        leaf_index=leaf_index, inclusion=merkle.inclusion_proof(leaves, leaf_index),
+        sth=sth, sth_sig=witness_sk.sign(sth),
+        consistency=merkle.consistency_proof(leaves, seen_size))
+    state_before = B.TrustState(seen_size, merkle.root(leaves[:seen_size]),
+                                {namespace: [1, b1.digest.hex()]})
+    state_after = B.TrustState(seen_size, state_before.tree_root, dict(state_before.epochs))
+    verified = B.verify(signed, _ed_pub(operator_sk), _ed_pub(witness_sk), state_after, T0,
+                        B.MAX_HEAD_AGE)
+    assert verified == b2
+    trust = {
+        "namespace": namespace,
+        "operator_key": {"private_key": _ed_priv(operator_sk).hex(),
+                         "public_key": _ed_pub(operator_sk).hex()},
+        "witness_key": {"private_key": _ed_priv(witness_sk).hex(),
+                        "public_key": _ed_pub(witness_sk).hex()},
+        "channel_ca": channel_ca.hex(),
+        "fleet_entry": {"fleet_id": fleet_id, "role": "current",
+                        "opaque_server_key": server_pk.hex(), "enroll_key": enroll_pk.hex(),
+                        "ksf": [[k, v] for k, v in ksf_pairs],
+                        "max_attempts": max_attempts_default, "endpoints": endpoints,
+                        "deployment": D.digest(dep_record).hex(), "channel_ca": channel_ca.hex()},
+        "bundle_epoch_1": {"bundle": b1.canonical().hex(), "digest": b1.digest.hex()},
+        "bundle": {"version": b2.version, "epoch": b2.epoch, "not_before": b2.not_before,
+                   "not_after": b2.not_after, "prev_hash": b2.prev_hash.hex(),
+                   "bundle": b2.canonical().hex(), "digest": b2.digest.hex(),
+                   "operator_sig": signed.operator_sig.hex()},
+        "log": [{"statement": st.hex(), "leaf_hash": lh.hex()}
+                for st, lh in zip(statements, leaves)],
+        "statement": {"timestamp": log_order[leaf_index][1],
+                      "statement": signed.statement.hex(),
+                      "witness_sig": signed.witness_sig.hex(), "leaf_index": leaf_index},
+        "tree_head": {"size": size, "root": root.hex(), "timestamp": T0 - 60,
+                      "sth": sth.hex(), "sth_sig": signed.sth_sig.hex()},
+        "inclusion": _hex(signed.inclusion),
+        "client_state_before": {"tree_size": seen_size, "tree_root": state_before.tree_root.hex(),
+                                "epochs": {namespace: [1, b1.digest.hex()]}},
+        "consistency": _hex(signed.consistency),
+        "client_state_after": {"tree_size": state_after.tree_size,
+                               "tree_root": state_after.tree_root.hex(),
+                               "epochs": state_after.epochs},
+        "verify_at": T0, "max_head_age": B.MAX_HEAD_AGE,
+        "trust_reply": P.pack(signed.to_wire()).hex(),
+        "deployment": {
+            "record": dep_record.hex(), "operator_sig": dep_sig.hex(),
+            "node_statements": [{"statement": st.hex(), "signature": sig.hex()}
+                                for st, sig in node_statements],
+            "reply": P.pack({"record": dep_record, "operator_sig": dep_sig}).hex()},
+    }
+
+    # ---- the messages as they travel (msgpack bodies; auth and deadline_ms included)
+    deadline = T0_MS + 10_000
+
+    def req(body: dict) -> dict:
+        return dict(body, auth=token, deadline_ms=deadline)
+
+    wire = [
+        ("POST /v1/enroll/start", req({"user": user_text, "request": reg_request,
+                                       "purpose": "enroll"}),
+         200, {"response": reg_response, "ticket": ticket, "nonce": ticket_nonce,
+               "expires_ms": ticket_expires}),
+        ("POST /v1/enroll/finish", req({"user": user_text, "record": record, "ticket": ticket,
+                                        "upload": enroll_upload, "max_attempts": max_attempts}),
+         201, {"enrolled": True, "max_attempts": max_attempts}),
+        ("POST /v1/recover/start", req({"user": user_text, "ke1": w_state.ke1}),
+         200, {"ke2": w_ke2, "token": wrong_token, "attempts_left": max_attempts - 1}),
+        ("POST /v1/recover/start", req({"user": user_text, "ke1": r_state.ke1}),
+         200, {"ke2": r_ke2, "token": recovery_token, "attempts_left": max_attempts - 2}),
+        ("POST /v1/recover/finish", req({"user": user_text, "token": recovery_token,
+                                         "ke3": ke3}),
+         200, {"secret_box": secret_box, "failed_attempts": 1, "max_attempts": max_attempts}),
+        ("POST /v1/manage", req({"user": user_text, "op": "delete", "token": recovery_token,
+                                 "payload": b"", "proof": bytes.fromhex(proofs[2]["proof"])}),
+         200, {"done": "deleted"}),
+        ("POST /v1/recover/start", {"user": user_text, "ke1": r_state.ke1,
+                                    "deadline_ms": deadline},
+         401, {"error": "auth_failed", "message": "not authorized: a tenant token (auth) is "
+                                                  "required", "reason": "token"}),
+        ("POST /v1/enroll/finish", req({"user": user_text, "record": record, "ticket": ticket,
+                                        "upload": enroll_upload, "max_attempts": max_attempts}),
+         409, {"error": "exists", "message": "this enrollment ticket was already used",
+               "reason": "replayed"}),
+    ]
+    wire_out = [{"endpoint": ep, "request": P.pack(body).hex(), "status": status,
+                 "reply": P.pack(reply).hex()} for ep, body, status, reply in wire]
+
+    return {
+        "protocol": PROTOCOL,
+        "format": FORMAT,
+        "about": "Conformance vectors for docs/protocol.md. Byte strings are lowercase hex; "
+                 "msgpack bodies are the hex of their exact bytes. The nodes' secret keys are "
+                 "included so that both sides can be checked; clients never see them. "
+                 "Regenerate with: python -m vault_raft.ops.protocol_vectors --out "
+                 "docs/vectors/protocol-v1.json",
+        "lp": lp,
+        "fleet": {
+            "fleet_id": fleet_id, "context": context.hex(),
+            "ksf": [[k, v] for k, v in ksf_pairs],
+            "opaque": {"oprf_seed": oprf_seed.hex(), "server_private_key": server_sk.hex(),
+                       "server_public_key": server_pk.hex()},
+            "enroll_key": {"private_key": enroll_sk.hex(), "public_key": enroll_pk.hex()},
+            "token_key": token_key.hex(),
+        },
+        "tenant_token": tenant_token,
+        "enroll": {
+            "user": user_text, "password": password.hex(), "secret": secret.hex(),
+            "max_attempts": max_attempts,
+            "inputs": {"blind_registration": blind_reg.hex(),
+                       "credential_identifier": cred_id.hex(),
+                       "envelope_nonce": envelope_nonce.hex()},
+            "registration_request": reg_request.hex(),
+            "registration_response": reg_response.hex(),
+            "randomized_password": rwd.hex(),
+            "registration_record": record.hex(), "export_key": export_key.hex(),
+            "ticket": {"purpose": "enroll", "nonce": ticket_nonce.hex(),
+                       "expires_ms": ticket_expires, "ticket": ticket.hex()},
+            "upload": {"purpose": "enroll", "binding": ticket_nonce.hex(),
+                       "info": enroll_info.hex(), "recipient_public_key": enroll_pk.hex(),
+                       "recipient_private_key": enroll_sk.hex(), "plaintext": secret.hex(),
+                       "ciphertext": enroll_upload.hex()},
+        },
+        "recover_wrong": {
+            "password": wrong_password.hex(), "inputs": _hex(w_inputs),
+            "KE1": w_state.ke1.hex(), "KE2": w_ke2.hex(), "outcome": "wrong_code",
+            "client_error": wrong_error, "token": wrong_token.hex(),
+            "attempts_left": max_attempts - 1,
+        },
+        "recover_right": {
+            "password": password.hex(), "inputs": _hex(r_inputs),
+            "KE1": r_state.ke1.hex(), "KE2": r_ke2.hex(), "KE3": ke3.hex(),
+            "session_key": session_key.hex(), "export_key": login_export.hex(),
+            "token": recovery_token.hex(), "attempts_left": max_attempts - 2,
+            "failed_attempts": 1, "max_attempts": max_attempts,
+        },
+        "secret_box": {
+            "session_key": session_key.hex(), "label": b"vault-raft session v1 release".hex(),
+            "release_key": release_key.hex(), "user": user.hex(), "token": recovery_token.hex(),
+            "ad": release_ad.hex(), "nonce": box_nonce.hex(), "plaintext": secret.hex(),
+            "secret_box": secret_box.hex(),
+        },
+        "manage": {
+            "session_key": session_key.hex(), "label": b"vault-raft session v1 manage".hex(),
+            "manage_key": manage_key.hex(), "user": user.hex(), "token": recovery_token.hex(),
+            "proofs": proofs,
+            "change_secret_upload": {"purpose": "change_secret",
+                                     "binding": recovery_token.hex(), "info": cs_info.hex(),
+                                     "recipient_public_key": enroll_pk.hex(),
+                                     "recipient_private_key": enroll_sk.hex(),
+                                     "plaintext": new_secret.hex(),
+                                     "ciphertext": cs_upload.hex()},
+            "change_code": {"password": new_password.hex(),
+                            "inputs": {"blind_registration": cc["blind_registration"].hex(),
+                                       "credential_identifier":
+                                           cc["credential_identifier"].hex(),
+                                       "envelope_nonce": cc["envelope_nonce"].hex()},
+                            "registration_request": cc_request.hex(),
+                            "registration_response": cc_response.hex(),
+                            "registration_record": cc_record.hex(),
+                            "export_key": cc_export.hex(), "ticket": cc_ticket.hex()},
+        },
+        "trust": trust,
+        "wire": wire_out,
+    }
+
+
+def render(vectors: dict) -> str:
+    return json.dumps(vectors, indent=1, ensure_ascii=False) + "\n"
+
+
+def _load(path: str) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m vault_raft.ops.protocol_vectors",
+                                 description="Write (or --check) the protocol's conformance "
+                                             "vectors.")
+    ap.add_argument("--out", default=DEFAULT_PATH, help=f"the file (default {DEFAULT_PATH})")
+    ap.add_argument("--check", action="store_true",
+                    help="write nothing; exit 1 if the file differs from what this makes")
+    args = ap.parse_args(argv)
+    previous = _load(args.out)
+    text = render(build(previous))
+    if args.check:
+        try:
+            with open(args.out, encoding="utf-8") as f:
+                same = f.read() == text
+        except OSError:
+            same = False
+        print(f"{args.out}: {'up to date' if same else 'DIFFERS from the generator'}")
+        return 0 if same else 1
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    tmp = args.out + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

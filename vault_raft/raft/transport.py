@@ -1,0 +1,611 @@
+"""Mutual TLS 1.3 between fleet nodes: the fleet CA, node certificates, and a
+pysyncobj transport that identifies peers by certificate.
+
+**PKI.**  ``fleet init`` makes a fleet CA (Ed25519, ``cryptography``) and one
+certificate per node: CN = node id, O = fleet id, and a URI SAN
+``vault-raft:raft/<host:port>`` naming the node's Raft address.  The CA key
+stays with the operator (``FLEET/ca.key``, 0600); nodes get ``ca.crt``,
+``tls.crt`` and ``tls.key``.
+
+**Transport.**  :class:`MtlsTransport` replaces pysyncobj's TCP transport
+(pysyncobj accepts a transport class).  It runs on pysyncobj's own poller and
+tick thread, with the standard library's ``ssl`` driven through memory BIOs
+(no extra threads, no blocking).  Both sides present certificates and require
+the peer's, chained to the fleet CA, TLS 1.3 only.  A peer *is* the node its
+certificate names: an accepted connection is attributed to the node whose
+address the certificate's SAN holds (which must match the fleet config for
+that node id), never to an address the peer claims; an outgoing connection
+must reach a server whose certificate names the node we dialled.  Frames are
+:mod:`.wire` msgpack (length checked before buffering, strict schema, no
+pickle on the wire, nothing received unpickled).  Readonly connections and
+utility commands do not exist on this wire.
+Idle connections carry keepalive pings, so a silent (paused) peer is dropped
+after ``connectionTimeout``, as with pysyncobj's transport.
+
+**Hostile connections.**  Anyone can connect to the Raft port.  A connection
+that has not completed the handshake and proved a fleet node's identity
+within ``connectionTimeout`` is closed; at most :attr:`MtlsTransport.MAX_PENDING`
+such connections are held (at the cap, the oldest is closed).  Refusals --
+a failed handshake, a certificate that names no node of ours, a malformed
+frame, a handshake that never completes -- are logged at WARNING with the
+peer's address, at most three lines per kind per minute (the rest are
+counted).  When ``accept`` fails for want of file descriptors (EMFILE,
+ENFILE), the port stops accepting for a while (50 ms, doubling to 2 s)
+instead of spinning.
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import logging
+import os
+import socket
+import ssl
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.x509.oid import NameOID
+from pysyncobj.monotonic import monotonic as monotonicTime
+from pysyncobj.poller import POLL_EVENT_TYPE
+from pysyncobj.transport import Transport, TransportNotReadyError
+
+from vault_raft.logs import QuietLog
+from vault_raft.raft import frames as wire
+
+log = logging.getLogger("vault_raft.tls")
+
+_RESOURCE_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+SAN_PREFIX = "vault-raft:raft/"
+CERT_DAYS = 5 * 365
+
+
+# ---------------------------------------------------------------------- PKI
+
+def _name(cn: str, org: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn),
+                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, org)])
+
+
+def _pem_key(sk: Ed25519PrivateKey) -> bytes:
+    return sk.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+
+
+def ca_certificate(fleet_id: str, sk: Ed25519PrivateKey, serial: int,
+                   not_before: datetime.datetime) -> x509.Certificate:
+    """The fleet CA's self-signed certificate (the one profile, used by
+    ``make_ca`` and by the conformance vectors with fixed inputs)."""
+    name = _name(f"vault-raft fleet CA {fleet_id}", fleet_id)
+    return (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(sk.public_key()).serial_number(serial)
+            .not_valid_before(not_before)
+            .not_valid_after(not_before + datetime.timedelta(days=CERT_DAYS))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
+                                         key_encipherment=False, data_encipherment=False,
+                                         key_agreement=False, key_cert_sign=True, crl_sign=True,
+                                         encipher_only=False, decipher_only=False), critical=True)
+            .sign(sk, None))
+
+
+def make_ca(fleet_id: str) -> tuple[bytes, bytes]:
+    """A fleet CA: (private key PEM, certificate PEM)."""
+    sk = Ed25519PrivateKey.generate()
+    start = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
+    cert = ca_certificate(fleet_id, sk, x509.random_serial_number(), start)
+    return _pem_key(sk), cert.public_bytes(serialization.Encoding.PEM)
+
+
+def issue_node_cert(ca_key_pem: bytes, ca_cert_pem: bytes, fleet_id: str, node_id: str,
+                    raft_addr: str) -> tuple[bytes, bytes]:
+    """A node's (private key PEM, certificate PEM), signed by the fleet CA."""
+    ca_sk = serialization.load_pem_private_key(ca_key_pem, None)
+    ca = x509.load_pem_x509_certificate(ca_cert_pem)
+    sk = Ed25519PrivateKey.generate()
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(_name(node_id, fleet_id))
+            .issuer_name(ca.subject).public_key(sk.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=CERT_DAYS))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(SAN_PREFIX + raft_addr)]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH,
+                                                  x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .sign(ca_sk, None))
+    return _pem_key(sk), cert.public_bytes(serialization.Encoding.PEM)
+
+
+def peer_identity(der: bytes) -> tuple[str, str, str]:
+    """(fleet id, node id, raft address) named by a (chain-verified) certificate."""
+    cert = x509.load_der_x509_certificate(der)
+    cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    org = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = [u for u in sans.get_values_for_type(x509.UniformResourceIdentifier)
+                if u.startswith(SAN_PREFIX)]
+    except x509.ExtensionNotFound:
+        uris = []
+    if len(cn) != 1 or len(org) != 1 or len(uris) != 1:
+        raise ValueError("certificate does not name exactly one fleet node")
+    return org[0].value, cn[0].value, uris[0][len(SAN_PREFIX):]
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """What a node's transport needs (paths from node.json)."""
+    fleet_id: str
+    node_id: str
+    ca_file: str
+    cert_file: str
+    key_file: str
+    peers: dict  # node id -> raft address, every node of the fleet
+
+    def contexts(self) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+        out = []
+        for proto in (ssl.PROTOCOL_TLS_SERVER, ssl.PROTOCOL_TLS_CLIENT):
+            ctx = ssl.SSLContext(proto)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+            ctx.check_hostname = False  # identity is checked against the fleet config
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(self.ca_file)
+            ctx.load_cert_chain(self.cert_file, self.key_file)
+            out.append(ctx)
+        return out[0], out[1]
+
+
+# ---------------------------------------------------------------- transport
+
+_CONNECTING, _HANDSHAKE, _OPEN, _CLOSED = range(4)
+_READ = POLL_EVENT_TYPE.READ | POLL_EVENT_TYPE.ERROR
+_RW = _READ | POLL_EVENT_TYPE.WRITE
+
+
+class _Conn:
+    """One TLS connection on pysyncobj's poller (memory-BIO TLS)."""
+
+    def __init__(self, transport: "MtlsTransport", sock: socket.socket, server_side: bool,
+                 node=None, connecting: bool = False, peer: str = "?"):
+        self.t = transport
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.server_side = server_side
+        self.peer = peer  # the address it came from (accepted connections)
+        self.node = node  # expected peer (outgoing) / identified peer (incoming)
+        self.inbio, self.outbio = ssl.MemoryBIO(), ssl.MemoryBIO()
+        ctx = transport.server_ctx if server_side else transport.client_ctx
+        self.tls = ctx.wrap_bio(self.inbio, self.outbio, server_side=server_side)
+        self.state = _CONNECTING if connecting else _HANDSHAKE
+        self.rx = bytearray()
+        self.tx = bytearray()
+        self.started = self.last_read = self.last_sent = monotonicTime()
+        transport.poller.subscribe(self.fd, self._on_event, _RW if connecting else _READ)
+        if not connecting and not server_side:
+            self._handshake()
+
+    # ------------------------------------------------------------- events
+    def _on_event(self, descr, event):
+        if descr != self.fd or self.state == _CLOSED:
+            return
+        if event & POLL_EVENT_TYPE.ERROR and not event & POLL_EVENT_TYPE.READ:
+            return self.close("socket error")  # (with data to read: read it first, an alert)
+        if self.state == _CONNECTING:
+            err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                return self.close(f"connect failed: {os.strerror(err)}")
+            self.state = _HANDSHAKE
+            self._handshake()
+            if self.state == _CLOSED:
+                return
+        if event & POLL_EVENT_TYPE.READ:
+            try:
+                data = self.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                data = None
+            except OSError as exc:
+                return self.close(f"recv: {exc}")
+            if data == b"":
+                return self.close("closed by peer")
+            if data:
+                self.last_read = monotonicTime()
+                self.inbio.write(data)
+                if self.state == _HANDSHAKE:
+                    self._handshake()
+                if self.state == _OPEN:
+                    self._read_frames()
+        if self.state != _CLOSED:
+            self._flush()
+
+    def _handshake(self):
+        try:
+            self.tls.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush()
+            return
+        except (ssl.SSLError, OSError) as exc:
+            return self.close(f"TLS handshake failed: {exc}")
+        try:
+            node = self.t._identify(self.tls.getpeercert(binary_form=True), self.node)
+        except ValueError as exc:
+            self._flush()
+            return self.close(f"peer refused: {exc}")
+        self.node = node
+        self.state = _OPEN
+        self._flush()
+        self.t._on_open(self)
+        if self.state == _OPEN:
+            self._read_frames()  # application data that came with the handshake
+
+    def _read_frames(self):
+        while self.state == _OPEN:
+            try:
+                chunk = self.tls.read(65536)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                return self.close("TLS closed by peer")
+            except ssl.SSLError as exc:
+                return self.close(f"TLS error: {exc}")
+            if not chunk:
+                return self.close("TLS closed by peer")
+            self.rx += chunk
+            while len(self.rx) >= 4:
+                try:
+                    n = wire.frame_length(bytes(self.rx[:4]))
+                except wire.FrameError as exc:  # checked before the body is buffered
+                    return self.close(f"dropped: {exc}")
+                if len(self.rx) < 4 + n:
+                    break
+                body = bytes(self.rx[4:4 + n])
+                del self.rx[:4 + n]
+                try:
+                    msg = wire.decode(body)
+                except wire.FrameError as exc:
+                    return self.close(f"dropped: {exc}")
+                if msg["type"] != "_ping":
+                    self.t._deliver(self, msg)
+                if self.state != _OPEN:
+                    return
+
+    # ------------------------------------------------------------ sending
+    def send(self, frame: bytes) -> bool:
+        if self.state != _OPEN:
+            return False
+        try:
+            self.tls.write(frame)
+        except ssl.SSLError as exc:
+            self.close(f"TLS write: {exc}")
+            return False
+        self.last_sent = monotonicTime()
+        self._flush()
+        return self.state == _OPEN
+
+    def _flush(self):
+        pending = self.outbio.read()
+        if pending:
+            self.tx += pending
+        if self.tx and self.state != _CONNECTING:
+            try:
+                sent = self.sock.send(self.tx)
+                del self.tx[:sent]
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError as exc:
+                return self.close(f"send: {exc}")
+            if len(self.tx) > self.t.max_backlog:
+                return self.close("peer too slow: send backlog over the limit")
+        if self.state != _CLOSED:
+            self.t.poller.subscribe(self.fd, self._on_event,
+                                    _RW if (self.tx or self.state == _CONNECTING) else _READ)
+
+    def close(self, why: str = "") -> None:
+        if self.state == _CLOSED:
+            return
+        was_open = self.state == _OPEN
+        self.state = _CLOSED
+        try:
+            self.t.poller.unsubscribe(self.fd)
+        except Exception:  # noqa: BLE001 -- already gone from the poller
+            pass
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        if why:
+            if self.server_side and not was_open:
+                self.t._refused(self, why)
+            elif why.startswith("peer refused"):  # we dialled a node: someone else answered
+                self.t._quiet.warning("dialled", "Raft port: dialled %s: %s",
+                                      getattr(self.node, "id", "?"), why)
+            elif why.startswith("dropped"):  # an authenticated peer sent a bad frame
+                self.t._quiet.warning("dropped", "Raft port: connection %s (%s) closed: %s",
+                                      getattr(self.node, "id", "?"), self.peer, why)
+            else:
+                (log.info if was_open else log.debug)("connection %s closed: %s",
+                                                       getattr(self.node, "id", "?"), why)
+        self.t._on_closed(self, was_open)
+
+
+class MtlsTransport(Transport):
+    """pysyncobj transport: mutual TLS 1.3, certificate identity, msgpack frames."""
+
+    max_backlog = 8 << 20
+    #: accepted connections not yet identified as a fleet node (at the cap the
+    #: oldest is closed); a fleet has at most 8 other nodes
+    MAX_PENDING = 32
+    ACCEPT_BACKOFF = (0.05, 2.0)  # after EMFILE/ENFILE: first pause, longest pause
+
+    def __init__(self, syncObj, selfNode, otherNodes):
+        super().__init__(syncObj, selfNode, otherNodes)
+        cfg: TlsConfig = syncObj._tls_config
+        if selfNode is None:
+            raise ValueError("read-only nodes do not exist on the mTLS transport")
+        self._so = syncObj
+        self.cfg = cfg
+        self.poller = syncObj._poller
+        self.server_ctx, self.client_ctx = cfg.contexts()
+        self._self = selfNode
+        self._nodes = {n.address: n for n in otherNodes}
+        self._by_id = {nid: addr for nid, addr in cfg.peers.items()}
+        if self._by_id.get(cfg.node_id) != selfNode.address:
+            raise ValueError(f"TLS config names {cfg.node_id} at {self._by_id.get(cfg.node_id)},"
+                             f" but this node is {selfNode.address}")
+        self._conns: dict = {}  # node -> open _Conn
+        self._pending: set = set()  # connections not yet identified / open
+        self._last_attempt: dict = {}
+        self._server: socket.socket | None = None
+        self._ready = False
+        self._bind_attempts = 0
+        self._last_bind = 0.0
+        self._quiet = QuietLog(log, bursts={"refused evicted": 1,
+                                            "refused handshake timed out": 1})
+        self._accept_pause = 0.0  # current backoff (0: accepting normally)
+        self._accept_resume_at: float | None = None  # paused until (monotonic)
+        self.counts = {k: 0 for k in ("accepted", "refused", "evicted", "accept_errors",
+                                      "accept_pauses")}
+        syncObj.addOnTickCallback(self._on_tick)
+        self._bind()
+
+    # -------------------------------------------------------------- ready
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    def tryGetReady(self):
+        self._bind()
+        if not self._ready and self._so.conf.maxBindRetries and \
+                self._bind_attempts >= self._so.conf.maxBindRetries:
+            raise TransportNotReadyError
+
+    def waitReady(self):
+        if not self._ready:
+            raise TransportNotReadyError
+
+    def _bind(self):
+        if self._ready or monotonicTime() < self._last_bind + self._so.conf.bindRetryTime:
+            return
+        self._last_bind = monotonicTime()
+        host, port = self._self.address.rsplit(":", 1)
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, int(port)))
+            s.listen(64)
+        except OSError as exc:
+            s.close()
+            self._bind_attempts += 1
+            log.warning("cannot bind the Raft port %s: %s", self._self.address, exc)
+            return
+        s.setblocking(False)
+        self._server = s
+        self.poller.subscribe(s.fileno(), self._on_accept, _READ)
+        self._ready = True
+
+    # ---------------------------------------------------------- accepting
+    def _on_accept(self, descr, event):
+        while self._server is not None and self._accept_resume_at is None:
+            try:
+                sock, addr = self._server.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.counts["accept_errors"] += 1
+                if exc.errno in _RESOURCE_ERRNOS:
+                    self._pause_accepting(exc)
+                else:
+                    self._quiet.warning("accept", "Raft port: accept failed: %s", exc)
+                return
+            self._accept_pause = 0.0
+            self.counts["accepted"] += 1
+            peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+            try:
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                sock.close()
+                continue
+            self._make_room()
+            self._pending.add(_Conn(self, sock, server_side=True, peer=peer))
+
+    def _pause_accepting(self, exc: OSError) -> None:
+        """Out of file descriptors: the listening socket stays readable, so
+        stop polling it for a while (doubling up to the longest pause)."""
+        first, longest = self.ACCEPT_BACKOFF
+        self._accept_pause = min(longest, self._accept_pause * 2 or first)
+        self._accept_resume_at = monotonicTime() + self._accept_pause
+        self.counts["accept_pauses"] += 1
+        try:
+            self.poller.unsubscribe(self._server.fileno())
+        except Exception:  # noqa: BLE001 -- not subscribed
+            pass
+        self._quiet.warning("accept", "Raft port: cannot accept connections: %s; not "
+                                      "accepting for %.2f s", os.strerror(exc.errno),
+                            self._accept_pause)
+
+    def _resume_accepting(self) -> None:
+        if self._accept_resume_at is None or monotonicTime() < self._accept_resume_at:
+            return
+        self._accept_resume_at = None
+        if self._server is not None:
+            self.poller.subscribe(self._server.fileno(), self._on_accept, _READ)
+
+    def _make_room(self) -> None:
+        """At most MAX_PENDING unidentified accepted connections: close the oldest."""
+        waiting = [c for c in self._pending if c.server_side]
+        if len(waiting) < self.MAX_PENDING:
+            return
+        oldest = min(waiting, key=lambda c: c.started)
+        self.counts["evicted"] += 1
+        oldest.close("evicted: too many connections that have not identified themselves")
+
+    def _refused(self, conn: "_Conn", why: str) -> None:
+        """An accepted connection closed before it was identified: rate-limited,
+        by kind, with the peer's address."""
+        kind = why.split(":", 1)[0]
+        if kind in ("closed by peer", "socket error", "recv", "send"):  # the peer left
+            self._quiet.info("left", "Raft port: %s left before identifying itself: %s",
+                             conn.peer, why)
+            return
+        self.counts["refused"] += 1
+        self._quiet.warning(f"refused {kind}", "Raft port: refused %s: %s", conn.peer, why)
+
+    def stats(self) -> dict:
+        """Counters for the admin status (read from another thread)."""
+        for _ in range(5):
+            try:
+                pending = sum(1 for c in list(self._pending) if c.server_side)
+                break
+            except RuntimeError:  # changed on the Raft thread meanwhile
+                continue
+        else:
+            pending = None
+        return dict(self.counts, pending=pending, peers=len(self._conns),
+                    accepting=self._accept_resume_at is None,
+                    log_lines_suppressed=self._quiet.suppressed)
+
+    def _identify(self, der: bytes | None, expected):
+        """The node a verified peer certificate names; ValueError if none of ours."""
+        if not der:
+            raise ValueError("no certificate")
+        fleet, nid, addr = peer_identity(der)
+        if fleet != self.cfg.fleet_id:
+            raise ValueError(f"certificate of fleet {fleet}")
+        if self._by_id.get(nid) != addr:
+            raise ValueError(f"certificate names {nid} at {addr}, which is not in the fleet config")
+        node = self._nodes.get(addr)
+        if node is None:
+            raise ValueError(f"{nid} is not a partner of this node")
+        if expected is not None and node != expected:
+            raise ValueError(f"dialled {expected.address} but reached {nid} ({addr})")
+        return node
+
+    # ----------------------------------------------------------- dialling
+    def _should_dial(self, node) -> bool:
+        return self._self.address > node.address  # as pysyncobj: one side dials
+
+    def _dial(self, node):
+        now = monotonicTime()
+        if now - self._last_attempt.get(node, -1e9) < self._so.conf.connectionRetryTime:
+            return
+        self._last_attempt[node] = now
+        target = (getattr(self._so, "_dial_map", None) or {}).get(node.id, node.address)
+        host, port = target.rsplit(":", 1)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            sock.connect((host, int(port)))
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:
+            if exc.errno != errno.EINPROGRESS:
+                sock.close()
+                return
+        self._pending.add(_Conn(self, sock, server_side=False, node=node, connecting=True))
+
+    def _on_tick(self):
+        self._bind()
+        self._resume_accepting()
+        now = monotonicTime()
+        timeout = self._so.conf.connectionTimeout
+        for conn in list(self._pending) + list(self._conns.values()):
+            if conn.state == _OPEN:
+                if now - conn.last_read > timeout:
+                    conn.close("peer silent past the connection timeout")
+                elif now - conn.last_sent > timeout / 4:
+                    conn.send(self._ping)
+            elif now - conn.started > timeout:
+                conn.close("handshake timed out" if conn.server_side or conn.state != _CONNECTING
+                           else "connect timed out")
+        dialling = {c.node for c in self._pending if c.node is not None}
+        for node in self._nodes.values():
+            if node not in self._conns and node not in dialling and self._should_dial(node):
+                self._dial(node)
+
+    _ping = wire.encode(wire.PING)
+
+    # --------------------------------------------------------- callbacks
+    def _on_open(self, conn: _Conn):
+        self._pending.discard(conn)
+        old = self._conns.get(conn.node)
+        self._conns[conn.node] = conn
+        if old is not None and old is not conn:
+            old.node = None  # replaced: its closing is not a disconnection
+            old.close("replaced by a new connection")
+        else:
+            self._onNodeConnected(conn.node)
+
+    def _on_closed(self, conn: _Conn, was_open: bool):
+        self._pending.discard(conn)
+        if conn.node is not None and self._conns.get(conn.node) is conn:
+            del self._conns[conn.node]
+            self._onNodeDisconnected(conn.node)
+
+    def _deliver(self, conn: _Conn, msg: dict):
+        self._onMessageReceived(conn.node, msg)
+
+    # ------------------------------------------------------------ sending
+    def send(self, node, message) -> bool:
+        persist = getattr(self._so, "_persist_before_send", None)
+        if persist is not None:
+            persist(node, message)
+        conn = self._conns.get(node)
+        if conn is None:
+            return False
+        try:
+            frame = wire.encode(message)
+        except wire.FrameError as exc:
+            log.error("not sent to %s: %s", node.id, exc)
+            return False
+        return conn.send(frame)
+
+    def addNode(self, node):
+        self._nodes[node.address] = node
+
+    def dropNode(self, node):
+        self._nodes.pop(node.address, None)
+        conn = self._conns.get(node)
+        if conn is not None:
+            conn.close("node dropped")
+
+    def destroy(self):
+        for conn in list(self._pending) + list(self._conns.values()):
+            conn.node = None
+            conn.close()
+        self._conns.clear()
+        if self._server is not None:
+            try:
+                self.poller.unsubscribe(self._server.fileno())
+            except Exception:  # noqa: BLE001
+                pass
+            self._server.close()
+            self._server = None
+        self._accept_resume_at = None
+        self._ready = False
