@@ -679,7 +679,7 @@ def test_a_snapshot_child_dies_with_its_node(tmp_path):
     import sys
     script = (
         "import os, sys, time\n"
-        "from vault_raft.replica import raft\n"
+        "from vault_raft.raft import replica as raft\n"
         "pid = os.fork()\n"
         "if pid == 0:\n"
         "    raft._die_with_parent()\n"

@@ -6,8 +6,9 @@ import json
 import os
 import sys
 
-WORKLOADS_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "bench", "workloads.json")
+WORKLOADS_FILE = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    "bench", "workloads.json")
 
 
 class _Usage(Exception):
