@@ -25,7 +25,7 @@ from vault_raft.fleet.config import ConfigError, FleetInfo, NodeConfig
 from vault_raft.fleet.create import init_fleet
 from vault_raft.fleet.tenants import local_token_source
 from vault_raft.ops.cluster import LocalCluster
-from vault_raft.raft.transport import issue_node_cert, make_ca
+from vault_raft.raft.pki import issue_node_cert, make_ca
 from vault_raft.trust import bundle as B
 
 

@@ -13,13 +13,16 @@ import struct
 import time
 
 import msgpack
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 import pysyncobj.utility as U
 import pytest
 from conftest import free_base_port
 
 from vault_raft.raft import frames as wire
+from vault_raft.raft.pki import cert_hosts, issue_node_cert, make_ca, peer_identity
 from vault_raft.raft.replica import RaftSettings, VaultReplica
-from vault_raft.raft.transport import TlsConfig, issue_node_cert, make_ca
+from vault_raft.raft.transport import TlsConfig
 
 FLEET = "f00dfeed"
 
@@ -333,3 +336,19 @@ def test_admin_status_and_transfer_need_the_admin_key(cluster_factory, tmp_path)
     r = vault_cli("cluster", "transfer", "--dir", cl.dir, "--to", other)
     assert r.returncode == 0, r.stderr
     assert cl.wait_leader(10) == other
+
+
+def test_node_certificate_names_its_advertised_host():
+    """A node certificate binds the node's identity to its own address: the
+    Raft URI SAN plus an IP SAN (an IP literal) or a DNS SAN (a name)."""
+    ca_key, ca_cert = make_ca(FLEET)
+    _, cert = issue_node_cert(ca_key, ca_cert, FLEET, "n2", "10.213.7.2:7102")
+    assert cert_hosts(cert) == ["10.213.7.2"]
+    der = x509.load_pem_x509_certificate(cert).public_bytes(serialization.Encoding.DER)
+    assert peer_identity(der) == (FLEET, "n2", "10.213.7.2:7102")
+    _, cert = issue_node_cert(ca_key, ca_cert, FLEET, "n3", "vault-3.example:7103",
+                              host="vault-3.example")
+    san = x509.load_pem_x509_certificate(cert).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["vault-3.example"]
+    assert san.get_values_for_type(x509.IPAddress) == []

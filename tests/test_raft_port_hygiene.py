@@ -110,7 +110,7 @@ def test_unidentified_connections_are_capped_timed_out_and_logged(pki, n1, caplo
 def test_a_refused_peer_is_logged_at_warning_with_its_address(pki, n1, caplog, kind):
     from test_mtls import _tls_client, _write
 
-    from vault_raft.raft.transport import issue_node_cert, make_ca
+    from vault_raft.raft.pki import issue_node_cert, make_ca
     caplog.set_level(logging.INFO, logger="vault_raft.tls")
     if kind == "plain":
         c = socket.create_connection(_raft_addr(pki))

@@ -21,7 +21,7 @@ from vault_raft.api.channel import ca_der_from_pem, server_context
 from vault_raft.crypto import seal as S
 from vault_raft.crypto.ksf import IDENTITY_KSF
 from vault_raft.crypto.opaque import ServerSetup
-from vault_raft.raft.transport import issue_node_cert, make_ca
+from vault_raft.raft.pki import issue_node_cert, make_ca
 from vault_raft.trust import bundle as B
 from vault_raft.trust.mirror import LogMirror
 from vault_raft.trust.witness import WitnessLog

@@ -42,7 +42,7 @@ from vault_raft.crypto.ksf import DEFAULT_KSF
 from vault_raft.fleet import tenants as T
 from vault_raft.fleet.config import opaque_context
 from vault_raft.fleet.keystore import FileKeystore
-from vault_raft.raft.transport import ca_certificate
+from vault_raft.raft.pki import ca_certificate
 from vault_raft.trust import bundle as B
 from vault_raft.trust import deployment as D
 from vault_raft.trust import merkle
