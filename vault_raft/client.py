@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from vault_raft import limits
 from vault_raft.api import binding as P
 from vault_raft.api import channel as CH
 from vault_raft.api import http as wire
@@ -122,8 +123,8 @@ def _user(user: str | bytes) -> bytes:
 
 def _code(code: str | bytes) -> bytes:
     c = code.encode() if isinstance(code, str) else code
-    if not isinstance(c, bytes) or not 1 <= len(c) <= 4096:
-        raise InvalidInput("recovery code must be 1..4096 bytes")
+    if not isinstance(c, bytes) or not 1 <= len(c) <= limits.CODE_MAX:
+        raise InvalidInput(f"recovery code must be 1..{limits.CODE_MAX} bytes")
     return c
 
 
@@ -316,8 +317,8 @@ class Client:
         """Enroll; returns the attempt limit. AlreadyEnrolled if a record is active."""
         u, c = _user(user), _code(code)
         m = self.fleet.default_max_attempts if max_attempts is None else max_attempts
-        if not isinstance(m, int) or isinstance(m, bool) or not 1 <= m <= 100:
-            raise InvalidInput("max attempts must be 1..100")
+        if not isinstance(m, int) or isinstance(m, bool) or not 1 <= m <= limits.MAX_ATTEMPTS_LIMIT:
+            raise InvalidInput(f"max attempts must be 1..{limits.MAX_ATTEMPTS_LIMIT}")
         if not isinstance(secret, bytes) or not 1 <= len(secret) <= P.MAX_SECRET:
             raise InvalidInput(f"secret must be 1..{P.MAX_SECRET} bytes")
         record, start = self._register(u, c)

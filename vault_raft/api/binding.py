@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import msgpack
 
+from vault_raft import limits
 from vault_raft.crypto import seal as S
 
 CONTENT_TYPE = "application/msgpack"
@@ -28,8 +29,8 @@ CONTENT_TYPE = "application/msgpack"
 #: clients send ``deadline_ms`` in that clock.
 TIME_HEADER = "Vault-Time"
 MAX_BODY = 64 * 1024
-MAX_SECRET = 4096
-USER_MAX = 256
+MAX_SECRET = limits.SECRET_MAX
+USER_MAX = limits.USER_ID_MAX
 TICKET_MAX = 1024  # an enroll/start ticket (sealed; about 130 bytes)
 TICKET_PURPOSES = ("enroll", "change_code")  # what an enroll/start ticket may be used for
 

@@ -30,6 +30,7 @@ import os
 import sys
 
 from vault_raft import client as C
+from vault_raft import limits
 from vault_raft.cli.trust import TrustCommandError
 from vault_raft.fleet import tenants as T
 from vault_raft.fleet.config import ConfigError, FleetInfo
@@ -72,19 +73,19 @@ class _Codes:
         code = value.rstrip("\r\n")
         if not code:
             raise UsageError("the recovery code is empty")
-        if len(code.encode()) > 4096:
-            raise UsageError("the recovery code is longer than 4096 bytes")
+        if len(code.encode()) > limits.CODE_MAX:
+            raise UsageError(f"the recovery code is longer than {limits.CODE_MAX} bytes")
         return code.encode()
 
 
 def _read_secret(path: str) -> bytes:
     try:
         with open(path, "rb") as f:
-            data = f.read(4097)
+            data = f.read(limits.SECRET_MAX + 1)
     except OSError as exc:
         raise UsageError(f"cannot read --secret-file {path}: {exc.strerror}") from None
-    if not 1 <= len(data) <= 4096:
-        raise UsageError("the secret file must hold 1..4096 bytes")
+    if not 1 <= len(data) <= limits.SECRET_MAX:
+        raise UsageError(f"the secret file must hold 1..{limits.SECRET_MAX} bytes")
     return data
 
 
@@ -260,7 +261,7 @@ def cmd_demo(a) -> int:
 # ------------------------------------------------------------------ parser
 
 def _user_arg(p):
-    p.add_argument("--user", required=True, help="user id (1..256 bytes)")
+    p.add_argument("--user", required=True, help=f"user id (1..{limits.USER_ID_MAX} bytes)")
 
 
 def _fleet_arg(p):
@@ -293,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     fi.add_argument("--host", default="127.0.0.1")
     fi.add_argument("--base-port", type=int, default=7100,
                     help="Raft ports are base+i, API ports base+100+i")
-    fi.add_argument("--max-attempts", type=int, default=10,
+    fi.add_argument("--max-attempts", type=int, default=limits.DEFAULT_MAX_ATTEMPTS,
                     help="default guess limit for new records")
     fi.add_argument("--insecure-http", action="store_true",
                     help="serve the client API over plain HTTP instead of TLS 1.3 (local "

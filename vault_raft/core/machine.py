@@ -66,6 +66,8 @@ from typing import Any, Callable
 
 import msgpack
 
+from vault_raft import limits
+
 COMMAND_VERSION = 2
 SNAPSHOT_VERSION = 2
 LEGACY_VERSION = 1  # applied as written (see the module docstring), never proposed
@@ -74,12 +76,12 @@ LEGACY_VERSION = 1  # applied as written (see the module docstring), never propo
 # the meaning of an existing log, so they are versioned with the commands).
 ATTEMPT_TTL_MS = 120_000  # KE3 must arrive within this time of the counted KE2
 PROOF_TTL_MS = 300_000  # a completed attempt authorises one change this long
-MAX_ATTEMPTS_LIMIT = 100
-DEFAULT_MAX_ATTEMPTS = 10
-USER_MIN, USER_MAX = 1, 320  # a record key: a user id (256), maybe after "tenant\0"
+MAX_ATTEMPTS_LIMIT = limits.MAX_ATTEMPTS_LIMIT
+DEFAULT_MAX_ATTEMPTS = limits.DEFAULT_MAX_ATTEMPTS
+USER_MIN, USER_MAX = 1, limits.RECORD_KEY_MAX  # a user id, maybe after "tenant\0"
 ID_LEN = 16  # attempt ids and record versions
-OPAQUE_RECORD_LEN = 192
-SEALED_MAX = 8192
+OPAQUE_RECORD_LEN = limits.OPAQUE_RECORD_LEN
+SEALED_MAX = limits.SEALED_MAX
 CRED_ID_LEN = 32  # credential identifier: the record's OPRF key is derived from it
 NONCE_LEN = 16  # enrollment ticket nonce
 TICKET_TTL_MS = 300_000  # an enroll/start ticket is good this long

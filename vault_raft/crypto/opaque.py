@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from vault_raft import limits
 from vault_raft.crypto import _opaque_core as core
 from vault_raft.crypto import group
 from vault_raft.crypto.errors import OpaqueError
@@ -42,8 +43,9 @@ __all__ = [
 
 
 def _password(password: bytes) -> bytes:
-    if not isinstance(password, (bytes, bytearray)) or not 1 <= len(password) <= 4096:
-        raise OpaqueError("password must be 1..4096 bytes")
+    n = limits.CODE_MAX
+    if not isinstance(password, (bytes, bytearray)) or not 1 <= len(password) <= n:
+        raise OpaqueError(f"password must be 1..{n} bytes")
     return bytes(password)
 
 

@@ -31,6 +31,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from vault_raft import limits
 from vault_raft.api.channel import ca_der_from_pem, check_ca, server_context
 from vault_raft.crypto.errors import OpaqueError
 from vault_raft.crypto.ksf import KSF
@@ -134,9 +135,11 @@ def _default_max_attempts(d: dict, node_dir: str) -> int:
             with open(os.path.join(node_dir, os.pardir, "fleet.json")) as f:
                 value = json.load(f)["default_max_attempts"]
         except (OSError, ValueError, KeyError, TypeError):
-            value = 10
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 100:
-        raise ValueError("default_max_attempts must be an integer 1..100")
+            value = limits.DEFAULT_MAX_ATTEMPTS
+    if (not isinstance(value, int) or isinstance(value, bool)
+            or not 1 <= value <= limits.MAX_ATTEMPTS_LIMIT):
+        raise ValueError(
+            f"default_max_attempts must be an integer 1..{limits.MAX_ATTEMPTS_LIMIT}")
     return value
 
 
@@ -176,7 +179,7 @@ class NodeConfig:
     dial: tuple[tuple[str, str], ...] = ()  # peer raft address -> address to dial (chaos proxies)
     transport: str = "plain"  # "mtls" (fleet init's default) or pysyncobj's TCP ("plain")
     admin_key: bytes | None = None  # Ed25519 public key that signs admin requests
-    default_max_attempts: int = 10  # the fleet's published default (fleet.json)
+    default_max_attempts: int = limits.DEFAULT_MAX_ATTEMPTS  # the fleet's published default (fleet.json)
     api_tls: bool | None = None  # None (field absent): TLS if the node's TLS files exist
     metrics_port: int | None = None  # Prometheus metrics (plain HTTP on api_host); None: off
     tenants: str = "required"  # "off": no tenant tokens checked (a fleet made before tenants)

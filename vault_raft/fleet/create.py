@@ -15,6 +15,7 @@ import time
 
 import msgpack
 
+from vault_raft import limits
 from vault_raft.api.channel import ca_der_from_pem
 from vault_raft.crypto.ksf import DEFAULT_KSF, KSF
 from vault_raft.fleet.config import (
@@ -65,8 +66,8 @@ def init_fleet(directory: str, nodes: int, host: str = "127.0.0.1", base_port: i
     if not 1024 <= base_port <= 65535 - 200 - nodes:
         raise ConfigError("--base-port must leave room for 3*nodes ports below 65535 "
                           "(and be >= 1024)")
-    if not 1 <= max_attempts <= 100:
-        raise ConfigError("max attempts must be 1..100")
+    if not 1 <= max_attempts <= limits.MAX_ATTEMPTS_LIMIT:
+        raise ConfigError(f"max attempts must be 1..{limits.MAX_ATTEMPTS_LIMIT}")
     try:
         socket.inet_aton(host)
     except OSError:

@@ -51,12 +51,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from vault_raft import limits
+
 log = logging.getLogger("vault_raft.fleet.tenants")
 
 TENANTS_FILE = "tenants.bin"
 TENANT_KEYS_DIR = "tenants"  # in the fleet directory: the operator's copies of tenant keys
 LIST_TAG = "vault-raft tenants v1"
-TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+TENANT_ID = re.compile(rf"^[a-z0-9][a-z0-9-]{{0,{limits.TENANT_ID_MAX - 1}}}$")
 MAX_TOKEN = 2048  # bytes of a compact JWT
 MAX_LIFETIME_S = 900  # exp - iat
 CLOCK_SKEW_S = 60  # iat may be this far ahead of the node's clock
