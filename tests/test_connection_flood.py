@@ -20,11 +20,13 @@ from hostile import LogWatch, connect, exchange, host_port, request
 
 from vault_raft import client as C
 from vault_raft.node import httpguard as H
+from vault_raft.node import limits as L
+from vault_raft.node.replies import install
 
 pytestmark = pytest.mark.cluster
 
 IDLE, SLOW = 1000, 100
-DEFAULTS = H.Limits()
+DEFAULTS = L.Limits()
 
 
 def _closed(sock, timeout: float) -> bool:
@@ -102,7 +104,7 @@ def _raft_addr(cl, nid):
     return host, int(port)
 
 
-@pytest.mark.parametrize("nofile,cap", [("1024:4096", 1024), ("1024:1024", 1024 - H.FD_RESERVE)])
+@pytest.mark.parametrize("nofile,cap", [("1024:4096", 1024), ("1024:1024", 1024 - L.FD_RESERVE)])
 def test_a_connection_flood_leaves_a_node_serving(cluster_factory, nofile, cap):
     node_cmd = ["prlimit", f"--nofile={nofile}", sys.executable, "-m", "vault_raft", "node"]
     cl = cluster_factory(3, node_cmd=node_cmd)
@@ -180,10 +182,10 @@ def test_at_the_cap_the_least_recently_active_idle_connection_goes():
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
     app = web.Application(middlewares=[H.track])
-    H.install(app)
+    install(app)
     app.router.add_get("/slow", slow)
     app.router.add_get("/fast", fast)
-    srv = H.ApiServer(app, limits=H.Limits(max_connections=20))
+    srv = H.ApiServer(app, limits=L.Limits(max_connections=20))
     srv.max_connections = 20  # (the floor for a real node is 16 + the open-file budget)
     port = _free_port()
     asyncio.run_coroutine_threadsafe(srv.start("127.0.0.1", port), loop).result(5)

@@ -37,7 +37,8 @@ from vault_raft.crypto import group, opaque, oprf
 from vault_raft.crypto.ksf import IDENTITY_KSF
 from vault_raft.fleet.config import FleetInfo, NodeConfig, NodeInfo, opaque_context
 from vault_raft.fleet.keystore import FileKeystore
-from vault_raft.node import service as N
+from vault_raft.node import vault_service as N
+from vault_raft.node.validate import ApiError
 
 USERS = [b"alice", b"bob"]
 CODES = [b"code-a", b"code-b"]
@@ -77,7 +78,7 @@ class InProcessClient(C.Client):
 def call(service, loop, path, body):
     try:
         out = loop.run_until_complete(getattr(service, ROUTES[path])(dict(body)))
-    except N.ApiError as exc:
+    except ApiError as exc:
         return exc.status, {"message": exc.message}
     return out if isinstance(out, tuple) else (200, out)
 

@@ -25,11 +25,13 @@ import sys
 from vault_raft.api import binding as P
 from vault_raft.core import machine as M
 from vault_raft.crypto import opaque
-from vault_raft.node import service as N
+from vault_raft.node import validate as V
+from vault_raft.node import vault_service as N
+from vault_raft.node.main import run_node
 
 
 def _answer(self, user, ke1, rec, left):
-    attempt_id, now = os.urandom(M.ID_LEN), N._now_ms()
+    attempt_id, now = os.urandom(M.ID_LEN), V.now_ms()
     state, ke2 = opaque.server_login_start(self.setup, rec.opaque_record, ke1, user,
                                            context=self.context)
     self.stats["ke2"] += 1
@@ -40,8 +42,8 @@ def _answer(self, user, ke1, rec, left):
 
 def ke2_before_commit(original):
     async def recover_start(self, body):
-        user = N._user(body)
-        ke1 = N._bin(body, "ke1", opaque.KE1_LEN)
+        user = V.user_id(body)
+        ke1 = V.binary(body, "ke1", opaque.KE1_LEN)
         rec = self.replica.read_state(lambda v: v.records.get(user))
         if rec is None or rec.status != M.ACTIVE or rec.attempts_used >= rec.max_attempts:
             return await original(self, body)
@@ -58,14 +60,14 @@ def counter_in_memory(original):
     counts = {}
 
     async def recover_start(self, body):
-        user = N._user(body)
-        ke1 = N._bin(body, "ke1", opaque.KE1_LEN)
+        user = V.user_id(body)
+        ke1 = V.binary(body, "ke1", opaque.KE1_LEN)
         rec = self.replica.read_state(lambda v: v.records.get(user))
         if rec is None or rec.status != M.ACTIVE:
             return await original(self, body)
         used = counts.get(user, 0)  # BUG: a per-process counter, not a replicated one
         if used >= rec.max_attempts:
-            raise N.ApiError(410, "this record was destroyed after too many wrong codes")
+            raise V.ApiError(410, "this record was destroyed after too many wrong codes")
         counts[user] = used + 1
         return _answer(self, user, ke1, rec, rec.max_attempts - used - 1)[2]
     return recover_start
@@ -73,7 +75,7 @@ def counter_in_memory(original):
 
 def ack_without_commit(original):
     async def enroll_finish(self, body):
-        user = N._user(body)
+        user = V.user_id(body)
         if user.startswith(b"owner-"):
             return 201, {"enrolled": True, "max_attempts": body.get("max_attempts", 10)}
         return await original(self, body)
@@ -99,8 +101,8 @@ def stale_secret(original):
 
 def registration_login_key(original):
     async def enroll_start(self, body):
-        user = N._user(body)
-        request = N._bin(body, "request", opaque.REG_REQUEST_LEN)
+        user = V.user_id(body)
+        request = V.binary(body, "request", opaque.REG_REQUEST_LEN)
         rec = self.replica.read_state(lambda v: v.records.get(user))
         if rec is None or rec.status != M.ACTIVE:
             return await original(self, body)
@@ -134,4 +136,4 @@ if __name__ == "__main__":
     else:
         method, patch = BUGS[a.bug]
         setattr(N.VaultService, method, patch(getattr(N.VaultService, method)))
-    sys.exit(N.run_node(a.dir))
+    sys.exit(run_node(a.dir))

@@ -22,7 +22,8 @@ from pysyncobj import replicated
 from vault_raft.api import binding as P
 from vault_raft.fleet.config import NodeConfig
 from vault_raft.fleet.keystore import FileKeystore
-from vault_raft.node.service import ApiError, commit
+from vault_raft.node.bridge import commit
+from vault_raft.node.validate import ApiError
 from vault_raft.raft.replica import DurableReplica
 
 

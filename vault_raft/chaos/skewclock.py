@@ -59,7 +59,7 @@ def main(argv: list[str]) -> int:
     _install(os.path.join(node_dir, OFFSET_FILE))
     import logging
 
-    from vault_raft.node.service import run_node
+    from vault_raft.node.main import run_node
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return run_node(node_dir)

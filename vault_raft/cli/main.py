@@ -157,7 +157,7 @@ def cmd_tenant_token(a) -> int:
 
 
 def cmd_node(a) -> int:
-    from vault_raft.node.service import run_node
+    from vault_raft.node.main import run_node
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return run_node(a.dir)

@@ -183,7 +183,7 @@ class NodeConfig:
     api_tls: bool | None = None  # None (field absent): TLS if the node's TLS files exist
     metrics_port: int | None = None  # Prometheus metrics (plain HTTP on api_host); None: off
     tenants: str = "required"  # "off": no tenant tokens checked (a fleet made before tenants)
-    limits: tuple[tuple[str, Any], ...] = ()  # API connection limits (httpguard.Limits)
+    limits: tuple[tuple[str, Any], ...] = ()  # API connection limits (node.limits.Limits)
 
     @classmethod
     def load(cls, node_dir: str) -> "NodeConfig":

@@ -1,15 +1,12 @@
-"""Connection hygiene for a node's API port: limits, timeouts, quiet logs.
+"""Connection hygiene for a node's API port: a connection cap, timeouts, quiet logs.
 
 The API is served by aiohttp, but not through ``web.TCPSite``: a node listens
 on plain TCP and does the TLS handshake itself (``loop.start_tls``), so that
 every accepted connection is accounted for from its first moment, before the
 handshake, and can be closed at any time:
 
-- **Open files.**  :func:`raise_nofile_limit` raises the soft limit on open
-  files to the hard limit at start.  The connection cap never exceeds the
-  limit minus :data:`FD_RESERVE` (the journal, snapshots, the Raft peers and
-  the Raft port's unauthenticated connections keep those).
-- **A connection cap** (:attr:`Limits.max_connections`, 1024 by default).  A
+- **A connection cap** (:attr:`Limits.max_connections`, 1024 by default,
+  lowered to fit the open-file limit: :mod:`vault_raft.node.limits`).  A
   connection accepted at the cap closes the least recently active connection
   that is not processing a request (one still in its TLS handshake, idle
   between requests, or still sending its request); if every connection is
@@ -20,13 +17,15 @@ handshake, and can be closed at any time:
   between requests, from its handshake or its last reply
   (:attr:`Limits.idle_timeout`).
 - **Errors.**  Every refusal is the protocol's msgpack error map with a 4xx,
-  aiohttp's own parse errors included (:meth:`_Handler.handle_error`).
+  aiohttp's own parse errors included (:meth:`_Handler.handle_error`); the
+  map and the clock header are :mod:`vault_raft.node.replies`.
 - **Logs.**  A client's error is one line, never a traceback, and every kind
   of line is rate-limited (:class:`QuietLog`): a flood of bad requests costs
   a few lines.
 
-Every reply carries ``Vault-Time``: the node's wall clock in Unix ms, from
-which clients learn the offset to send ``deadline_ms`` in the node's clock.
+This module is over 400 lines: the listener, its connection protocol and
+aiohttp's request handler share private state (a connection's phase, the
+server's accounting) and are read together.
 """
 
 from __future__ import annotations
@@ -36,153 +35,16 @@ import errno
 import logging
 import resource
 import ssl
-import time
-from dataclasses import dataclass, fields
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
-from vault_raft.api import binding as P
 from vault_raft.logs import QuietLog
-
-TIME_HEADER = P.TIME_HEADER
-#: Open files kept out of the API's connection budget (journal segments,
-#: snapshots and their writer, Raft peers, the Raft port's unauthenticated
-#: connections, the trust file, logs).
-FD_RESERVE = 256
-MIN_CONNECTIONS = 16
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-# ------------------------------------------------------------------ limits
-
-@dataclass(frozen=True)
-class Limits:
-    """The API port's limits (node.json ``"limits": {...}`` overrides them)."""
-    max_connections: int = 1024  # lowered to fit the open-file limit (FD_RESERVE)
-    handshake_timeout: float = 5.0  # TCP accept to the end of the TLS handshake
-    header_timeout: float = 10.0  # first byte of a request to the end of its headers
-    body_timeout: float = 10.0  # end of the headers to the end of the body (then 408)
-    idle_timeout: float = 15.0  # no request after the handshake or the last reply
-    tls_close_timeout: float = 2.0  # waiting for the client's TLS close_notify
-    max_line: int = 4096  # request line, and each header field
-    max_headers: int = 32
-
-    @classmethod
-    def from_pairs(cls, pairs) -> "Limits":
-        """From node.json's ``limits`` (key, value) pairs; ValueError if malformed."""
-        kinds = {f.name: f.type for f in fields(cls)}
-        out: dict[str, Any] = {}
-        for k, v in pairs:
-            if k not in kinds:
-                raise ValueError(f"unknown limit {k!r} (known: {', '.join(sorted(kinds))})")
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-                raise ValueError(f"limit {k} must be a positive number")
-            if kinds[k] in (int, "int"):
-                if v != int(v):
-                    raise ValueError(f"limit {k} must be an integer")
-                v = int(v)
-            out[k] = v
-        return cls(**out)
-
-    def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-def raise_nofile_limit() -> dict:
-    """Raise this process's soft limit on open files to its hard limit.
-    Returns ``{"soft", "hard", "soft_at_start"}`` (as they are afterwards)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    start = soft
-    target = hard
-    if target == resource.RLIM_INFINITY:
-        try:
-            with open("/proc/sys/fs/nr_open") as f:
-                target = int(f.read())
-        except (OSError, ValueError):
-            target = max(soft, 65536)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (OSError, ValueError):
-            pass
-    return {"soft": soft, "hard": hard, "soft_at_start": start}
-
-
-def connection_cap(limits: Limits, nofile_soft: int) -> int:
-    """The API's connection cap under an open-file limit."""
-    budget = nofile_soft - FD_RESERVE if nofile_soft != resource.RLIM_INFINITY \
-        else limits.max_connections
-    return max(MIN_CONNECTIONS, min(limits.max_connections, budget))
-
-
-# -------------------------------------------------------------------- logs
-
-def one_line(exc: BaseException | str | None, limit: int = 160) -> str:
-    """A client-controlled error text as one short printable line."""
-    if exc is None:
-        return ""
-    if isinstance(exc, RequestPayloadError) and exc.args \
-            and isinstance(exc.args[0], BaseException):
-        return one_line(exc.args[0], limit)
-    if isinstance(exc, RequestPayloadError) and isinstance(exc.__cause__, BaseException):
-        return one_line(exc.__cause__, limit)
-    if isinstance(exc, HttpProcessingError):
-        text = exc.message if isinstance(exc.message, str) else str(exc)
-    elif isinstance(exc, BaseException):
-        text = str(exc) or exc.__class__.__name__
-    else:
-        text = str(exc)
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    if len(lines) > 1 and lines[0].endswith("message:"):  # "400, message:" then the text
-        lines = lines[1:]
-    text = (lines[0] if lines else "").rstrip(":")
-    text = "".join(c if c.isprintable() else "?" for c in text)
-    return text[:limit] + ("..." if len(text) > limit else "")
-
-
-# ------------------------------------------------------------------ replies
-
-class ApiError(Exception):
-    """A refusal: answered ``{"error": code, "message": message, **extra}``
-    with ``status`` (``code`` defaults to the status's, protocol.ERRORS).
-    ``close``: the connection is closed after the reply."""
-
-    def __init__(self, status: int, message: str, code: str | None = None,
-                 close: bool = False, **extra: Any):
-        super().__init__(message)
-        self.status, self.message, self.code, self.close = status, message, code, close
-        self.extra = extra
-
-
-def error_response(status: int, message: str, code: str | None = None,
-                   headers: dict | None = None, **extra) -> web.Response:
-    """The protocol's error map ``{"error": code, "message": text, ...}``."""
-    body = {"error": code or P.error_code(status), "message": message, **extra}
-    resp = web.Response(status=status, body=P.pack(body), content_type=P.CONTENT_TYPE,
-                        headers=headers)
-    resp.headers[TIME_HEADER] = str(now_ms())
-    return resp
-
-
-async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
-    """Every reply says the node's clock; an error aiohttp made itself (an
-    Expect it does not support, say) becomes the protocol's error map."""
-    response.headers[TIME_HEADER] = str(now_ms())
-    if response.status >= 400 and response.content_type != P.CONTENT_TYPE \
-            and isinstance(response, web.Response):
-        body = P.pack({"error": P.error_code(response.status),
-                       "message": response.reason or "error"})
-        response.body = body
-        response.content_type = P.CONTENT_TYPE
-        response.charset = None
-        response.headers["Content-Length"] = str(len(body))
+from vault_raft.node.limits import Limits, connection_cap
+from vault_raft.node.replies import error_response, one_line
+from vault_raft.node.validate import ApiError
 
 
 @web.middleware
@@ -234,11 +96,6 @@ async def read_body(request: web.Request) -> bytes:
     if isinstance(proto, _Handler):
         proto.body_done()
     return raw
-
-
-def install(app: web.Application) -> None:
-    """The app-level half (call before the app is frozen): the clock header."""
-    app.on_response_prepare.append(_on_prepare)
 
 
 # -------------------------------------------------------------- connections
@@ -475,7 +332,7 @@ class ApiServer:
                  logger: logging.Logger | None = None, nofile: dict | None = None):
         self.limits = limits or Limits()
         self.ssl = ssl_context
-        self.log = logger or logging.getLogger("vault_raft.node.service")
+        self.log = logger or logging.getLogger("vault_raft.node.httpguard")
         # one line a minute about a flood (the admin status counts everything)
         self.quiet = QuietLog(self.log, bursts={"cap": 1, "slow": 1})
         self.nofile = nofile or {}

@@ -1,4 +1,5 @@
-"""A vault node: one OS process with a Raft replica and the client HTTP API.
+"""The vault's API operations on a node: enroll, recover, manage, status and
+admin, each a request body in and a reply map out.
 
 The order of events for a guess is the point of this module::
 
@@ -13,6 +14,9 @@ commit; a node that cannot reach a majority answers 503 and proposes
 nothing.  Any failure of the commit (timeout, leader change, discarded
 entry) is reported as 503 "unavailable": the attempt may still be counted
 later, never the reverse.
+
+This module is over 400 lines: it is the one class whose operations share
+the commit, the tenant gate, the tickets and the tokens.
 """
 
 from __future__ import annotations
@@ -21,125 +25,28 @@ import asyncio
 import logging
 import math
 import os
-import signal
-import threading
 import time
 from typing import Any
 
-from aiohttp import web
-
 from vault_raft.api import binding as P
-from vault_raft.api.openapi import OPENAPI
 from vault_raft.core import machine as M
 from vault_raft.crypto import group, opaque
 from vault_raft.crypto import seal as S
 from vault_raft.crypto.errors import OpaqueError, SealError
 from vault_raft.fleet import tenants as T
-from vault_raft.fleet.config import ConfigError, NodeConfig, opaque_context
-from vault_raft.fleet.keystore import FileKeystore, Keystore
-from vault_raft.logs import QuietLog
-from vault_raft.node import httpguard as H
-from vault_raft.node import restart
+from vault_raft.fleet.config import NodeConfig, opaque_context
+from vault_raft.fleet.keystore import Keystore
 from vault_raft.node.admin import AdminAuthError, AdminVerifier
+from vault_raft.node.bridge import commit, raft_call
+from vault_raft.node.httpguard import ApiServer
 from vault_raft.node.metrics import NodeMetrics
-from vault_raft.node.trust_service import NoBundle, TrustService
-from vault_raft.raft.replica import FAIL_NAMES, RaftSettings, VaultReplica
+from vault_raft.node.validate import ApiError, binary, is_integer, now_ms, user_id
+from vault_raft.raft.replica import FAIL_NAMES, VaultReplica
 
-log = logging.getLogger("vault_raft.node.service")
+log = logging.getLogger("vault_raft.node.vault_service")
 
 TOKEN_LIFETIME_MS = M.PROOF_TTL_MS
 TICKET_LIFETIME_MS = M.TICKET_TTL_MS
-
-
-ApiError = H.ApiError
-_quiet = QuietLog(log)
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def _integer(v: Any) -> bool:
-    """A msgpack integer (never a boolean)."""
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _user(body: dict) -> bytes:
-    u = body.get("user")
-    if isinstance(u, str):
-        u = u.encode()
-    if not isinstance(u, bytes) or not 1 <= len(u) <= P.USER_MAX:
-        raise ApiError(400, f"user must be 1..{P.USER_MAX} bytes")
-    return u
-
-
-def _bin(body: dict, key: str, lo: int, hi: int | None = None) -> bytes:
-    v = body.get(key)
-    hi = lo if hi is None else hi
-    if not isinstance(v, bytes) or not lo <= len(v) <= hi:
-        want = f"{lo}" if lo == hi else f"{lo}..{hi}"
-        raise ApiError(400, f"{key} must be {want} bytes")
-    return v
-
-
-_IN_FLIGHT: set = set()  # this process's commits in flight
-
-#: pysyncobj's failures that leave nothing in any log: the command never left
-#: this node's queue (no leader known, queue full) or the leader refused it.
-NOT_PROPOSED = frozenset({"QUEUE_FULL", "MISSING_LEADER", "NOT_LEADER", "REQUEST_DENIED"})
-
-
-def _expire(fut: asyncio.Future) -> None:
-    if not fut.done():
-        fut.set_exception(asyncio.TimeoutError())
-
-
-async def commit(replica, propose, command: bytes, timeout: float, meanwhile=None):
-    """Propose ``command`` through ``propose(command, callback)`` and wait until
-    this node applied it.  Raises ApiError(503) if it cannot be proposed (no
-    leader or quorum in sight: ``proposed=False``), times out, or fails.
-
-    ``meanwhile()``, if given, runs on this thread while the commit is in
-    flight; nothing it computes may leave the node before the commit is done
-    (the caller decides after the commit whether to use or discard it)."""
-    if not replica.can_serve():
-        raise ApiError(503, "no majority reachable from this node", proposed=False)
-    loop = asyncio.get_running_loop()
-    fut = loop.create_future()
-
-    def _done(res, err):
-        if not fut.done():
-            fut.set_result((res, err))
-
-    def callback(res, err):  # runs on the Raft thread
-        loop.call_soon_threadsafe(_done, res, err)
-
-    # a plain timer, not asyncio.wait_for: the reply is then one loop pass
-    # after the commit instead of two
-    timer = loop.call_later(timeout, _expire, fut)
-    _IN_FLIGHT.add(fut)
-    try:
-        sent = getattr(replica, "rounds_sent", 0)
-        propose(command, callback)
-        if meanwhile is not None:
-            if len(_IN_FLIGHT) == 1 and hasattr(replica, "wait_sent"):
-                # Alone on this node: let the Raft thread send the append round
-                # before `meanwhile` takes the GIL (it would delay the sends).
-                # Under load, the round is on its way anyway: no waiting.
-                replica.wait_sent(sent, 0.002)
-            meanwhile()
-        res, err = await fut
-    except asyncio.TimeoutError:
-        raise ApiError(503, "commit timed out (the attempt may still be counted)") from None
-    finally:
-        timer.cancel()
-        _IN_FLIGHT.discard(fut)
-    if err != 0:
-        name = FAIL_NAMES.get(err, err)
-        if name in NOT_PROPOSED:
-            raise ApiError(503, f"not proposed: {name}", proposed=False)
-        raise ApiError(503, f"commit failed: {name} (the attempt may still be counted)")
-    return res
 
 
 class VaultService:
@@ -167,8 +74,8 @@ class VaultService:
                       self.gate.error)
         self.stats = {"commits": 0, "unavailable": 0, "ke2": 0}
         self.metrics = metrics or NodeMetrics(replica, cfg.node_id)
-        self.http: H.ApiServer | None = None  # the API listener (connection statistics)
-        self.nofile: dict | None = None  # open-file limits (httpguard.raise_nofile_limit)
+        self.http: ApiServer | None = None  # the API listener (connection statistics)
+        self.nofile: dict | None = None  # open-file limits (limits.raise_nofile_limit)
 
     # ------------------------------------------------------------- commit
     async def commit(self, op: str, deadline_ms: Any = None, meanwhile=None,
@@ -184,13 +91,13 @@ class VaultService:
         not the fleet, is the problem.
         """
         if deadline_ms is not None:
-            if not _integer(deadline_ms) or not 0 <= deadline_ms < 1 << 63:
+            if not is_integer(deadline_ms) or not 0 <= deadline_ms < 1 << 63:
                 raise ApiError(400, "deadline_ms must be an integer: Unix ms in the node's "
-                                    f"clock (the {H.TIME_HEADER} header of any reply)")
-            late = _now_ms() - deadline_ms
+                                    f"clock (the {P.TIME_HEADER} header of any reply)")
+            late = now_ms() - deadline_ms
             if late > 0:
                 raise ApiError(503, f"request read {late} ms after its deadline_ms (in this "
-                                    f"node's clock, sent in every reply's {H.TIME_HEADER} "
+                                    f"node's clock, sent in every reply's {P.TIME_HEADER} "
                                     "header); nothing was proposed", code=P.EXPIRED,
                                proposed=False, late_ms=late)
         t0 = time.perf_counter()
@@ -213,7 +120,7 @@ class VaultService:
         """(user id, record key) of a user request, after its tenant token was
         verified and the tenant's and user's rates admitted it: nothing is
         proposed for a request that fails here (see :mod:`vault_raft.fleet.tenants`)."""
-        user = _user(body)
+        user = user_id(body)
         try:
             self.gate.check_ready()
             if not self.gate.enforced:
@@ -241,7 +148,7 @@ class VaultService:
         existing record's key) and issue a single-use ticket that carries the
         identifier to enroll/finish or a change of code.  Nothing is stored."""
         user, rid = self._who(body)
-        request = _bin(body, "request", opaque.REG_REQUEST_LEN)
+        request = binary(body, "request", opaque.REG_REQUEST_LEN)
         purpose = body.get("purpose", "enroll")
         if purpose not in P.TICKET_PURPOSES:
             raise ApiError(400, f"purpose must be one of {', '.join(P.TICKET_PURPOSES)}")
@@ -250,7 +157,7 @@ class VaultService:
         # record makes it stale.  Its expiry is in the machine's time as well
         # as ours (a clock stepped ahead elsewhere must not expire every ticket).
         seq, clock = self.replica.read_state(lambda v: (v.applied, v.clock))
-        expires = max(_now_ms(), clock) + TICKET_LIFETIME_MS
+        expires = max(now_ms(), clock) + TICKET_LIFETIME_MS
         try:
             response = opaque.server_registration_response(self.setup, request, cred_id)
         except OpaqueError as exc:
@@ -261,7 +168,7 @@ class VaultService:
     def _open_ticket(self, user: bytes, body: dict, purpose: str) -> dict:
         """The ticket's command fields (nonce, expiry, issue position, credential
         identifier)."""
-        blob = _bin(body, "ticket", 1, P.TICKET_MAX)
+        blob = binary(body, "ticket", 1, P.TICKET_MAX)
         try:
             t_purpose, t_user, nonce, cred_id, seq, expires = P.unpack(self.ks.open_ticket(blob))
         except (SealError, ValueError, TypeError):
@@ -272,7 +179,7 @@ class VaultService:
         if t_purpose != purpose:
             raise ApiError(401, f"enrollment ticket was issued for {t_purpose}, not {purpose}")
         clock = self.replica.read_state(lambda v: v.clock)
-        if max(_now_ms(), clock) > expires:
+        if max(now_ms(), clock) > expires:
             raise ApiError(401, "enrollment ticket expired; start again")
         return {"nonce": nonce, "ticket_exp": expires, "ticket_seq": seq, "cred_id": cred_id}
 
@@ -299,21 +206,21 @@ class VaultService:
 
     async def enroll_finish(self, body: dict) -> tuple[int, dict]:
         user, rid = self._who(body)
-        record = _bin(body, "record", opaque.RECORD_LEN)
+        record = binary(body, "record", opaque.RECORD_LEN)
         try:
             opaque.check_registration_record(record)
         except OpaqueError as exc:
             raise ApiError(400, f"bad registration record: {exc}") from None
         max_attempts = body.get("max_attempts", self.cfg.default_max_attempts)
-        if not _integer(max_attempts) or not 1 <= max_attempts <= M.MAX_ATTEMPTS_LIMIT:
+        if not is_integer(max_attempts) or not 1 <= max_attempts <= M.MAX_ATTEMPTS_LIMIT:
             raise ApiError(400, f"max_attempts must be an integer 1..{M.MAX_ATTEMPTS_LIMIT}")
         ticket = self._open_ticket(rid, body, "enroll")
-        secret = self._open_upload(user, _bin(body, "upload", 1, P.MAX_BODY), b"enroll",
+        secret = self._open_upload(user, binary(body, "upload", 1, P.MAX_BODY), b"enroll",
                                    ticket["nonce"])
         version = os.urandom(M.ID_LEN)
         sealed = self.ks.seal_secret(rid, version, secret)
         res = await self.commit(M.ENROLL, deadline_ms=body.get("deadline_ms"), user=rid,
-                                now=_now_ms(), version=version,
+                                now=now_ms(), version=version,
                                 opaque_record=record, sealed_secret=sealed,
                                 max_attempts=max_attempts, **ticket)
         self._ticket_refused(res["code"])
@@ -324,13 +231,13 @@ class VaultService:
     # --------------------------------------------------------- recover
     async def recover_start(self, body: dict) -> dict:
         user, rid = self._who(body)
-        ke1 = _bin(body, "ke1", opaque.KE1_LEN)
+        ke1 = binary(body, "ke1", opaque.KE1_LEN)
         try:  # malformed KE1 cannot test a guess: refuse before counting
             group.check_element(ke1[:32], "KE1 blinded element")
             group.check_element(ke1[64:], "KE1 key share")
         except OpaqueError as exc:
             raise ApiError(400, f"bad KE1: {exc}") from None
-        attempt_id, now = os.urandom(M.ID_LEN), _now_ms()
+        attempt_id, now = os.urandom(M.ID_LEN), now_ms()
         # While the attempt is being committed, KE2 is computed from the record
         # as it stands now.  It stays in this process until the commit is done,
         # and is used only if the committed record is the same one.
@@ -382,21 +289,21 @@ class VaultService:
             raise ApiError(401, "authentication failed") from None
         if t_user != user:
             raise ApiError(401, "authentication failed")
-        if _now_ms() > exp:
+        if now_ms() > exp:
             raise ApiError(401, "attempt expired; start a new recovery")
         return attempt_id, version, login
 
     async def recover_finish(self, body: dict) -> dict:
         user, rid = self._who(body)
-        token = _bin(body, "token", 1, 1024)
-        ke3 = _bin(body, "ke3", opaque.KE3_LEN)
+        token = binary(body, "token", 1, 1024)
+        ke3 = binary(body, "ke3", opaque.KE3_LEN)
         attempt_id, version, login = self._open_token(rid, token)
         try:
             session_key = opaque.server_login_finish(login, ke3)
         except OpaqueError:
             raise ApiError(401, "authentication failed") from None
         res = await self.commit(M.COMPLETE_ATTEMPT, user=rid, attempt_id=attempt_id,
-                                version=version, now=_now_ms())
+                                version=version, now=now_ms())
         if res["code"] == "destroyed":
             raise ApiError(410, "this record was destroyed after too many wrong codes")
         if res["code"] != "released":
@@ -416,20 +323,20 @@ class VaultService:
         op = body.get("op")
         if op not in P.MANAGE_OPS:
             raise ApiError(400, f"op must be one of {', '.join(P.MANAGE_OPS)}")
-        token = _bin(body, "token", 1, 1024)
+        token = binary(body, "token", 1, 1024)
         payload = body.get("payload", b"")
         if not isinstance(payload, bytes) or len(payload) > P.MAX_BODY:
             raise ApiError(400, "payload must be bytes")
         ticket_blob = body.get("ticket", b"") if op == "change_code" else b""
         if not isinstance(ticket_blob, bytes):
             raise ApiError(400, "ticket must be bytes")
-        proof = _bin(body, "proof", 32)
+        proof = binary(body, "proof", 32)
         attempt_id, version, login = self._open_token(rid, token)
         session_key = login.session_key  # attempt completed: checked by the machine
         if not S.mac_ok(S.session_subkey(session_key, P.MANAGE_KEY),
                         P.manage_message(op, user, token, payload, ticket_blob), proof):
             raise ApiError(401, "authentication failed")
-        fields: dict[str, Any] = {"user": rid, "attempt_id": attempt_id, "now": _now_ms()}
+        fields: dict[str, Any] = {"user": rid, "attempt_id": attempt_id, "now": now_ms()}
         if op == "change_secret":
             new_version = os.urandom(M.ID_LEN)
             secret = self._open_upload(user, payload, b"change_secret", token)
@@ -482,7 +389,7 @@ class VaultService:
     # ----------------------------------------------------------- admin
     async def admin(self, body: dict) -> dict:
         try:
-            op, args = self.admin_auth.verify(body, _now_ms())
+            op, args = self.admin_auth.verify(body, now_ms())
         except AdminAuthError as exc:
             raise ApiError(401, str(exc)) from None
         if op == "status":
@@ -490,22 +397,20 @@ class VaultService:
         if op == "compact":
             self.replica.compact_now()
             return {"compacting": True}
-        # transfer: hand leadership to args["to"] (a node id) or the best follower
-        to = args.get("to")
+        return await self._transfer(args.get("to"))
+
+    async def _transfer(self, to: Any) -> dict:
+        """Hand leadership to ``to`` (a node id) or, if None, the best follower."""
         by_id = {nid: addr for addr, nid in self.cfg.peer_ids}
         if to is not None and (not isinstance(to, str) or to not in by_id
                                or to == self.cfg.node_id):
             raise ApiError(400, "to must be the id of another node of this fleet: "
                                 f"{sorted(n for n in by_id if n != self.cfg.node_id)}")
         before = self.replica.status().get("leader")
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-
-        def done(res, err):  # Raft thread
-            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(err))
-        self.replica.transfer_leadership(by_id.get(to) if to else None, done)
+        target = by_id.get(to) if to else None
         try:
-            err = await asyncio.wait_for(fut, 5.0)
+            err = await raft_call(lambda done: self.replica.transfer_leadership(target, done),
+                                  5.0)
         except asyncio.TimeoutError:
             raise ApiError(503, "the Raft thread did not take the transfer request within 5 s")\
                 from None
@@ -527,232 +432,3 @@ def _open_files() -> int | None:
     except OSError:
         return None
 
-
-# ------------------------------------------------------------ fleet trust
-
-# TrustService (GET /v1/trust, /v1/deployment) lives in fleet/trust_service.py
-
-
-# ------------------------------------------------------------------ HTTP
-
-def _reply(status: int, obj: dict) -> web.Response:
-    return web.Response(status=status, body=P.pack(obj), content_type=P.CONTENT_TYPE)
-
-
-def _error(status: int, message: str, **extra) -> web.Response:
-    return H.error_response(status, message, **extra)
-
-
-@web.middleware
-async def _errors(request: web.Request, handler):
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        resp = H.error_response(exc.status, exc.message, exc.code, **exc.extra)
-        if exc.close:
-            resp.force_close()
-        if "retry_after" in exc.extra:
-            resp.headers["Retry-After"] = str(exc.extra["retry_after"])
-        return resp
-    except web.HTTPException as exc:  # 404, 405, 413 from aiohttp itself
-        if exc.status == 405:
-            allow = exc.headers.get("Allow", "")
-            return H.error_response(405, f"{request.method} is not allowed here (allowed: "
-                                         f"{allow})", headers={"Allow": allow})
-        return H.error_response(exc.status, exc.reason or "error")
-    except asyncio.CancelledError:
-        raise
-    except Exception:  # never a traceback to the client; full detail in the node log
-        _quiet.log(logging.ERROR, "internal", "internal error handling %s %s", request.method,
-                   request.path, exc_info=True)
-        return _error(500, "internal error")
-
-
-async def _body(request: web.Request) -> dict:
-    if request.content_type != P.CONTENT_TYPE:
-        raise ApiError(415, f"send {P.CONTENT_TYPE} bodies")
-    raw = await H.read_body(request)
-    try:
-        body = P.unpack(raw)
-    except Exception:
-        raise ApiError(400, "body is not valid msgpack") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "body must be a msgpack map")
-    return body
-
-
-def build_app(service: VaultService, trust: TrustService | None = None) -> web.Application:
-    app = web.Application(middlewares=[H.track, _errors], client_max_size=P.MAX_BODY)
-    H.install(app)
-
-    def post(path, fn):
-        async def handler(request):
-            out = await fn(await _body(request))
-            if isinstance(out, tuple):
-                return _reply(*out)
-            return _reply(200, out)
-        app.router.add_post(path, handler)
-
-    post("/v1/enroll/start", service.enroll_start)
-    post("/v1/enroll/finish", service.enroll_finish)
-    post("/v1/recover/start", service.recover_start)
-    post("/v1/recover/finish", service.recover_finish)
-    post("/v1/manage", service.manage)
-    post("/v1/admin", service.admin)
-
-    async def status(request):
-        return _reply(200, service.status())
-
-    async def openapi(request):
-        return web.json_response(OPENAPI)
-
-    async def get_trust(request):
-        if trust is None:
-            raise ApiError(404, "this node serves no bundle")
-        raw = request.query.get("since", "0")
-        if not (raw.isascii() and raw.isdigit() and len(raw) <= 20):
-            raise ApiError(400, "since must be an integer >= 0")
-        try:  # answered from what the node holds: never waits on the witness
-            return _reply(200, await trust.answer(int(raw)))
-        except NoBundle as exc:
-            raise ApiError(404, str(exc)) from None
-
-    async def get_deployment(request):
-        if trust is None:
-            raise ApiError(404, "this node serves no bundle")
-        fleet = request.query.get("fleet", "")
-        try:
-            return _reply(200, await trust.deployment(fleet))
-        except NoBundle as exc:
-            raise ApiError(404, str(exc)) from None
-        except KeyError:
-            raise ApiError(404, f"no deployment record for fleet {fleet[:64]!r} here") from None
-
-    app.router.add_get("/v1/status", status)
-    app.router.add_get("/v1/trust", get_trust)
-    app.router.add_get("/v1/deployment", get_deployment)
-    app.router.add_get("/openapi.json", openapi)
-    return app
-
-
-async def _serve(service: VaultService, host: str, port: int, ssl_context=None,
-                 limits: H.Limits | None = None, nofile: dict | None = None) -> None:
-    """Serve the API until SIGTERM/SIGINT: over TLS 1.3 with the node's fleet
-    certificate when ``ssl_context`` is given (the default), else plain HTTP
-    (node.json ``"api_tls": false``: local debugging only).  Connections are
-    capped and timed (:mod:`.httpguard`)."""
-    trust = TrustService(service.cfg.dir)
-    api = H.ApiServer(build_app(service, trust), limits=limits, ssl_context=ssl_context,
-                      logger=log, nofile=nofile)
-    service.http = api
-    await api.start(host, port)
-    refresher = asyncio.create_task(trust.run())
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    if ssl_context is None:
-        log.warning("node %s serving the API on http://%s:%d: PLAIN HTTP, unencrypted and "
-                    "unauthenticated (api_tls is false: for local debugging only)",
-                    service.cfg.node_id, host, port)
-    else:
-        log.info("node %s serving the API on https://%s:%d (TLS 1.3, fleet certificate)",
-                 service.cfg.node_id, host, port)
-    log.info("API limits: %d connections (open files: %s), TLS handshake %gs, headers %gs, "
-             "body %gs, idle %gs", api.max_connections,
-             (nofile or {}).get("soft", "?"), api.limits.handshake_timeout,
-             api.limits.header_timeout, api.limits.body_timeout, api.limits.idle_timeout)
-    await stop.wait()
-    log.info("node %s stopping", service.cfg.node_id)
-    refresher.cancel()
-    await api.stop()
-
-
-class _ServingDown:
-    """While the node cannot run (its disk takes no writes), its API port
-    answers ``/v1/status`` with ``healthy: false`` and the reason, and every
-    other request with 503 (nothing proposed): clients fail over at once and
-    operators see why, instead of a refused connection."""
-
-    def __init__(self, cfg: NodeConfig, ssl_context, reason: str):
-        self.cfg, self.ssl, self.reason = cfg, ssl_context, reason
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-
-    async def _start(self) -> web.AppRunner:
-        async def status(request):
-            return _reply(200, {"node_id": self.cfg.node_id, "fleet_id": self.cfg.fleet_id,
-                                "role": "down", "healthy": False, "reason": self.reason})
-
-        async def down(request):
-            return _error(503, self.reason, proposed=False)
-        app = web.Application(middlewares=[H.track])
-        H.install(app)
-        app.router.add_get("/v1/status", status)
-        app.router.add_route("*", "/{tail:.*}", down)
-        api = H.ApiServer(app, ssl_context=self.ssl, logger=log)
-        await api.start(self.cfg.api_host, self.cfg.api_port)
-        return api
-
-    def __enter__(self):
-        self._thread.start()
-        try:
-            self._runner = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        except OSError as exc:  # the port is not ours to take: wait without it
-            log.warning("cannot serve the status while waiting: %s", exc)
-            self._runner = None
-        return self
-
-    def __exit__(self, *exc):
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.stop(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        return False
-
-
-def run_node(node_dir: str, settings: RaftSettings | None = None) -> int:
-    """Run one node in the foreground until SIGTERM/SIGINT. Returns an exit code."""
-    nofile = H.raise_nofile_limit()  # before the replica opens its files and sockets
-    cfg = NodeConfig.load(node_dir)
-    try:
-        limits = H.Limits.from_pairs(cfg.limits)
-    except ValueError as exc:
-        raise SystemExit(f"{node_dir}/node.json: {exc}") from None
-    if nofile["soft"] != nofile["soft_at_start"]:
-        log.info("open-file limit raised from %d to %d", nofile["soft_at_start"],
-                 nofile["soft"])
-    ks = FileKeystore.load(cfg.keystore_path)
-    if ks.fleet_id != cfg.fleet_id:
-        raise SystemExit(f"keystore belongs to fleet {ks.fleet_id}, node to {cfg.fleet_id}")
-    if settings is None:
-        try:
-            settings = RaftSettings(**dict(cfg.raft))
-        except TypeError as exc:
-            raise SystemExit(f"{node_dir}/node.json: bad raft setting: {exc}") from None
-    try:
-        tls = cfg.tls_config()
-        api_ssl = cfg.api_ssl_context()
-    except ConfigError as exc:
-        raise SystemExit(str(exc)) from None
-    # after a storage failure: waits for the disk, serving its status meanwhile
-    truncate_after = restart.prepare(
-        cfg.data_dir, while_waiting=lambda reason: _ServingDown(cfg, api_ssl, reason))
-    replica = VaultReplica(cfg.raft_addr, list(cfg.partners), cfg.data_dir, ks.cluster_secret(),
-                           settings=settings, dial=dict(cfg.dial), tls=tls,
-                           truncate_after=truncate_after)
-    metrics = NodeMetrics(replica, cfg.node_id)
-    if replica.journal_path.journal is not None:
-        replica.journal_path.journal.on_sync = metrics.fsync_seconds.observe
-    if cfg.metrics_port:
-        try:
-            metrics.serve(cfg.api_host, cfg.metrics_port)
-        except OSError as exc:
-            log.error("cannot serve metrics on port %d: %s", cfg.metrics_port, exc)
-    service = VaultService(cfg, ks, replica, metrics=metrics)
-    service.nofile = nofile
-    try:
-        asyncio.run(_serve(service, cfg.api_host, cfg.api_port, api_ssl, limits, nofile))
-    finally:
-        replica.destroy_synchronous()  # syncs and closes the journal
-    return 0
