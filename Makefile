@@ -4,11 +4,14 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup demo test bench clean help
+LINT   := $(VENV)/.lint-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: setup demo test lint bench clean help
 
 help:
 	@echo "make demo   - start a local 3-node cluster, enroll, guess wrong, recover, stop"
 	@echo "make test   - run the whole test suite (real node processes on 127.0.0.1)"
+	@echo "make lint   - ruff and mypy, configured in pyproject.toml"
 	@echo "make bench  - run the benchmarks (see bench/README.md)"
 
 $(STAMP): pyproject.toml
@@ -27,6 +30,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	@$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+$(LINT): $(STAMP)
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[lint]'
+	@rm -f $(VENV)/.lint-*; touch $(LINT)
+
+lint: $(LINT)
+	@rc=0; $(VENV)/bin/ruff check . || rc=1; $(VENV)/bin/mypy || rc=1; exit $$rc
 
 bench: $(STAMP)
 	@$(VENV)/bin/vault-raft bench --out bench/results

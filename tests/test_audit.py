@@ -24,7 +24,8 @@ def _log(path, sk, op_sk, bundles):
 
 
 def _fetcher(w):
-    return lambda start: dict(zip(("statements", "sth", "sth_sig"), w.page(start, 2, NOW)))
+    fields = ("statements", "sth", "sth_sig")
+    return lambda start: dict(zip(fields, w.page(start, 2, NOW), strict=True))
 
 
 def test_audit_lists_bundles_and_catches_a_rewritten_history(tmp_path):
@@ -75,7 +76,7 @@ def test_audit_catches_a_head_that_hides_a_newer_bundle(tmp_path):
     m = LogMirror(w.public_key)
     m.update(_fetcher(w))
     r = audit(m, B.TrustState())
-    page = dict(zip(("statements", "sth", "sth_sig"), w.page(3, 10, NOW, "acme")))
+    page = dict(zip(("statements", "sth", "sth_sig"), w.page(3, 10, NOW, "acme"), strict=True))
     check_namespace_head(r, m, page, "acme")
     assert r.ok, r.problems
     # the same witness key signs a head that names epoch 1 as acme's newest

@@ -36,7 +36,7 @@ def _pki(directory, fleet_id="f1", cert_fleet=None):
     key, cert = issue_node_cert(ca_key, ca_cert, cert_fleet or fleet_id, "n1", "127.0.0.1:1")
     os.makedirs(directory, exist_ok=True)
     paths = os.path.join(directory, "tls.crt"), os.path.join(directory, "tls.key")
-    for path, data in zip(paths, (cert, key)):
+    for path, data in zip(paths, (cert, key), strict=True):
         with open(path, "wb") as f:
             f.write(data)
     return CH.ca_der_from_pem(ca_cert), paths
@@ -61,7 +61,7 @@ class RecordingTlsServer:
         while not self._stop:
             try:
                 raw, _ = self.sock.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             rec = {"handshake": False, "data": b""}
             self.conns.append(rec)
@@ -128,7 +128,7 @@ class Relay:
         while not self._stop:
             try:
                 a, _ = self.sock.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             b = socket.create_connection(self.target, timeout=5)
             for src, dst in ((a, b), (b, a)):

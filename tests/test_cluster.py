@@ -241,7 +241,7 @@ def test_garbage_and_pickle_on_raft_port(cluster_factory, tmp_path):
                 s.settimeout(1)
                 try:
                     s.recv(100)
-                except (socket.timeout, ConnectionResetError):
+                except (TimeoutError, ConnectionResetError):
                     pass
         # the same payload twice on one connection (as a "handshake", then as a message)
         with socket.create_connection((host, int(port)), timeout=2) as s:

@@ -39,7 +39,7 @@ def _closed(sock, timeout: float) -> bool:
                 return True
     except (ConnectionResetError, BrokenPipeError):
         return True
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         return False
     except OSError:
         return True

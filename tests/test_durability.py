@@ -123,7 +123,8 @@ def run_cluster(tmp_path, recorder, monkeypatch, disable_sync=False):
         leader = next(r for r in reps if r.status()["role"] == "leader")
         leader.destroy_synchronous()
         reps.remove(leader)
-        wait_until(lambda: not (not any(r.status().get("role") == "leader" for r in reps)), 20, what="no re-election")
+        wait_until(lambda: any(r.status().get("role") == "leader" for r in reps), 20,
+                   what="a re-election")
         for k in range(10):
             reps[k % 2].propose(encode_command("begin_attempt", user=b"u1", now=100 + k,
                                                attempt_id=os.urandom(16)),
@@ -570,7 +571,7 @@ def test_snapshots_are_written_by_a_forked_child(tmp_path, fork):
     rep = _PidSnapshotReplica(addr, [], str(tmp_path / "n1"), "s3cret",
                               settings=RaftSettings(fork_snapshots=fork))
     try:
-        wait_until(lambda: not (rep.status().get("role") != "leader"), 20, what="no leader")
+        wait_until(lambda: rep.status().get("role") == "leader", 20, what="a leader")
         done, errors = threading.Semaphore(0), []
         for k in range(20):
             rep.propose(encode_command("enroll", user=f"u{k}".encode(), now=k, max_attempts=3,
@@ -593,7 +594,8 @@ def test_snapshots_are_written_by_a_forked_child(tmp_path, fork):
     again = VaultReplica(addr, [], str(tmp_path / "n1"), "s3cret",
                          settings=RaftSettings(fork_snapshots=fork))
     try:
-        wait_until(lambda: not (again.read_state(lambda v: len(v.records)) != 20), 20, what="state not restored")
+        wait_until(lambda: again.read_state(lambda v: len(v.records)) == 20, 20,
+                   what="the state restored")
     finally:
         again.destroy_synchronous()
 
@@ -629,13 +631,15 @@ def test_compaction_deletes_segments_and_a_restart_keeps_every_entry(tmp_path):
         before_files = J.list_segments(journal)
         assert len(before_files) >= 4
         rep.compact_now()
-        wait_until(lambda: not (J.list_segments(journal)[0] == before_files[0]), 20, what="no segment deleted")
+        wait_until(lambda: J.list_segments(journal)[0] != before_files[0], 20,
+                   what="a segment deleted")
         _enroll_all(rep, [f"v{k}" for k in range(10)])  # entries after the snapshot
     finally:
         rep.destroy_synchronous()
     again = VaultReplica(addr, [], data, "s3cret", settings=settings)
     try:
-        wait_until(lambda: not (again.read_state(lambda v: len(v.records)) != 70), 20, what="state not restored")
+        wait_until(lambda: again.read_state(lambda v: len(v.records)) == 70, 20,
+                   what="the state restored")
         _wait_leader(again)
         _enroll_all(again, ["w0"])
         assert again.read_state(lambda v: len(v.records)) == 71

@@ -146,7 +146,7 @@ class VaultModel(RuleBasedStateMachine):
     def destroyed_records_hold_nothing(self):
         if not hasattr(self, "sm"):
             return
-        for user, rec in self.sm.records.items():
+        for rec in self.sm.records.values():
             if rec.status == M.DESTROYED:
                 assert rec.sealed_secret == b"" and rec.opaque_record == b""
             assert rec.attempts_used <= rec.max_attempts
@@ -158,8 +158,9 @@ TestVaultModel.settings = settings(max_examples=150, stateful_step_count=40, dea
 
 @given(st.dictionaries(st.sampled_from(["v", "op", "user", "now", "attempt_id", "max_attempts",
                                         "version", "opaque_record", "sealed_secret"]),
-                       st.one_of(st.integers(-5, 2**63), st.binary(max_size=200), st.text(max_size=5),
-                                 st.none(), st.lists(st.integers(-2**63, 2**63 - 1), max_size=3))))
+                       st.one_of(st.integers(-5, 2**63), st.binary(max_size=200),
+                                 st.text(max_size=5), st.none(),
+                                 st.lists(st.integers(-2**63, 2**63 - 1), max_size=3))))
 def test_malformed_commands_never_raise(d):
     sm = M.VaultState()
     r = sm.apply(msgpack.packb(d, use_bin_type=True))

@@ -187,7 +187,7 @@ def test_hash_tree_proofs_are_logarithmic():
     n = t.size
     calls = []
     real = M.hash_children
-    M.hash_children = lambda l, r: calls.append(1) or real(l, r)
+    M.hash_children = lambda left, right: calls.append(1) or real(left, right)
     try:
         t0 = time.perf_counter()
         r = t.root()

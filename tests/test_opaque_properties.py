@@ -44,7 +44,8 @@ def test_round_trip(pw, uid, sid, cid, ctx, ksf):
     assert O.server_login_finish(state, out.ke3) == out.session_key
     assert out.export_key == reg.export_key
     # The server state survives serialisation (it is sealed into a token).
-    assert O.server_login_finish(O.ServerLogin.from_bytes(state.to_bytes()), out.ke3) == out.session_key
+    restored = O.ServerLogin.from_bytes(state.to_bytes())
+    assert O.server_login_finish(restored, out.ke3) == out.session_key
 
 
 @given(passwords, passwords, user_ids)

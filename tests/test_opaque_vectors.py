@@ -41,7 +41,8 @@ def test_real_vectors():
                                        _h(i, "credential_identifier"))
         assert resp == _h(o, "registration_response")
         record, export_key = C.registration_finalize(pw, _h(i, "blind_registration"), resp,
-                                                     IDENTITY_KSF, _h(i, "envelope_nonce"), sid, cid)
+                                                     IDENTITY_KSF, _h(i, "envelope_nonce"),
+                                                     sid, cid)
         assert record == _h(o, "registration_upload")
         assert record[:32] == _h(m, "client_public_key")
         assert record[32:96] == _h(m, "masking_key")

@@ -149,7 +149,7 @@ def _crash_all_after_acks(journal_factory):
     sim = Sim(3, 1, journal_factory=journal_factory)
     try:
         wl = SimWorkload(sim, victims=1, limit=5)
-        for k in range(3):
+        for _ in range(3):
             wl.guess(sim.leader(), 0)
             sim.run(0.3)
         for n in sim.ids:
@@ -157,7 +157,7 @@ def _crash_all_after_acks(journal_factory):
         for n in sim.ids:
             sim.restart(n)
         sim.run_until(lambda: sim.leader() is not None, 30)
-        for k in range(3):
+        for _ in range(3):
             wl.guess(sim.leader() or sim.ids[0], 0)
             sim.run(0.3)
         wl.settle()

@@ -89,8 +89,8 @@ BAD = {
                                      g.acme.public_key().public_bytes_raw(), algorithm="HS256"),
     "oversized": lambda g: _sign(g, _claims(g, pad="x" * 4000)),
     "duplicated claim": lambda g: _resign(g, '{"iss":"acme","sub":"bob","sub":"alice","aud":"'
-                                          + g.aud + '","iat":%d,"exp":%d,"jti":"j"}' % (
-                                              time.time(), time.time() + 60)),
+                                          + g.aud + f'","iat":{int(time.time())},'
+                                          + f'"exp":{int(time.time()) + 60},"jti":"j"}}'),
     "payload not an object": lambda g: _resign(g, "[1,2,3]"),
     "payload not JSON": lambda g: _resign(g, "\xff\xfe"),
     "signature of another payload": lambda g: ".".join(

@@ -34,7 +34,7 @@ def fleet_pki(directory: str, fleet_id: str = "f1") -> tuple[bytes, str, str]:
     ca_key, ca_cert = make_ca(fleet_id)
     key, cert = issue_node_cert(ca_key, ca_cert, fleet_id, "n1", "127.0.0.1:1")
     paths = os.path.join(directory, "tls.crt"), os.path.join(directory, "tls.key")
-    for path, data in zip(paths, (cert, key)):
+    for path, data in zip(paths, (cert, key), strict=True):
         with open(path, "wb") as f:
             f.write(data)
     return ca_der_from_pem(ca_cert), *paths

@@ -88,7 +88,7 @@ def expand_message_xmd(msg: bytes, dst: bytes, n: int) -> bytes:
     b0 = hashlib.sha512(bytes(128) + msg + i2osp(n, 2) + i2osp(0, 1) + dst_prime).digest()
     blocks = [hashlib.sha512(b0 + i2osp(1, 1) + dst_prime).digest()]
     for i in range(2, ell + 1):
-        mixed = bytes(a ^ b for a, b in zip(b0, blocks[-1]))
+        mixed = bytes(a ^ b for a, b in zip(b0, blocks[-1], strict=True))
         blocks.append(hashlib.sha512(mixed + i2osp(i, 1) + dst_prime).digest())
     return b"".join(blocks)[:n]
 
@@ -254,7 +254,7 @@ def server_ke2(oprf_seed: bytes, server_sk: bytes, server_pk: bytes, record: byt
     client_pk, masking_key, envelope = record[:32], record[32:96], record[96:]
     evaluated = smult(oprf_key(oprf_seed, credential_identifier), blinded)
     pad = expand(masking_key, masking_nonce + b"CredentialResponsePad", NPK + NN + NM)
-    masked = bytes(a ^ b for a, b in zip(pad, server_pk + envelope))
+    masked = bytes(a ^ b for a, b in zip(pad, server_pk + envelope, strict=True))
     credential_response = evaluated + masking_nonce + masked
     eph_sk, eph_pk = derive_dh_key_pair(keyshare_seed)
     pre = _preamble(context, cid or client_pk, ke1_msg, sid or server_pk, credential_response,
@@ -277,7 +277,7 @@ def client_ke3(state: dict, ke2: bytes, ksf: dict, context: bytes, expected_serv
     rwd = randomized_password(state["password"], state["blind"], evaluated, ksf)
     pad = expand(expand(rwd, b"MaskingKey", NH), masking_nonce + b"CredentialResponsePad",
                  NPK + NN + NM)
-    plain = bytes(a ^ b for a, b in zip(pad, masked))
+    plain = bytes(a ^ b for a, b in zip(pad, masked, strict=True))
     server_pk, env_nonce, auth_tag = plain[:32], plain[32:64], plain[64:]
     tag, export_key, client_sk, client_pk = _envelope_keys(rwd, env_nonce, server_pk, sid, cid)
     if not hmac.compare_digest(tag, auth_tag):

@@ -1,1 +1,2 @@
-"""``vault-raft bench``: commit latency and throughput next to etcd, raw pysyncobj and the disk floor."""
+"""``vault-raft bench``: commit latency and throughput next to etcd, raw pysyncobj and the
+disk floor."""

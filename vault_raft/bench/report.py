@@ -58,9 +58,9 @@ def table(res: dict) -> str:
     for key in ("fsync_append", "loopback"):
         if key in res.get("floor", {}):
             rows.append((res["floor"][key].name, res["floor"][key]))
-    for n, v in sorted(res.get("sizes", {}).items()):
+    for _, v in sorted(res.get("sizes", {}).items()):
         rows.append((v["guess"].name, v["guess"]))
-    for n, v in sorted(res.get("growth", {}).items()):
+    for _, v in sorted(res.get("growth", {}).items()):
         rows.append((v["guess"].name, v["guess"]))
     put = base.get("etcd put")
     head = _row_head("concurrency 1, via the leader (ms)")
@@ -111,8 +111,9 @@ def table(res: dict) -> str:
         det = res.get("vault", {}).get("target_detail") or {}
         worst = det.get("slowest_second")
         if worst:
-            lines.append(f"{'':50} slowest second: p99 {worst['p99_ms']} ms at t={worst['second']} s; "
-                         f"compacted during the check: {', '.join(det.get('compacted') or []) or 'none'}")
+            compacted = ", ".join(det.get("compacted") or []) or "none"
+            lines.append(f"{'':50} slowest second: p99 {worst['p99_ms']} ms "
+                         f"at t={worst['second']} s; compacted during the check: {compacted}")
     g = res.get("growth", {})
     if g:
         lines += ["", f"{'records':>9} {'snapshot MB':>12} {'serialize s':>12} "
@@ -122,10 +123,11 @@ def table(res: dict) -> str:
         for n, v in sorted(g.items()):
             rss = v["rss_bytes_per_node"]
             comp = v.get("compaction") or {}
-            lines.append(f"{n:9d} {v['snapshot_bytes'] / 1e6:12.1f} {v['snapshot_serialize_s']:12.2f} "
-                         f"{v['restart_to_healthy_s']:10.2f} "
+            lines.append(f"{n:9d} {v['snapshot_bytes'] / 1e6:12.1f} "
+                         f"{v['snapshot_serialize_s']:12.2f} {v['restart_to_healthy_s']:10.2f} "
                          f"{(sum(rss.values()) / max(1, len(rss))) / 1e6:12.0f} "
-                         f"{_fmt(v.get('memory_per_record_bytes')):>9} {_fmt(_pct(v['guess'], 50)):>10} "
+                         f"{_fmt(v.get('memory_per_record_bytes')):>9} "
+                         f"{_fmt(_pct(v['guess'], 50)):>10} "
                          f"{_fmt(comp.get('snapshot_and_compaction_s')):>12} "
                          f"{_fmt(_pct(comp.get('guess'), 99)):>10} "
                          f"{_fmt(comp.get('max_guess_ms')):>10} "
@@ -204,7 +206,7 @@ def pictures(res: dict, out: str) -> list[str]:
         tp = [ph["open"].throughput for _, ph in items]
         ax.plot(tp, [_pct(ph["open"], 50) for _, ph in items], "o-", label=f"{name} p50")
         ax.plot(tp, [_pct(ph["open"], 99) for _, ph in items], "s--", label=f"{name} p99")
-        for (conc, ph), t in zip(items, tp):
+        for (conc, ph), t in zip(items, tp, strict=True):
             ax.annotate(f"c{conc}", (t, _pct(ph["open"], 50)), fontsize=7)
     ax.set_yscale("log")
     ax.set_xlabel("throughput (operations/s, open loop at 80% of measured max)")

@@ -101,7 +101,7 @@ def measure_floor(directory: str, n: int) -> dict:
             os.fsync(fd)
         pos = [0]
 
-        def fs():
+        def fs(fd=fd, pos=pos):
             os.pwrite(fd, rec, pos[0])
             pos[0] += len(rec)
             os.fdatasync(fd)
@@ -342,7 +342,7 @@ def ke2_costs(n: int) -> tuple[Result, Result]:
     return out[0], out[1]
 
 
-def token_cost(vb: "VaultBench", n: int) -> Result:
+def token_cost(vb: VaultBench, n: int) -> Result:
     """What checking a tenant token costs a node per request (in process: the
     signature, the claims, the rate buckets), on the fleet's own tenant list."""
     gate = Gate(vb.cluster.node_dir(vb.cluster.ids[0]), vb.fleet.fleet_id,
@@ -433,8 +433,9 @@ def run_vault(cfg: Config, res: dict) -> None:
             out["c1"]["full_recovery_server"] = full_server
             out["c1"]["full_recovery_no_ksf"] = no_ksf
             out["c1"]["full_recovery_total"] = full_total
-            out["client_phases_ms"] = {k: round(1000 * sorted(p[k] for p in phases)[len(phases) // 2], 3)
-                                       for k in phases[0]}
+            out["client_phases_ms"] = {
+                k: round(1000 * sorted(p[k] for p in phases)[len(phases) // 2], 3)
+                for k in phases[0]}
         if "guess" in cfg.workloads:
             for conc in cfg.concurrency:
                 _progress(cfg, f"vault: guesses at concurrency {conc}: closed loop "
@@ -444,8 +445,9 @@ def run_vault(cfg: Config, res: dict) -> None:
                 rate = max(1.0, cl.throughput * cfg.open_fraction)
                 ol = open_loop("vault guess", vb.guess_op, conc, rate, cfg.duration / 2)
                 out["curve"][conc] = {"closed": cl, "open": ol}
+                s = ol.summary()
                 _progress(cfg, f"   {cl.throughput:.0f}/s max; at {rate:.0f}/s p50 "
-                               f"{ol.summary().get('p50_ms')} ms p99 {ol.summary().get('p99_ms')} ms")
+                               f"{s.get('p50_ms')} ms p99 {s.get('p99_ms')} ms")
         if "guess" in cfg.workloads and cfg.target_rate:
             conc = max(cfg.concurrency)
             _progress(cfg, f"vault: target check, open loop at {cfg.target_rate:.0f} guesses/s, "
@@ -785,8 +787,9 @@ def run_growth(cfg: Config, res: dict) -> None:
     base = min(out) if out else None
     for n, v in out.items():
         if base is not None and n != base:
-            d_rss = (sum(v["rss_bytes_per_node"].values()) -
-                     sum(out[base]["rss_bytes_per_node"].values())) / max(1, len(v["rss_bytes_per_node"]))
+            d_rss = ((sum(v["rss_bytes_per_node"].values())
+                      - sum(out[base]["rss_bytes_per_node"].values()))
+                     / max(1, len(v["rss_bytes_per_node"])))
             v["memory_per_record_bytes"] = round(d_rss / (n - base), 1)
     res["growth"] = out
 

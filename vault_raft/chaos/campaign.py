@@ -559,8 +559,8 @@ def timeline(hist: History, path: str, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(11, 5))
-    colors = {"disk": "#d9b6f4", "partition": "#f4b6b6", "kill": "#b6c8f4", "pause": "#f4e3b6", "slow": "#c9f4b6",
-              "lossy": "#e0b6f4"}
+    colors = {"disk": "#d9b6f4", "partition": "#f4b6b6", "kill": "#b6c8f4", "pause": "#f4e3b6",
+              "slow": "#c9f4b6", "lossy": "#e0b6f4"}
     top = 1.0
     done = [o for o in hist.ops if o.complete is not None]
     if done:

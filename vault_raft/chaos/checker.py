@@ -120,7 +120,8 @@ def released_secret(h: History) -> Verdict:
             continue
         n += 1
         sec = r.value["secret"]
-        cands = [w for w in writes[r.user] if w.value.get("secret") == sec and w.invoke < r.complete]
+        cands = [w for w in writes[r.user]
+                 if w.value.get("secret") == sec and w.invoke < r.complete]
         if not cands:
             problems.append(f"{r.user}: op {r.id} released a secret no write produced")
             continue

@@ -97,7 +97,7 @@ class History:
                 fh.write(json.dumps(d, default=repr) + "\n")
 
     @classmethod
-    def read(cls, path: str) -> "History":
+    def read(cls, path: str) -> History:
         h = cls()
         with open(path) as fh:
             for line in fh:

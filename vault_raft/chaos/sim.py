@@ -15,8 +15,8 @@
 * Invariants checked after every tick: at most one leader per term (election
   safety), no two nodes ever apply different entries at the same index
   (state machine safety), and no node's log lacks a committed entry it has
-  acknowledged (what pysyncobj's upstream follower truncation breaks).  Client operations are recorded in a
-  :class:`History` that the chaos checkers judge.
+  acknowledged (what pysyncobj's upstream follower truncation breaks).  Client operations are
+  recorded in a :class:`History` that the chaos checkers judge.
 
 Same seed, same run (within one ``PYTHONHASHSEED``; ``vault-raft simulate``
 pins it).
@@ -30,8 +30,8 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import pysyncobj.syncobj as _so
 from pysyncobj.transport import Transport
@@ -494,7 +494,7 @@ class Sim:
             self._refresh_links()
         elif len(self.net.connected) != self._expected_links():
             self._refresh_links()
-        for at, _, src, dst, data in self.net.due(self.paused):
+        for _at, _, src, dst, data in self.net.due(self.paused):
             t = self.net.transports.get(dst)
             if t is not None and src in self.replicas:
                 self.clock.current = dst
@@ -713,7 +713,7 @@ def random_run(seed: int, nodes: int = 3, steps: int = 60, journal_factory=None,
     try:
         wl = SimWorkload(sim)
         rng = random.Random(seed + 3)
-        for k in range(steps):
+        for _ in range(steps):
             a = rng.choice(actions)
             nid = rng.choice(sim.ids)
             if a == "damage":

@@ -26,7 +26,8 @@ def _ints(text: str, what: str, lo: int, hi: int) -> tuple[int, ...]:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench", help="commit latency/throughput vs etcd, raw pysyncobj, fsync floor")
+    p = sub.add_parser("bench",
+                       help="commit latency/throughput vs etcd, raw pysyncobj, fsync floor")
     p.add_argument("--nodes", type=int, default=3, help="vault cluster size for the main runs")
     p.add_argument("--duration", type=float, default=10.0,
                    help="seconds per concurrency level (half closed loop, half open loop)")

@@ -37,7 +37,7 @@ def _key_arg(value: str) -> bytes:
 
 
 def _ts(t: int) -> str:
-    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def _show_bundle(b: B.Bundle) -> None:

@@ -61,8 +61,9 @@ in the fleet cannot add records without tickets).
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import msgpack
 
@@ -139,7 +140,7 @@ class Record:
                 self.cred_id]
 
     @classmethod
-    def from_wire(cls, w: list, user: bytes) -> "Record":
+    def from_wire(cls, w: list, user: bytes) -> Record:
         """``w`` has 13 fields (snapshot version 2) or 12 (version 1: the
         credential identifier was the user id)."""
         if len(w) not in (12, 13):
@@ -387,7 +388,7 @@ class VaultState:
                              use_bin_type=True)
 
     @classmethod
-    def from_snapshot(cls, data: bytes) -> "VaultState":
+    def from_snapshot(cls, data: bytes) -> VaultState:
         """Raises ValueError on anything malformed.  Version 1 snapshots are
         read as they were written (see the module docstring)."""
         try:

@@ -215,8 +215,9 @@ def client_start(password: bytes, blind_scalar: bytes, client_nonce: bytes,
     return ClientLoginState(password, blind_scalar, client_secret, ke1)
 
 
-def _preamble(client_identity: bytes, ke1: bytes, server_identity: bytes, credential_response: bytes,
-              server_nonce: bytes, server_keyshare: bytes, context: bytes) -> bytes:
+def _preamble(client_identity: bytes, ke1: bytes, server_identity: bytes,
+              credential_response: bytes, server_nonce: bytes, server_keyshare: bytes,
+              context: bytes) -> bytes:
     return (b"OPAQUEv1-" + _i2osp2(len(context)) + context
             + _i2osp2(len(client_identity)) + client_identity + ke1
             + _i2osp2(len(server_identity)) + server_identity

@@ -56,7 +56,8 @@ def expand_message_xmd_sha512(msg: bytes, dst: bytes, length: int) -> bytes:
     bi = hashlib.sha512(b0 + b"\x01" + dst_prime).digest()
     out = [bi]
     for i in range(2, ell + 1):
-        bi = hashlib.sha512(bytes(x ^ y for x, y in zip(b0, bi)) + bytes([i]) + dst_prime).digest()
+        mixed = bytes(x ^ y for x, y in zip(b0, bi, strict=True))
+        bi = hashlib.sha512(mixed + bytes([i]) + dst_prime).digest()
         out.append(bi)
     return b"".join(out)[:length]
 

@@ -67,7 +67,7 @@ class KSF:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "KSF":
+    def from_dict(cls, d: dict) -> KSF:
         try:
             return cls(
                 kind=str(d["kind"]),

@@ -83,7 +83,7 @@ class ServerSetup:
         return f"ServerSetup(public_key={self.public_key.hex()})"
 
     @classmethod
-    def generate(cls) -> "ServerSetup":
+    def generate(cls) -> ServerSetup:
         sk, pk = core.derive_dh_key_pair(os.urandom(core.Nseed))
         return cls(os.urandom(core.Nh), sk, pk)
 
@@ -91,7 +91,7 @@ class ServerSetup:
         return self.oprf_seed + self.private_key + self.public_key
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "ServerSetup":
+    def from_bytes(cls, data: bytes) -> ServerSetup:
         data = core._check_len(data, core.SERVER_SETUP_LEN, "server setup")
         seed, sk, pk = data[:core.Nh], data[core.Nh:core.Nh + core.Nsk], data[core.Nh + core.Nsk:]
         group.check_scalar(sk, "server private key")
@@ -146,7 +146,7 @@ class ServerLogin:
         return self._state.session_key
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "ServerLogin":
+    def from_bytes(cls, data: bytes) -> ServerLogin:
         data = core._check_len(data, core.Nm + core.Nx, "server login state")
         return cls(core.ServerLoginState(data[:core.Nm], data[core.Nm:]))
 
@@ -197,7 +197,7 @@ class ClientRegistration:
     ksf: KSF
 
     @classmethod
-    def start(cls, password: bytes, *, ksf: KSF = DEFAULT_KSF) -> tuple["ClientRegistration", bytes]:
+    def start(cls, password: bytes, *, ksf: KSF = DEFAULT_KSF) -> tuple[ClientRegistration, bytes]:
         pw = _password(password)
         blind = group.random_scalar()
         return cls(pw, blind, ksf), core.registration_request(pw, blind)
@@ -233,7 +233,7 @@ class ClientLogin:
 
     @classmethod
     def start(cls, password: bytes, *, ksf: KSF = DEFAULT_KSF,
-              context: bytes = DEFAULT_CONTEXT) -> tuple["ClientLogin", bytes]:
+              context: bytes = DEFAULT_CONTEXT) -> tuple[ClientLogin, bytes]:
         state = core.client_start(_password(password), group.random_scalar(),
                                   os.urandom(core.Nn), os.urandom(core.Nseed))
         return cls(state, ksf, _context(context)), state.ke1

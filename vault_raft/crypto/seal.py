@@ -96,7 +96,8 @@ def hpke_open(private_key: bytes, ciphertext: bytes, info: bytes) -> bytes:
 
 
 def session_subkey(session_key: bytes, purpose: bytes) -> bytes:
-    return HKDF(hashes.SHA512(), KEY_LEN, None, b"vault-raft session v1 " + purpose).derive(session_key)
+    info = b"vault-raft session v1 " + purpose
+    return HKDF(hashes.SHA512(), KEY_LEN, None, info).derive(session_key)
 
 
 def mac(key: bytes, msg: bytes) -> bytes:

@@ -12,6 +12,7 @@ epoch, epochs that do not rise by exactly one, a digest logged twice.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgpack
 
@@ -75,7 +76,8 @@ def check_namespace_head(report: AuditReport, mirror: LogMirror, page: dict,
     name the namespace's newest bundle among the entries it covers: clients
     trust it for freshness, so a witness that names an old epoch is caught
     here.  Adds to ``report.problems``."""
-    sth, sig = page.get("sth"), page.get("sth_sig")
+    sth: Any = page.get("sth")  # not checked here: the verification below refuses a non-bytes
+    sig: Any = page.get("sth_sig")
     try:
         B._verify_sig(mirror.witness_pk, sig, sth, B.BadWitnessSignature, "witness tree head")
         head = B.parse_head(sth)

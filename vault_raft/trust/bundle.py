@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgpack
 from cryptography.exceptions import InvalidSignature
@@ -145,7 +146,7 @@ class FleetEntry:
         return out + [self.channel_ca] if self.channel_ca else out
 
     @classmethod
-    def from_list(cls, x, version: str = BUNDLE_V) -> "FleetEntry":
+    def from_list(cls, x, version: str = BUNDLE_V) -> FleetEntry:
         if version == BUNDLE_V1:
             (fid, role, osk, ek, ksf, m, eps, dep), ca = x, b""
         else:
@@ -201,7 +202,7 @@ class Bundle:
         return tuple(f for f in self.fleets if f.role == "retiring")
 
     @classmethod
-    def from_canonical(cls, data: bytes) -> "Bundle":
+    def from_canonical(cls, data: bytes) -> Bundle:
         try:
             v, ns, epoch, fleets, nb, na, prev = msgpack.unpackb(data, raw=False)
             if v not in (BUNDLE_V, BUNDLE_V1) or not isinstance(epoch, int) or epoch < 1:
@@ -271,17 +272,18 @@ class SignedBundle:
         return {k: getattr(self, k) for k, _ in _WIRE}
 
     @classmethod
-    def from_wire(cls, d) -> "SignedBundle":
+    def from_wire(cls, d) -> SignedBundle:
         """Type-check a decoded msgpack map from the network."""
         if not isinstance(d, dict):
             raise BundleMalformed("trust response is not a map")
-        vals = []
+        vals: list[Any] = []
         for k, t in _WIRE:
-            v = d.get(k)
+            v: Any = d.get(k)
             if not isinstance(v, t) or isinstance(v, bool):
                 raise BundleMalformed(f"trust response: {k} missing or not {t.__name__}")
-            if t is list and (len(v) > MAX_PROOF or
-                              not all(isinstance(h, bytes) and len(h) == 32 for h in v)):
+            if isinstance(v, list) and (len(v) > MAX_PROOF or
+                                        not all(isinstance(h, bytes) and len(h) == 32
+                                                for h in v)):
                 raise BundleMalformed(f"trust response: {k} is not a list of hashes")
             vals.append(v)
         return cls(*vals)
@@ -313,7 +315,7 @@ class TrustState:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: str) -> "TrustState":
+    def load(cls, path: str) -> TrustState:
         try:
             with open(path) as f:
                 d = json.load(f)

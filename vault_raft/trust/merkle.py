@@ -173,7 +173,7 @@ class HashTree:
         return self._size
 
     @classmethod
-    def from_hashes(cls, blob: bytes) -> "HashTree":
+    def from_hashes(cls, blob: bytes) -> HashTree:
         """A tree from concatenated 32-byte leaf hashes."""
         if len(blob) % HASH_LEN:
             raise ValueError("leaf hashes must be 32 bytes each")

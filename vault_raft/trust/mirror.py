@@ -16,8 +16,8 @@ the log (:class:`MirrorFull`) instead of growing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from vault_raft.trust import bundle as B
 from vault_raft.trust import merkle
@@ -51,14 +51,14 @@ class LogMirror:
 
     @classmethod
     def from_statements(cls, witness_pk: bytes, statements: list, sth, sth_sig,
-                        **kw) -> "LogMirror":
+                        **kw) -> LogMirror:
         m = cls(witness_pk, **kw)
         m._accept(list(statements), sth, sth_sig)
         return m
 
     @classmethod
     def from_hashes(cls, witness_pk: bytes, leaf_hashes: bytes, sth, sth_sig,
-                    **kw) -> "LogMirror":
+                    **kw) -> LogMirror:
         """From concatenated leaf hashes (a trust file): checked against the head."""
         m = cls(witness_pk, **kw)
         if not isinstance(leaf_hashes, bytes) or len(leaf_hashes) % merkle.HASH_LEN:
@@ -122,7 +122,7 @@ class LogMirror:
             self.tree.truncate(base)
             raise
         if self.keep is None:
-            self.kept.update(zip(range(base, base + len(new)), new))
+            self.kept.update(zip(range(base, base + len(new)), new, strict=True))
         else:
             self.kept.update((base + i, s) for i, s in enumerate(new) if self.keep(s))
         self.head = Head(head.size, sth, sth_sig)

@@ -27,6 +27,7 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -156,14 +157,15 @@ class Limits:
     log_burst: int = 120
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Limits":
+    def from_dict(cls, d: dict) -> Limits:
         out = {}
         for f in dataclasses.fields(cls):
             if f.name in d:
                 v = d[f.name]
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
                     raise ValueError(f"{f.name} must be a positive number")
-                out[f.name] = type(f.default)(v)
+                kind: Any = type(f.default)  # int or float, as the field's default
+                out[f.name] = kind(v)
         return cls(**out)
 
 
