@@ -34,7 +34,7 @@ from vault_raft import limits
 from vault_raft.cli.trust import TrustCommandError
 from vault_raft.fleet import tenants as T
 from vault_raft.fleet.config import ConfigError, FleetInfo
-from vault_raft.fleet.create import init_fleet
+from vault_raft.fleet.create import init_fleet, load_spec
 from vault_raft.fleet.keystore import KeystoreError
 from vault_raft.fleet.operator import OperatorError
 from vault_raft.ops.cluster import ClusterError, LocalCluster
@@ -114,9 +114,23 @@ def _write_secret(path: str, data: bytes, force: bool) -> None:
 
 # ---------------------------------------------------------------- commands
 
+def _node_hosts(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        nid, sep, host = pair.partition("=")
+        if not sep or not nid or not host:
+            raise UsageError(f"--node-host takes nK=HOST, got {pair!r}")
+        if nid in out:
+            raise UsageError(f"--node-host {nid} given twice")
+        out[nid] = host
+    return out
+
+
 def cmd_fleet_init(a) -> int:
+    spec = load_spec(a.spec) if a.spec else None
     path = init_fleet(a.dir, a.nodes, a.host, a.base_port, a.max_attempts,
-                      api_tls=not a.insecure_http)
+                      api_tls=not a.insecure_http, node_hosts=_node_hosts(a.node_host),
+                      bind=a.bind, spec=spec)
     print(f"fleet created: {path}")
     if a.insecure_http:
         print("warning: the nodes' API is PLAIN HTTP (--insecure-http): user ids, OPAQUE "
@@ -290,10 +304,18 @@ def build_parser() -> argparse.ArgumentParser:
     fsub = fleet.add_subparsers(dest="fleet_cmd", required=True, metavar="ACTION")
     fi = fsub.add_parser("init", help="create node directories, keys and fleet.json")
     fi.add_argument("--dir", required=True)
-    fi.add_argument("--nodes", type=int, default=3)
-    fi.add_argument("--host", default="127.0.0.1")
+    fi.add_argument("--nodes", type=int, default=None, help="3..9 (default 3, or the spec's)")
+    fi.add_argument("--host", default="127.0.0.1",
+                    help="every node's advertised host (IPv4) unless given per node")
     fi.add_argument("--base-port", type=int, default=7100,
-                    help="Raft ports are base+i, API ports base+100+i")
+                    help="Raft ports are base+i, API ports base+100+i, metrics base+200+i")
+    fi.add_argument("--node-host", action="append", default=[], metavar="nK=HOST",
+                    help="node nK's advertised host: IPv4 or DNS name (repeatable)")
+    fi.add_argument("--bind", default=None, metavar="ADDR",
+                    help="the address every node listens on (default: its advertised host)")
+    fi.add_argument("--spec", default=None, metavar="FILE",
+                    help="fleet spec (JSON, or TOML if FILE ends in .toml): each node's host, "
+                    "raft_port, api_port, metrics_port, bind (docs/ops.md)")
     fi.add_argument("--max-attempts", type=int, default=limits.DEFAULT_MAX_ATTEMPTS,
                     help="default guess limit for new records")
     fi.add_argument("--insecure-http", action="store_true",

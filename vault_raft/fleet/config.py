@@ -9,8 +9,9 @@
      "nodes": [{"id": "n1", "api": "https://127.0.0.1:7201"}, ...]}
 
 ``DIR/nK/node.json`` (one per node) names its Raft address, its peers and
-its API address (and ``api_tls``: false only for ``fleet init
---insecure-http``); ``DIR/nK/keystore.bin`` (mode 0600) holds the fleet keys
+its API address (its advertised host: ``api_host``), the address it listens
+on (``bind``; absent: the advertised host), and ``api_tls`` (false only for
+``fleet init --insecure-http``); ``DIR/nK/keystore.bin`` (mode 0600) holds the fleet keys
 and the node's own identity key; ``DIR/node-statements.bin`` holds every
 node's signed statement of its keys (deployment evidence, see :mod:`.deployment`).
 
@@ -184,6 +185,7 @@ class NodeConfig:
     metrics_port: int | None = None  # Prometheus metrics (plain HTTP on api_host); None: off
     tenants: str = "required"  # "off": no tenant tokens checked (a fleet made before tenants)
     limits: tuple[tuple[str, Any], ...] = ()  # API connection limits (node.limits.Limits)
+    bind: str | None = None  # the address it listens on; None (field absent): api_host
 
     @classmethod
     def load(cls, node_dir: str) -> "NodeConfig":
@@ -202,12 +204,27 @@ class NodeConfig:
                        _api_tls(d.get("api_tls")),
                        _port_or_none(d.get("metrics_port")),
                        _tenants_mode(d.get("tenants", "required")),
-                       tuple((str(k), v) for k, v in dict(d.get("limits", {})).items()))
+                       tuple((str(k), v) for k, v in dict(d.get("limits", {})).items()),
+                       _bind(d.get("bind")))
         except FileNotFoundError:
             raise ConfigError(f"{path} not found: is {node_dir} a node directory "
                               "made by 'vault-raft fleet init'?") from None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{path} is malformed: {exc}") from None
+
+    @property
+    def listen_host(self) -> str:
+        """The address the API, metrics and Raft ports listen on."""
+        return self.bind if self.bind is not None else self.api_host
+
+    @property
+    def raft_bind(self) -> str | None:
+        """The Raft port's listen address (``host:port``) when it differs from
+        the advertised ``raft_addr``; None otherwise."""
+        if self.bind is None:
+            return None
+        addr = f"{self.bind}:{self.raft_addr.rsplit(':', 1)[1]}"
+        return None if addr == self.raft_addr else addr
 
     @property
     def keystore_path(self) -> str:
@@ -248,6 +265,14 @@ class NodeConfig:
             raise ConfigError(f"{self.dir}: TLS files missing: {missing}")
         return TlsConfig(self.fleet_id, self.node_id, *paths,
                          {nid: addr for addr, nid in self.peer_ids})
+
+
+def _bind(v) -> str | None:
+    if v is None:
+        return None
+    if not isinstance(v, str) or not v:
+        raise ValueError("bind must be an address to listen on")
+    return v
 
 
 def _api_tls(v) -> bool | None:

@@ -81,7 +81,7 @@ class _ServingDown:
         app.router.add_get("/v1/status", status)
         app.router.add_route("*", "/{tail:.*}", down)
         api = ApiServer(app, ssl_context=self.ssl, logger=log)
-        await api.start(self.cfg.api_host, self.cfg.api_port)
+        await api.start(self.cfg.listen_host, self.cfg.api_port)
         return api
 
     def __enter__(self):
@@ -130,19 +130,19 @@ def run_node(node_dir: str, settings: RaftSettings | None = None) -> int:
         cfg.data_dir, while_waiting=lambda reason: _ServingDown(cfg, api_ssl, reason))
     replica = VaultReplica(cfg.raft_addr, list(cfg.partners), cfg.data_dir, ks.cluster_secret(),
                            settings=settings, dial=dict(cfg.dial), tls=tls,
-                           truncate_after=truncate_after)
+                           truncate_after=truncate_after, bind=cfg.raft_bind)
     metrics = NodeMetrics(replica, cfg.node_id)
     if replica.journal_path.journal is not None:
         replica.journal_path.journal.on_sync = metrics.fsync_seconds.observe
     if cfg.metrics_port:
         try:
-            metrics.serve(cfg.api_host, cfg.metrics_port)
+            metrics.serve(cfg.listen_host, cfg.metrics_port)
         except OSError as exc:
             log.error("cannot serve metrics on port %d: %s", cfg.metrics_port, exc)
     service = VaultService(cfg, ks, replica, metrics=metrics)
     service.nofile = nofile
     try:
-        asyncio.run(_serve(service, cfg.api_host, cfg.api_port, api_ssl, limits, nofile))
+        asyncio.run(_serve(service, cfg.listen_host, cfg.api_port, api_ssl, limits, nofile))
     finally:
         replica.destroy_synchronous()  # syncs and closes the journal
     return 0

@@ -320,7 +320,7 @@ class DurableReplica(SyncObj):
                  settings: RaftSettings | None = None, trace: Callable | None = None,
                  auto_tick: bool = True, transport_class=None, dial: dict | None = None,
                  journal_factory: Callable | None = None, tls: TlsConfig | None = None,
-                 truncate_after: int | None = None):
+                 truncate_after: int | None = None, bind: str | None = None):
         s = settings or RaftSettings()
         os.makedirs(data_dir, exist_ok=True)
         self._trace = trace
@@ -370,6 +370,7 @@ class DurableReplica(SyncObj):
             logCompactionMinTime=s.compaction_min_time * stagger,
             appendEntriesBatchSizeBytes=s.batch_bytes,
             dnsFailCacheTime=1.0,
+            bindAddress=bind,  # host:port to listen on (None: self_addr)
         )
         self._draining = False
         self._send_deferred = False

@@ -306,7 +306,7 @@ class MtlsTransport(Transport):
         if self._ready or monotonicTime() < self._last_bind + self._so.conf.bindRetryTime:
             return
         self._last_bind = monotonicTime()
-        host, port = self._self.address.rsplit(":", 1)
+        host, port = (self._so.conf.bindAddress or self._self.address).rsplit(":", 1)
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
