@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 
 from aiohttp import web
@@ -23,6 +22,8 @@ from vault_raft.api import binding as P
 from vault_raft.fleet.config import NodeConfig
 from vault_raft.fleet.keystore import FileKeystore
 from vault_raft.node.bridge import commit
+from vault_raft.node.replies import reply
+from vault_raft.node.serving import SiteServer, serve_until_signal
 from vault_raft.node.validate import ApiError
 from vault_raft.raft.replica import DurableReplica
 
@@ -70,31 +71,20 @@ def main(argv=None) -> int:
             return web.Response(status=exc.status, body=P.pack({"error": exc.message}))
         except Exception:
             return web.Response(status=400, body=P.pack({"error": "bad request"}))
-        return web.Response(body=P.pack({"value": value}), content_type=P.CONTENT_TYPE)
+        return reply(200, {"value": value})
 
     async def status(request):
         st = rep.status()
-        return web.Response(body=P.pack({"role": st.get("role"), "healthy": rep.can_serve(),
-                                         "commit_index": st.get("commit_index")}),
-                            content_type=P.CONTENT_TYPE)
+        return reply(200, {"role": st.get("role"), "healthy": rep.can_serve(),
+                           "commit_index": st.get("commit_index")})
 
-    async def serve():
-        app = web.Application()
-        app.router.add_post("/inc", inc)
-        app.router.add_get("/v1/status", status)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        # the same TLS front as the vault's nodes (api_tls in node.json)
-        await web.TCPSite(runner, cfg.api_host, cfg.api_port, reuse_address=True,
-                          ssl_context=cfg.api_ssl_context()).start()
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await runner.cleanup()
-
+    app = web.Application()
+    app.router.add_post("/inc", inc)
+    app.router.add_get("/v1/status", status)
+    # the same TLS front as the vault's nodes (api_tls in node.json)
+    server = SiteServer(app, ssl_context=cfg.api_ssl_context())
     try:
-        asyncio.run(serve())
+        asyncio.run(serve_until_signal(server, cfg.api_host, cfg.api_port))
     finally:
         rep.destroy_synchronous()
     return 0

@@ -14,18 +14,13 @@ from vault_raft.api import binding as P
 from vault_raft.api.openapi import OPENAPI
 from vault_raft.logs import QuietLog
 from vault_raft.node import httpguard as H
-from vault_raft.node.replies import error_response, install
+from vault_raft.node.replies import error_response, install, reply
 from vault_raft.node.trust_service import NoBundle, TrustService
 from vault_raft.node.validate import ApiError
 from vault_raft.node.vault_service import VaultService
 
 log = logging.getLogger("vault_raft.node.app")
 _quiet = QuietLog(log)
-
-
-def reply(status: int, obj: dict) -> web.Response:
-    """A msgpack reply."""
-    return web.Response(status=status, body=P.pack(obj), content_type=P.CONTENT_TYPE)
 
 
 @web.middleware

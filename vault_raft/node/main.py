@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import threading
 
 from aiohttp import web
@@ -13,11 +12,12 @@ from aiohttp import web
 from vault_raft.fleet.config import ConfigError, NodeConfig
 from vault_raft.fleet.keystore import FileKeystore
 from vault_raft.node import restart
-from vault_raft.node.app import build_app, reply
+from vault_raft.node.app import build_app
 from vault_raft.node.httpguard import ApiServer, track
 from vault_raft.node.limits import Limits, raise_nofile_limit
 from vault_raft.node.metrics import NodeMetrics
-from vault_raft.node.replies import error_response, install
+from vault_raft.node.replies import error_response, install, reply
+from vault_raft.node.serving import serve_until_signal
 from vault_raft.node.trust_service import TrustService
 from vault_raft.node.vault_service import VaultService
 from vault_raft.raft.replica import RaftSettings, VaultReplica
@@ -33,15 +33,23 @@ async def _serve(service: VaultService, host: str, port: int, ssl_context=None,
     capped and timed (:mod:`.httpguard`)."""
     trust = TrustService(service.cfg.dir)
     api = ApiServer(build_app(service, trust), limits=limits, ssl_context=ssl_context,
-                      logger=log, nofile=nofile)
+                    logger=log, nofile=nofile)
     service.http = api
-    await api.start(host, port)
-    refresher = asyncio.create_task(trust.run())
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    if ssl_context is None:
+    refresher: list[asyncio.Task] = []
+
+    def started() -> None:
+        refresher.append(asyncio.create_task(trust.run()))
+        _log_serving(service, api, host, port, ssl_context is not None, nofile)
+
+    def stopping() -> None:
+        log.info("node %s stopping", service.cfg.node_id)
+        refresher[0].cancel()
+    await serve_until_signal(api, host, port, started=started, stopping=stopping)
+
+
+def _log_serving(service: VaultService, api: ApiServer, host: str, port: int, tls: bool,
+                 nofile: dict | None) -> None:
+    if not tls:
         log.warning("node %s serving the API on http://%s:%d: PLAIN HTTP, unencrypted and "
                     "unauthenticated (api_tls is false: for local debugging only)",
                     service.cfg.node_id, host, port)
@@ -52,10 +60,6 @@ async def _serve(service: VaultService, host: str, port: int, ssl_context=None,
              "body %gs, idle %gs", api.max_connections,
              (nofile or {}).get("soft", "?"), api.limits.handshake_timeout,
              api.limits.header_timeout, api.limits.body_timeout, api.limits.idle_timeout)
-    await stop.wait()
-    log.info("node %s stopping", service.cfg.node_id)
-    refresher.cancel()
-    await api.stop()
 
 
 class _ServingDown:

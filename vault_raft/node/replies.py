@@ -17,6 +17,11 @@ from vault_raft.node.validate import now_ms
 TIME_HEADER = P.TIME_HEADER
 
 
+def reply(status: int, obj: dict) -> web.Response:
+    """A msgpack reply."""
+    return web.Response(status=status, body=P.pack(obj), content_type=P.CONTENT_TYPE)
+
+
 def one_line(exc: BaseException | str | None, limit: int = 160) -> str:
     """A client-controlled error text as one short printable line."""
     if exc is None:

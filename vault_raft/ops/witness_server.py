@@ -38,6 +38,8 @@ from aiohttp import web
 
 from vault_raft.api import binding as P
 from vault_raft.fleet.keystore import load_signing_key, new_signing_key_file
+from vault_raft.node.replies import reply
+from vault_raft.node.serving import SiteServer, serve_until_signal
 from vault_raft.trust import bundle as B
 from vault_raft.trust.witness import (
     OPERATORS_FILE,
@@ -109,10 +111,6 @@ def witness_url(directory: str) -> str:
         raise WitnessConfigError(f"{directory}: not a witness directory ({exc})") from None
 
 
-def _reply(status: int, obj: dict) -> web.Response:
-    return web.Response(status=status, body=P.pack(obj), content_type=P.CONTENT_TYPE)
-
-
 def build_app(wl: WitnessLog) -> web.Application:
     # a body holds the bundle and two short keys/signatures
     app = web.Application(client_max_size=wl.limits.max_bundle_bytes + 1024)
@@ -121,7 +119,7 @@ def build_app(wl: WitnessLog) -> web.Application:
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return _reply(413, {"error": "too_large", "message": "bundle of more than "
+            return reply(413, {"error": "too_large", "message": "bundle of more than "
                                 f"{wl.limits.max_bundle_bytes} bytes"})
         try:
             body = P.unpack(raw)
@@ -129,29 +127,29 @@ def build_app(wl: WitnessLog) -> web.Application:
             if not all(isinstance(x, bytes) for x in (canon, sig, opk)):
                 raise TypeError
         except Exception:
-            return _reply(400, {"error": "bad_request",
+            return reply(400, {"error": "bad_request",
                                 "message": "send {bundle, operator_sig, operator_key} as msgpack"})
         try:
             # the fsync inside cosign blocks: keep it off the event loop
             st, wsig, idx = await asyncio.to_thread(wl.cosign, canon, sig, opk, int(time.time()))
         except NotRegistered as exc:
             _refusals.note(request, exc)
-            return _reply(403, {"error": "not_registered", "message": str(exc)})
+            return reply(403, {"error": "not_registered", "message": str(exc)})
         except TooLarge as exc:
-            return _reply(413, {"error": "too_large", "message": str(exc)})
+            return reply(413, {"error": "too_large", "message": str(exc)})
         except RateLimited as exc:
             return web.Response(status=429, body=P.pack({"error": "rate_limited",
                                                           "message": str(exc)}),
                                 content_type=P.CONTENT_TYPE,
                                 headers={"Retry-After": str(max(1, math.ceil(exc.retry_after)))})
         except WitnessRefused as exc:
-            return _reply(409, {"error": "refused", "message": str(exc)})
+            return reply(409, {"error": "refused", "message": str(exc)})
         except B.TrustError as exc:
-            return _reply(400, {"error": "bad_request", "message": str(exc)})
+            return reply(400, {"error": "bad_request", "message": str(exc)})
         bundle = B.Bundle.from_canonical(canon)  # cosign checked it: this cannot fail
         sth, sth_sig = wl.tree_head(int(time.time()), bundle.namespace)
         log.info("co-signed %s epoch %s as leaf %d", bundle.namespace, bundle.epoch, idx)
-        return _reply(200, {"statement": st, "witness_sig": wsig, "leaf_index": idx,
+        return reply(200, {"statement": st, "witness_sig": wsig, "leaf_index": idx,
                             "sth": sth, "sth_sig": sth_sig})
 
     async def get_log(request: web.Request) -> web.Response:
@@ -163,13 +161,13 @@ def build_app(wl: WitnessLog) -> web.Application:
             if start < 0:
                 raise ValueError
         except ValueError:
-            return _reply(400, {"error": "bad_request", "message": "start must be an integer >= 0"})
+            return reply(400, {"error": "bad_request", "message": "start must be an integer >= 0"})
         namespace = request.query.get("namespace", "")
         if len(namespace.encode()) > B.MAX_NAMESPACE:
-            return _reply(400, {"error": "bad_request",
+            return reply(400, {"error": "bad_request",
                                 "message": f"namespace is at most {B.MAX_NAMESPACE} bytes"})
         statements, sth, sth_sig = wl.page(start, PAGE, int(time.time()), namespace)
-        return _reply(200, {"start": start, "statements": statements, "sth": sth,
+        return reply(200, {"start": start, "statements": statements, "sth": sth,
                             "sth_sig": sth_sig})
 
     async def status(request: web.Request) -> web.Response:
@@ -177,7 +175,7 @@ def build_app(wl: WitnessLog) -> web.Application:
             operators = len(wl.registry.keys())
         except Exception:  # shown as unknown; cosign says why
             operators = -1
-        return _reply(200, {"public_key": wl.public_key, "size": wl.size,
+        return reply(200, {"public_key": wl.public_key, "size": wl.size,
                             "namespaces": {ns: f["epoch"] for ns, f in wl.fleets.items()},
                             "operators": operators,
                             "limits": dataclasses.asdict(wl.limits)})
@@ -209,17 +207,10 @@ _refusals = _Refusals()
 
 
 async def _serve(wl: WitnessLog, host: str, port: int) -> None:
-    runner = web.AppRunner(build_app(wl), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port, reuse_address=True).start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    log.info("witness %s serving %d log entries on http://%s:%d", wl.public_key.hex()[:16],
-             wl.size, host, port)
-    await stop.wait()
-    await runner.cleanup()
+    def started() -> None:
+        log.info("witness %s serving %d log entries on http://%s:%d", wl.public_key.hex()[:16],
+                 wl.size, host, port)
+    await serve_until_signal(SiteServer(build_app(wl)), host, port, started=started)
 
 
 def spawn(directory: str, timeout: float = 20.0) -> subprocess.Popen:
