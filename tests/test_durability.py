@@ -21,6 +21,7 @@ import time
 
 import pytest
 from conftest import free_base_port
+from raft_tls import fleet_tls
 
 from vault_raft.core.machine import CRED_ID_LEN, NONCE_LEN, encode_command
 from vault_raft.ops.cluster import wait_until
@@ -92,12 +93,13 @@ def run_cluster(tmp_path, recorder, monkeypatch, disable_sync=False):
     base = free_base_port(3)
     addrs = [f"127.0.0.1:{base + i}" for i in (1, 2, 3)]
     reps = []
+    tls = fleet_tls(tmp_path / "pki", addrs)
     for i, a in enumerate(addrs):
         owner[str(tmp_path / f"n{i}")] = a
     try:
         for i, a in enumerate(addrs):
-            rep = VaultReplica(a, [x for x in addrs if x != a], str(tmp_path / f"n{i}"), "s3cret",
-                               settings=RaftSettings(), trace=recorder.tracer(a))
+            rep = VaultReplica(a, [x for x in addrs if x != a], str(tmp_path / f"n{i}"),
+                               settings=RaftSettings(), trace=recorder.tracer(a), tls=tls[a])
             reps.append(rep)
         wait_until(lambda: not (not any(r.can_serve() for r in reps)), 20, what="no leader")
         done = threading.Semaphore(0)
@@ -568,8 +570,9 @@ def test_snapshots_are_written_by_a_forked_child(tmp_path, fork):
     """pysyncobj turns useFork off when a custom serializer is given; the
     replica turns it back on, so the Raft thread does not serialise."""
     addr = f"127.0.0.1:{free_base_port(1)}"
-    rep = _PidSnapshotReplica(addr, [], str(tmp_path / "n1"), "s3cret",
-                              settings=RaftSettings(fork_snapshots=fork))
+    tls = fleet_tls(tmp_path / "pki", [addr])[addr]
+    rep = _PidSnapshotReplica(addr, [], str(tmp_path / "n1"),
+                              settings=RaftSettings(fork_snapshots=fork), tls=tls)
     try:
         wait_until(lambda: rep.status().get("role") == "leader", 20, what="a leader")
         done, errors = threading.Semaphore(0), []
@@ -591,8 +594,8 @@ def test_snapshots_are_written_by_a_forked_child(tmp_path, fork):
     finally:
         rep.destroy_synchronous()
     # the snapshot the child wrote is the one a restart loads
-    again = VaultReplica(addr, [], str(tmp_path / "n1"), "s3cret",
-                         settings=RaftSettings(fork_snapshots=fork))
+    again = VaultReplica(addr, [], str(tmp_path / "n1"),
+                         settings=RaftSettings(fork_snapshots=fork), tls=tls)
     try:
         wait_until(lambda: again.read_state(lambda v: len(v.records)) == 20, 20,
                    what="the state restored")
@@ -623,7 +626,8 @@ def test_compaction_deletes_segments_and_a_restart_keeps_every_entry(tmp_path):
     settings = RaftSettings(fork_snapshots=False, segment_bytes=4096)
     addr = f"127.0.0.1:{free_base_port(1)}"
     data = str(tmp_path / "n1")
-    rep = VaultReplica(addr, [], data, "s3cret", settings=settings)
+    tls = fleet_tls(tmp_path / "pki", [addr])[addr]
+    rep = VaultReplica(addr, [], data, settings=settings, tls=tls)
     try:
         _wait_leader(rep)
         _enroll_all(rep, [f"u{k}" for k in range(60)])
@@ -636,7 +640,7 @@ def test_compaction_deletes_segments_and_a_restart_keeps_every_entry(tmp_path):
         _enroll_all(rep, [f"v{k}" for k in range(10)])  # entries after the snapshot
     finally:
         rep.destroy_synchronous()
-    again = VaultReplica(addr, [], data, "s3cret", settings=settings)
+    again = VaultReplica(addr, [], data, settings=settings, tls=tls)
     try:
         wait_until(lambda: again.read_state(lambda v: len(v.records)) == 70, 20,
                    what="the state restored")
@@ -651,7 +655,9 @@ def test_an_orphaned_snapshot_child_writes_nothing(tmp_path):
     """A snapshot child whose node is gone must not rename a stale snapshot
     over the one a restarted node uses: it dies with the node (PDEATHSIG), and
     if the node died before it could ask, it exits without writing."""
-    rep = VaultReplica(f"127.0.0.1:{free_base_port(1)}", [], str(tmp_path / "n1"), "s3cret")
+    addr = f"127.0.0.1:{free_base_port(1)}"
+    tls = fleet_tls(tmp_path / "pki", [addr])[addr]
+    rep = VaultReplica(addr, [], str(tmp_path / "n1"), tls=tls)
     try:
         target = str(tmp_path / "snap.out")
         entries = ((b"\x01", 2, 1), (b"\x01", 1, 1), [])

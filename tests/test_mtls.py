@@ -5,6 +5,7 @@ with :class:`MtlsTransport`.  Test clients connect with or without fleet
 certificates; a positive control shows that a genuine fleet certificate does
 get a message delivered and answered, so each refusal below is meaningful.
 """
+import json
 import os
 import pickle
 import socket
@@ -13,11 +14,11 @@ import struct
 import time
 
 import msgpack
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 import pysyncobj.utility as U
 import pytest
 from conftest import free_base_port
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from vault_raft.raft import frames as wire
 from vault_raft.raft.pki import cert_hosts, issue_node_cert, make_ca, peer_identity
@@ -53,7 +54,7 @@ def n1(pki):
                     pki["addrs"])
     addrs = pki["addrs"]
     rep = VaultReplica(addrs["n1"], [addrs["n2"], addrs["n3"]], str(pki["tmp"] / "n1data"),
-                       "unused", settings=RaftSettings(), tls=cfg)
+                       settings=RaftSettings(), tls=cfg)
     deadline = time.monotonic() + 10
     while not rep.status():
         assert time.monotonic() < deadline
@@ -279,7 +280,7 @@ def test_a_three_node_mtls_cluster_commits(pki):
                             pki["addrs"])
             others = [a for n, a in pki["addrs"].items() if n != nid]
             reps.append(VaultReplica(pki["addrs"][nid], others, str(pki["tmp"] / f"{nid}d"),
-                                     "unused", settings=RaftSettings(), tls=cfg))
+                                     settings=RaftSettings(), tls=cfg))
         from vault_raft.core import machine as M
         deadline = time.monotonic() + 20
         while not any(r.can_serve() for r in reps):
@@ -352,3 +353,20 @@ def test_node_certificate_names_its_advertised_host():
         x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["vault-3.example"]
     assert san.get_values_for_type(x509.IPAddress) == []
+
+
+def _node_json(tmp_path, **extra):
+    d = {"node_id": "n1", "fleet_id": FLEET, "raft_addr": "127.0.0.1:1", "partners": [],
+         "api_host": "127.0.0.1", "api_port": 2, **extra}
+    (tmp_path / "node.json").write_text(json.dumps(d))
+    return str(tmp_path)
+
+
+def test_mtls_is_the_only_raft_transport(tmp_path):
+    from vault_raft.fleet.config import ConfigError, NodeConfig
+    assert NodeConfig.load(_node_json(tmp_path)).transport == "mtls"  # no field: mTLS
+    assert NodeConfig.load(_node_json(tmp_path, transport="mtls")).transport == "mtls"
+    with pytest.raises(ConfigError, match="mutual TLS is the only Raft transport"):
+        NodeConfig.load(_node_json(tmp_path, transport="plain"))
+    with pytest.raises(TypeError, match="mutual TLS"):
+        VaultReplica("127.0.0.1:1", [], str(tmp_path / "data"))  # no TlsConfig, no transport

@@ -20,7 +20,6 @@ from pysyncobj import replicated
 
 from vault_raft.api import binding as P
 from vault_raft.fleet.config import NodeConfig
-from vault_raft.fleet.keystore import FileKeystore
 from vault_raft.node.bridge import commit
 from vault_raft.node.replies import reply
 from vault_raft.node.serving import SiteServer, serve_until_signal
@@ -58,9 +57,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dir", required=True)
     a = ap.parse_args(argv)
     cfg = NodeConfig.load(a.dir)
-    ks = FileKeystore.load(cfg.keystore_path)
     rep = CounterReplica(cfg.raft_addr, list(cfg.partners), cfg.data_dir + "-raw",
-                         ks.cluster_secret())
+                         tls=cfg.tls_config())
 
     async def inc(request):
         try:

@@ -133,11 +133,8 @@ def table(res: dict) -> str:
                          f"{_fmt(comp.get('max_guess_ms')):>10} "
                          f"{comp['guess'].errors if comp.get('guess') else '-':>7}")
     for key, title, names, ratio in (
-            ("transport", "Raft transport A/B (guess)",
-             {"mtls": "mTLS + msgpack frames", "plain": "pysyncobj TCP + frame cipher"},
-             "mTLS / plain"),
             ("mark", "durability mark A/B (guess)",
-             {"with": "with the mark", "without": "without the mark"}, "with / without")):
+             {"with": "with the mark", "without": "without the mark"}, "with / without"),):
         ab = res.get(key)
         if not ab:
             continue

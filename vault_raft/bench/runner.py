@@ -155,21 +155,19 @@ class _RememberedKSF:
 
 
 class VaultBench:
-    def __init__(self, cfg: Config, nodes: int, tag: str, transport: str | None = None,
-                 api_tls: bool = True, raft: dict | None = None):
+    def __init__(self, cfg: Config, nodes: int, tag: str, api_tls: bool = True,
+                 raft: dict | None = None):
         self.cfg = cfg
         self.dir = os.path.join(cfg.out, "work", tag)
         shutil.rmtree(self.dir, ignore_errors=True)
         os.makedirs(self.dir)
         self.fleet_path = init_fleet(self.dir, nodes, base_port=free_base(nodes),
                                      api_tls=api_tls)
-        if transport is not None or raft:  # A/B comparisons: the Raft transport, settings
+        if raft:  # A/B comparisons: Raft settings
             for i in range(1, nodes + 1):
                 p = os.path.join(self.dir, f"n{i}", "node.json")
                 with open(p) as f:
                     d = json.load(f)
-                if transport is not None:
-                    d["transport"] = transport
                 d.setdefault("raft", {}).update(raft or {})
                 with open(p, "w") as f:
                     json.dump(d, f)
@@ -607,12 +605,6 @@ def run_ab(cfg: Config, variants: dict[str, dict], label: str,
             vb.stop()
 
 
-def run_transport_ab(cfg: Config, res: dict, rounds: int = 4) -> None:
-    """mTLS (the default) against pysyncobj's TCP transport with the frame cipher."""
-    res["transport"] = run_ab(cfg, {"mtls": {"transport": "mtls"},
-                                    "plain": {"transport": "plain"}}, "transport", rounds)
-
-
 def run_mark_ab(cfg: Config, res: dict, rounds: int = 4) -> None:
     """The durability mark's cost: its extra write and fdatasync after each
     journal sync, against a fleet with the mark switched off."""
@@ -812,8 +804,6 @@ def run(cfg: Config) -> dict:
         run_raw(cfg, res)
     if "etcd" in cfg.compare:
         run_etcd(cfg, res)
-    if "plain" in cfg.compare:
-        run_transport_ab(cfg, res)
     if "channel" in cfg.compare:
         run_channel_ab(cfg, res)
     if "mark" in cfg.compare:

@@ -361,7 +361,7 @@ class Sim:
     def start_node(self, nid: str) -> None:
         self.clock.current = nid
         rep = VaultReplica(nid, [x for x in self.ids if x != nid],
-                           os.path.join(self.dir, nid.replace(":", "_")), "sim-secret",
+                           os.path.join(self.dir, nid.replace(":", "_")),
                            settings=self.settings, auto_tick=False,
                            transport_class=self._transport,
                            journal_factory=self._journal_factory(self.disks[nid]))

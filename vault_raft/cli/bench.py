@@ -33,9 +33,8 @@ def register(sub) -> None:
                    help="seconds per concurrency level (half closed loop, half open loop)")
     p.add_argument("--concurrency", default="1,4,16,64")
     p.add_argument("--workload", default="guess,release,enroll,full_recovery")
-    p.add_argument("--compare", default="etcd,pysyncobj,floor,plain,channel,mark",
-                   help="baselines: any of etcd,pysyncobj,floor,plain,channel,mark (plain: A/B of "
-                   "the mTLS Raft transport against pysyncobj's TCP transport; channel: guesses "
+    p.add_argument("--compare", default="etcd,pysyncobj,floor,channel,mark",
+                   help="baselines: any of etcd,pysyncobj,floor,channel,mark (channel: guesses "
                    "through the TLS client channel against plain HTTP; mark: with and without "
                    "the journal's durability mark) or 'none'")
     p.add_argument("--sizes", default="3,5,7", help="cluster sizes for the concurrency-1 guess")
@@ -70,9 +69,8 @@ def run(a) -> int:
               f"{', '.join(defs.get('vault', {}))}", file=sys.stderr)
         return 2
     compare = () if a.compare == "none" else tuple(c for c in a.compare.split(",") if c)
-    if any(c not in ("etcd", "pysyncobj", "floor", "plain", "channel", "mark") for c in compare):
-        print("vault-raft bench: --compare takes etcd, pysyncobj, floor, plain, channel, mark or "
-              "none",
+    if any(c not in ("etcd", "pysyncobj", "floor", "channel", "mark") for c in compare):
+        print("vault-raft bench: --compare takes etcd, pysyncobj, floor, channel, mark or none",
               file=sys.stderr)
         return 2
     if not 3 <= a.nodes <= 9 or a.duration <= 0 or a.samples < 10:

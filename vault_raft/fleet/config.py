@@ -178,7 +178,7 @@ class NodeConfig:
     peer_ids: tuple[tuple[str, str], ...] = ()  # (raft address, node id) for every node
     raft: tuple[tuple[str, float], ...] = ()  # RaftSettings overrides (tests, tuning)
     dial: tuple[tuple[str, str], ...] = ()  # peer raft address -> address to dial (chaos proxies)
-    transport: str = "plain"  # "mtls" (fleet init's default) or pysyncobj's TCP ("plain")
+    transport: str = "mtls"  # the Raft transport: mutual TLS is the only one
     admin_key: bytes | None = None  # Ed25519 public key that signs admin requests
     default_max_attempts: int = limits.DEFAULT_MAX_ATTEMPTS  # the fleet's published default (fleet.json)
     api_tls: bool | None = None  # None (field absent): TLS if the node's TLS files exist
@@ -198,7 +198,7 @@ class NodeConfig:
                        tuple((str(a), str(n)) for a, n in d.get("peer_ids", {}).items()),
                        tuple((str(k), float(v)) for k, v in d.get("raft", {}).items()),
                        tuple((str(k), str(v)) for k, v in d.get("dial", {}).items()),
-                       str(d.get("transport", "plain")),
+                       _transport(d.get("transport", "mtls")),
                        bytes.fromhex(d["admin_key"]) if d.get("admin_key") else None,
                        _default_max_attempts(d, node_dir),
                        _api_tls(d.get("api_tls")),
@@ -253,11 +253,7 @@ class NodeConfig:
                               f"{exc}") from None
 
     def tls_config(self):
-        """The mTLS transport's config, or None for the plain transport."""
-        if self.transport == "plain":
-            return None
-        if self.transport != "mtls":
-            raise ConfigError(f"{self.dir}/node.json: transport must be mtls or plain")
+        """The mTLS transport's config (ConfigError if its files are missing)."""
         from vault_raft.raft.transport import TlsConfig
         paths = [os.path.join(self.dir, f) for f in ("ca.crt", "tls.crt", "tls.key")]
         missing = [p for p in paths if not os.path.exists(p)]
@@ -272,6 +268,13 @@ def _bind(v) -> str | None:
         return None
     if not isinstance(v, str) or not v:
         raise ValueError("bind must be an address to listen on")
+    return v
+
+
+def _transport(v) -> str:
+    if v != "mtls":
+        raise ValueError(f"transport must be \"mtls\" (mutual TLS is the only Raft transport), "
+                         f"not {v!r}")
     return v
 
 

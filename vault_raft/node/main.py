@@ -132,7 +132,7 @@ def run_node(node_dir: str, settings: RaftSettings | None = None) -> int:
     # after a storage failure: waits for the disk, serving its status meanwhile
     truncate_after = restart.prepare(
         cfg.data_dir, while_waiting=lambda reason: _ServingDown(cfg, api_ssl, reason))
-    replica = VaultReplica(cfg.raft_addr, list(cfg.partners), cfg.data_dir, ks.cluster_secret(),
+    replica = VaultReplica(cfg.raft_addr, list(cfg.partners), cfg.data_dir,
                            settings=settings, dial=dict(cfg.dial), tls=tls,
                            truncate_after=truncate_after, bind=cfg.raft_bind)
     metrics = NodeMetrics(replica, cfg.node_id)

@@ -6,11 +6,13 @@ the version check below refuses any other pysyncobj):
 * **Persist, then send.**  pysyncobj obtains its journal from
   ``pysyncobj.syncobj.createJournal``; for journal paths of type
   :class:`_DurablePath` we return a :class:`DurableJournal` (checksummed,
-  fsynced, Raft-conformant truncation).  Every message goes through
-  ``Transport.send``: acks, votes and vote requests are preceded by
-  ``journal.sync()``; the leader's own appends are synced at the start of
-  each tick, before it counts itself toward a commit (Raft thesis 10.2.1),
-  so its disk write overlaps replication.  Term and vote are fsynced in
+  fsynced, Raft-conformant truncation).  Every message goes through the
+  transport's ``send``, which calls :meth:`DurableReplica._persist_before_send`:
+  acks, votes and vote requests are preceded by ``journal.sync()``.  The
+  leader's own appends are not synced before each message: they are synced
+  right after each append round goes out and at the start of each tick,
+  before the leader counts itself toward a commit (Raft thesis 10.2.1), so
+  its disk write overlaps replication.  Term and vote are fsynced in
   ``setCurrentTerm``.
 * **Group commit.**  Batching is off (a command leaves at once), but while
   the tick thread drains the command queue the per-command append rounds are
@@ -23,13 +25,11 @@ the version check below refuses any other pysyncobj):
   (the child takes no lock, see ``_write_snapshot``).  On load the
   journal is aligned to the snapshot so a crash between snapshot and
   compaction loses nothing.
-* **Authenticated frames.**  pysyncobj's ``password`` asks for our
-  :class:`FrameCipher` (AES-256-GCM-SIV, key from HKDF of the cluster secret)
-  instead of PBKDF2 + Fernet; the tag is checked before pysyncobj unpickles.
-  pysyncobj still pickles messages and each log entry's (method id, args);
-  our only argument is a msgpack byte string, and only holders of the cluster
-  secret can put bytes into that pickle.  Frames are zlib "stored", not
-  compressed (CPU, and no compress-then-encrypt length leak).
+* **Mutual TLS only.**  Nodes talk through :class:`MtlsTransport` (TLS 1.3,
+  peers identified by their fleet certificates, msgpack frames: nothing on
+  the wire is unpickled).  pysyncobj's own TCP transport, its readonly
+  connections and its utility commands are not used.  (The deterministic
+  simulation passes its in-memory transport as ``transport_class``.)
 * **Lazy commit notices.**  No round that only carries a new commit index
   after each commit, unless a follower may be waiting for a command it
   forwarded (``LAZY_COMMIT_NOTICE``).
@@ -38,8 +38,6 @@ the version check below refuses any other pysyncobj):
   child runs at the lowest CPU priority, and the journal is segmented:
   compaction deletes old segment files on a helper thread instead of
   rewriting the log on the Raft thread.
-* **No side doors.**  Utility messages (add/remove/transfer/set_version/
-  status) and ``readonly`` connections on the Raft port are refused.
 * Timeouts tuned for a vault: an isolated leader steps down after
   ``leader_fallback`` seconds; peers may be dialled through a mapped address
   (fault-injection proxies).
@@ -55,22 +53,16 @@ import os
 import queue
 import signal
 import threading
-import zlib
 from typing import Callable
 
 import msgpack
 import pysyncobj.serializer as _ser
 import pysyncobj.syncobj as _so
-import pysyncobj.tcp_connection as _tcp
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.config import FAIL_REASON
-from pysyncobj.monotonic import monotonic as monotonicTime
-from pysyncobj.tcp_connection import CONNECTION_STATE
-from pysyncobj.transport import TCPTransport
 from pysyncobj.version import VERSION as _PSO_VERSION
 
 from vault_raft.core.machine import VaultState
-from vault_raft.crypto.seal import FrameCipher
 from vault_raft.raft.transport import MtlsTransport, TlsConfig
 from vault_raft.storage.journal import (
     DurableJournal,
@@ -115,35 +107,7 @@ def _stop_on_storage_failure(exc: OSError, synced_index: int) -> None:
 STORAGE_FAILURE_HOOK: Callable[[OSError, int], None] = _stop_on_storage_failure
 
 
-class _ClusterSecret(str):
-    """A pysyncobj ``password`` that asks for :class:`FrameCipher` instead of Fernet."""
-
-
 _original_create_journal = _so.createJournal
-_original_get_encryptor = _so.getEncryptor
-
-
-def _get_encryptor(password):
-    if isinstance(password, _ClusterSecret):
-        return FrameCipher(str(password))
-    return _original_get_encryptor(password)
-
-
-_so.getEncryptor = _get_encryptor
-
-
-class _StoredZlib:
-    """pysyncobj zlib-compresses every frame at level 3 (about 75 us per frame here,
-    for a few percent of size on our mostly random payloads) and then encrypts it:
-    compress-then-encrypt also leaks plaintext through length.  Frames are still
-    zlib streams, written "stored" (level 0); decompression is unchanged."""
-
-    compress = staticmethod(lambda data, level=-1: zlib.compress(data, 0))
-    decompress = staticmethod(zlib.decompress)
-    error = zlib.error
-
-
-_tcp.zlib = _StoredZlib
 
 
 def _create_journal(journal_file=None):
@@ -194,43 +158,6 @@ class _NoFalseTruncationAlarm(logging.Filter):
 
 
 logging.getLogger("pysyncobj.syncobj").addFilter(_NoFalseTruncationAlarm())
-
-
-class _VaultTransport(TCPTransport):
-    """TCP transport that syncs the journal before anything leaves the node
-    and closes pysyncobj's unauthenticated-by-role side doors."""
-
-    def send(self, node, message):
-        self._syncObj._persist_before_send(node, message)
-        return super().send(node, message)
-
-    def _connectIfNecessarySingle(self, node):
-        """Dial the peer at a mapped address if one is configured (fault-injection
-        proxies); the peer still identifies us by the address we report."""
-        dial = getattr(self._syncObj, "_dial_map", None) or {}
-        target = dial.get(node.id)
-        if target is None:
-            return super()._connectIfNecessarySingle(node)
-        if node in self._connections and self._connections[node].state != CONNECTION_STATE.DISCONNECTED:
-            return True
-        if not self._shouldConnect(node):
-            return False
-        now = monotonicTime()
-        if node in self._lastConnectAttempt and \
-                now - self._lastConnectAttempt[node] < self._syncObj.conf.connectionRetryTime:
-            return False
-        self._lastConnectAttempt[node] = now
-        host, port = target.rsplit(":", 1)
-        return self._connections[node].connect(host, int(port))
-
-    def _onIncomingMessageReceived(self, conn, message):
-        key_exchanged = (not self._syncObj.encryptor) or conn.sendRandKey
-        if key_exchanged and (message == "readonly" or isinstance(message, list)):
-            log.warning("refused a readonly/utility request on the Raft port")
-            conn.disconnect()
-            self._unknownConnections.discard(conn)
-            return
-        return super()._onIncomingMessageReceived(conn, message)
 
 
 def _die_with_parent() -> None:
@@ -316,7 +243,7 @@ class DurableReplica(SyncObj):
     #: entries is not healthy (it would answer from a stale state).
     APPLY_LAG_BOUND = 1000
 
-    def __init__(self, self_addr: str, partners: list[str], data_dir: str, cluster_secret: str,
+    def __init__(self, self_addr: str, partners: list[str], data_dir: str, *,
                  settings: RaftSettings | None = None, trace: Callable | None = None,
                  auto_tick: bool = True, transport_class=None, dial: dict | None = None,
                  journal_factory: Callable | None = None, tls: TlsConfig | None = None,
@@ -336,14 +263,14 @@ class DurableReplica(SyncObj):
         self.journal_path.durability_mark = s.durability_mark
         self.journal_path.snapshot_last = self._check_snapshot_file()
         self._tls_config = tls
-        if tls is not None and transport_class is None:
+        if transport_class is None:
+            if tls is None:
+                raise TypeError("a replica talks mutual TLS: pass tls (a TlsConfig)")
             transport_class = MtlsTransport
         members = sorted({str(self_addr), *map(str, partners)})
         stagger = 1.0 + members.index(str(self_addr)) / len(members)
         conf = SyncObjConf(
-            # with mTLS the channel is authenticated and encrypted; the frame
-            # cipher is for pysyncobj's own TCP transport only
-            password=None if tls is not None else _ClusterSecret(cluster_secret),
+            password=None,  # the transport authenticates and encrypts
             autoTick=auto_tick,
             journalFile=self.journal_path,
             fullDumpFile=self.snapshot_path,
@@ -384,7 +311,7 @@ class DurableReplica(SyncObj):
         self.rounds_sent = 0  # command-queue drains done by the Raft thread (wait_sent)
         self._sent_cond = threading.Condition()
         super().__init__(self_addr, partners, conf,
-                         transportClass=transport_class or _VaultTransport)
+                         transportClass=transport_class)
         # Group commit.  With batching off, pysyncobj sends an append_entries
         # round after *each* queued command; while the tick thread drains the
         # queue we defer those sends and send once, so N commands travel in one
