@@ -47,7 +47,6 @@ from vault_raft.raft.pki import issue_node_cert, make_ca
 from vault_raft.storage.journal import atomic_write
 
 
-
 def port_free(host: str, port: int) -> bool:
     """Can ``host:port`` be bound right now?"""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

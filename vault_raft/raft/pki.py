@@ -63,7 +63,7 @@ def ca_certificate(fleet_id: str, sk: Ed25519PrivateKey, serial: int,
 def make_ca(fleet_id: str) -> tuple[bytes, bytes]:
     """A fleet CA: (private key PEM, certificate PEM)."""
     sk = Ed25519PrivateKey.generate()
-    start = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
+    start = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
     cert = ca_certificate(fleet_id, sk, x509.random_serial_number(), start)
     return _pem_key(sk), cert.public_bytes(serialization.Encoding.PEM)
 
@@ -75,9 +75,11 @@ def issue_node_cert(ca_key_pem: bytes, ca_cert_pem: bytes, fleet_id: str, node_i
     ``host`` is the host the node advertises (default: the host of
     ``raft_addr``); the certificate names it in a DNS or IP SAN."""
     ca_sk = serialization.load_pem_private_key(ca_key_pem, None)
+    if not isinstance(ca_sk, Ed25519PrivateKey):
+        raise ValueError("the fleet CA key is not an Ed25519 key")
     ca = x509.load_pem_x509_certificate(ca_cert_pem)
     sk = Ed25519PrivateKey.generate()
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     advertised = host if host is not None else raft_addr.rsplit(":", 1)[0]
     cert = (x509.CertificateBuilder().subject_name(_name(node_id, fleet_id))
             .issuer_name(ca.subject).public_key(sk.public_key())
@@ -108,7 +110,7 @@ def peer_identity(der: bytes) -> tuple[str, str, str]:
         uris = []
     if len(cn) != 1 or len(org) != 1 or len(uris) != 1:
         raise ValueError("certificate does not name exactly one fleet node")
-    return org[0].value, cn[0].value, uris[0][len(SAN_PREFIX):]
+    return str(org[0].value), str(cn[0].value), uris[0][len(SAN_PREFIX):]
 
 
 def cert_hosts(cert_pem: bytes) -> list[str]:
