@@ -3,6 +3,8 @@
 import json
 import os
 import random
+import stat
+import tarfile
 
 import pytest
 from conftest import vault_cli
@@ -12,6 +14,7 @@ from vault_raft import client as C
 from vault_raft.fleet import create
 from vault_raft.fleet.config import ConfigError, FleetInfo, NodeConfig
 from vault_raft.fleet.create import init_fleet, load_spec, plan_addresses
+from vault_raft.fleet.export import NODE_FILES, export_node
 from vault_raft.ops.cluster import LocalCluster, free_base_port
 from vault_raft.raft.pki import cert_hosts
 
@@ -177,3 +180,50 @@ def test_fleet_on_distinct_loopback_hosts_with_a_wildcard_bind(tmp_path):
     finally:
         cl.stop(timeout=5)
     assert not cl.running()
+
+
+def _mode(p):
+    return stat.S_IMODE(os.stat(p).st_mode)
+
+
+def test_fleet_export_directory_and_archive(tmp_path):
+    d = str(tmp_path / "f")
+    init_fleet(d, 3, base_port=31000, check_ports=False, node_hosts={"n2": "10.213.9.2"})
+    out = str(tmp_path / "n2-host")
+    r = vault_cli("fleet", "export", "--dir", d, "--node", "n2", "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(out)) == sorted(NODE_FILES)
+    assert _mode(out) == 0o700 and all(_mode(os.path.join(out, f)) == 0o600 for f in NODE_FILES)
+    for f in NODE_FILES:
+        assert open(os.path.join(out, f), "rb").read() == \
+            open(os.path.join(d, "n2", f), "rb").read()
+    cfg = NodeConfig.load(out)  # what `vault-raft node --dir` reads
+    assert cfg.node_id == "n2" and cfg.raft_addr == "10.213.9.2:31002"
+    assert cfg.tls_config() is not None and cfg.api_ssl_context() is not None
+    # never the operator's keys, never another node's
+    r = vault_cli("fleet", "export", "--dir", d, "--node", "n2", "--out", out)
+    assert r.returncode == 2 and "refusing" in r.stderr
+    for name in ("n3.tar", "n3.tar.gz"):
+        arc = str(tmp_path / name)
+        r = vault_cli("fleet", "export", "--fleet", d, "--node", "n3", "--out", arc)
+        assert r.returncode == 0, r.stderr
+        assert _mode(arc) == 0o600
+        with tarfile.open(arc) as tar:
+            members = {m.name: m for m in tar.getmembers()}
+        assert sorted(members) == sorted(["n3"] + [f"n3/{f}" for f in NODE_FILES])
+        assert members["n3"].isdir() and members["n3"].mode == 0o700
+        assert all(members[f"n3/{f}"].mode == 0o600 for f in NODE_FILES)
+    r = vault_cli("fleet", "export", "--dir", d, "--node", "n9", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "no node 'n9'" in r.stderr
+    assert not os.path.exists(tmp_path / "x")
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".node-export-")]
+
+
+def test_fleet_export_includes_the_published_bundle(tmp_path):
+    d = str(tmp_path / "f")
+    init_fleet(d, 3, base_port=31000, check_ports=False)
+    open(os.path.join(d, "n1", "trust.bin"), "wb").write(b"bundle")
+    open(os.path.join(d, "n1", "node.log"), "wb").write(b"runtime")
+    os.makedirs(os.path.join(d, "n1", "data"))
+    assert export_node(d, "n1", str(tmp_path / "o")) == list(NODE_FILES) + ["trust.bin"]
+    assert "node.log" not in os.listdir(tmp_path / "o")

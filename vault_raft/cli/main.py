@@ -35,6 +35,7 @@ from vault_raft.cli.trust import TrustCommandError
 from vault_raft.fleet import tenants as T
 from vault_raft.fleet.config import ConfigError, FleetInfo
 from vault_raft.fleet.create import init_fleet, load_spec
+from vault_raft.fleet.export import export_node
 from vault_raft.fleet.keystore import KeystoreError
 from vault_raft.fleet.operator import OperatorError
 from vault_raft.ops.cluster import ClusterError, LocalCluster
@@ -137,6 +138,13 @@ def cmd_fleet_init(a) -> int:
               "messages and counters cross the network unencrypted; for local debugging only",
               file=sys.stderr)
     print(f"start it with: vault-raft cluster up --dir {a.dir}")
+    return 0
+
+
+def cmd_fleet_export(a) -> int:
+    names = export_node(a.dir, a.node, a.out)
+    print(f"{a.node}: wrote {', '.join(names)} to {a.out} (directory 0700, files 0600); "
+          f"on its host run: vault-raft node --dir <the directory>", file=sys.stderr)
     return 0
 
 
@@ -322,6 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="serve the client API over plain HTTP instead of TLS 1.3 (local "
                     "debugging only; clients holding client.json refuse such a fleet)")
     fi.set_defaults(fn=cmd_fleet_init)
+    fx = fsub.add_parser("export", help="write the files one node's host needs (0700/0600) to "
+                                        "a directory or a .tar/.tar.gz archive")
+    fx.add_argument("--dir", "--fleet", dest="dir", required=True, help="the fleet directory")
+    fx.add_argument("--node", required=True, metavar="nK")
+    fx.add_argument("--out", required=True, metavar="DIR|FILE.tar",
+                    help="a new or empty directory, or an archive (.tar, .tar.gz, .tgz)")
+    fx.set_defaults(fn=cmd_fleet_export)
     trustcli.register(sub, fsub)
 
     tn = sub.add_parser("tenant", help="register tenants (the apps whose users the fleet "
