@@ -16,6 +16,9 @@ which reads only the node's own data, with an unpickler that can build nothing
 but tuples, ints and bytes -- and the receiver rebuilds the bytes by *pickling*
 the validated ints and bytes (:func:`command_from_wire`).  Only the two shapes
 our replica produces exist on the wire, and nothing received is unpickled.
+Membership entries (:mod:`.membership`) travel in ``append_entries`` as
+``[2, kind, addr, node_id, cert_sha256]`` (strings, strictly checked) and are
+rebuilt the same way; a forwarded command (``apply_command``) is never one.
 pysyncobj's large-entry "transmission" path (it pickles an entry and the
 follower unpickles it) is refused outright: our commands are far below the
 batch size that would trigger it.
@@ -28,6 +31,8 @@ import pickle
 import struct
 
 import msgpack
+
+from vault_raft.raft import membership as _members
 
 MAX_FRAME = 1 << 20  # 1 MiB: an append batch (64 KiB) or a snapshot chunk, with room
 MAX_ENTRIES = 4096
@@ -59,9 +64,14 @@ def _wire_command(v) -> bool:
         and _bytes(v[2])))
 
 
+def _log_command(v) -> bool:
+    """A command in a log entry: a regular command, a no-op or a membership change."""
+    return _wire_command(v) or _members.valid(v)
+
+
 def _entries(v) -> bool:
     return isinstance(v, list) and len(v) <= MAX_ENTRIES and all(
-        isinstance(e, list) and len(e) == 3 and _wire_command(e[0]) and _int(e[1])
+        isinstance(e, list) and len(e) == 3 and _log_command(e[0]) and _int(e[1])
         and _int(e[2]) for e in v)
 
 
@@ -100,6 +110,11 @@ def command_to_wire(command: bytes) -> list:
     """A command from this node's own log or queue, as msgpack-able data."""
     if command == bytes([_NO_OP]):
         return [_NO_OP]
+    if command[:1] == bytes([_members.MEMBERSHIP]):
+        try:
+            return _members.parse(command).to_wire()
+        except _members.MembershipError as exc:
+            raise FrameError(str(exc)) from None
     if len(command) >= 2 and command[0] == _REGULAR:
         try:
             obj = _OnlyCallBytes(io.BytesIO(command[1:])).load()
@@ -115,6 +130,8 @@ def command_from_wire(v: list) -> bytes:
     """The command bytes pysyncobj expects, rebuilt from validated wire data."""
     if v == [_NO_OP]:
         return bytes([_NO_OP])
+    if v[0] == _members.MEMBERSHIP:
+        return _members.entry_bytes(_members.from_wire(v))
     return bytes([_REGULAR]) + pickle.dumps((v[1], (v[2],)), 2)
 
 
@@ -128,7 +145,10 @@ def encode(message: dict) -> bytes:
         message = dict(message, entries=[[command_to_wire(c), i, t]
                                          for c, i, t in message["entries"]])
     elif message["type"] == "apply_command":
-        message = dict(message, command=command_to_wire(message["command"]))
+        command = command_to_wire(message["command"])
+        if not _wire_command(command):
+            raise FrameError("a membership change is proposed by the leader, never forwarded")
+        message = dict(message, command=command)
     body = msgpack.packb(message, use_bin_type=True)
     if len(body) > MAX_FRAME:
         raise FrameError(f"message of {len(body)} bytes exceeds the frame limit")

@@ -38,6 +38,10 @@ the version check below refuses any other pysyncobj):
   child runs at the lowest CPU priority, and the journal is segmented:
   compaction deletes old segment files on a helper thread instead of
   rewriting the log on the Raft thread.
+* **Membership changes** (:mod:`.membership`): dynamic membership is on; its
+  entries are parsed with an unpickler that builds only lists and strings,
+  and each applied or reverted entry updates the node ids, certificate pins
+  and revocations the mTLS transport checks (kept in snapshots too).
 * Timeouts tuned for a vault: an isolated leader steps down after
   ``leader_fallback`` seconds; peers may be dialled through a mapped address
   (fault-injection proxies).
@@ -63,6 +67,7 @@ from pysyncobj.config import FAIL_REASON
 from pysyncobj.version import VERSION as _PSO_VERSION
 
 from vault_raft.core.machine import VaultState
+from vault_raft.raft import membership as _members
 from vault_raft.raft.transport import MtlsTransport, TlsConfig
 from vault_raft.storage.journal import (
     DurableJournal,
@@ -171,9 +176,12 @@ def _die_with_parent() -> None:
         os._exit(1)  # cannot guarantee it: write no snapshot (pysyncobj retries later)
 
 
-def _snapshot_bytes(state_blob: bytes, entries: list, cluster: list) -> bytes:
-    body = msgpack.packb({"v": 1, "state": state_blob, "entries": entries,
-                          "cluster": cluster}, use_bin_type=True)
+def _snapshot_bytes(state_blob: bytes, entries: list, cluster: list,
+                    membership: dict | None = None) -> bytes:
+    snap = {"v": 1, "state": state_blob, "entries": entries, "cluster": cluster}
+    if membership is not None:
+        snap["membership"] = membership
+    body = msgpack.packb(snap, use_bin_type=True)
     return SNAPSHOT_MAGIC + body + hashlib.sha256(body).digest()
 
 
@@ -263,6 +271,9 @@ class DurableReplica(SyncObj):
         self.journal_path.durability_mark = s.durability_mark
         self.journal_path.snapshot_last = self._check_snapshot_file()
         self._tls_config = tls
+        self.membership = _members.Membership(
+            {addr: nid for nid, addr in tls.peers.items()} if tls is not None else None)
+        self._proposing_change = False
         if transport_class is None:
             if tls is None:
                 raise TypeError("a replica talks mutual TLS: pass tls (a TlsConfig)")
@@ -288,7 +299,7 @@ class DurableReplica(SyncObj):
             connectionTimeout=s.connection_timeout,
             connectionRetryTime=s.reconnect,
             commandsWaitLeader=False,
-            dynamicMembershipChange=False,
+            dynamicMembershipChange=True,
             # Staggered: the k-th of n nodes (by address) compacts at (1 + k/n)
             # times the threshold, so the nodes do not all fork, serialise and
             # rewrite their journals at the same moment (measured: three at once
@@ -332,7 +343,65 @@ class DurableReplica(SyncObj):
         # msgpack snapshots were written on the Raft thread.  Its fork path
         # calls the custom serializer in the child just as well: turn it on.
         self._SyncObj__serializer._Serializer__useFork = s.fork_snapshots and hasattr(os, "fork")
+        self._install_membership_hooks()
         self._journal_ready()
+
+    # ------------------------------------------------------------ membership
+    def _install_membership_hooks(self) -> None:
+        """Membership entries are read with :func:`membership.parse` (no
+        unrestricted unpickling), and each change pysyncobj makes to its
+        cluster updates :attr:`membership` (ids, pins, revocations)."""
+        self._SyncObj__parseChangeClusterRequest = self._parse_change
+        self._pso_change_cluster = self._SyncObj__changeCluster
+        self._SyncObj__changeCluster = self._change_cluster
+        self._pso_do_change_cluster = self._SyncObj__doChangeCluster
+        self._SyncObj__doChangeCluster = self._do_change_cluster
+
+    @staticmethod
+    def _parse_change(command: bytes):
+        if command[:1] != bytes([_members.MEMBERSHIP]):
+            return None
+        try:
+            c = _members.parse(command)
+        except _members.MembershipError as exc:
+            log.critical("a membership entry in the log does not parse (%s): ignored", exc)
+            return None
+        return [c.kind, c.addr, c.addr, c.node_id, c.cert_sha256]
+
+    def _change_cluster(self, request) -> bool:
+        # the leader, before appending a proposed change: it is in the log only if True
+        self._proposing_change = True
+        try:
+            return self._pso_change_cluster(request)
+        finally:
+            self._proposing_change = False
+
+    def _do_change_cluster(self, request, reverse=False) -> bool:
+        changed = self._pso_do_change_cluster(request, reverse)
+        # appended by a follower, or replayed after a restart: the entry is in
+        # the log even where pysyncobj's cluster already had the change (from
+        # the config or a snapshot), so its pin or revocation holds
+        if changed or not (reverse or self._proposing_change):
+            self.membership.apply(_members.Change(request[0], request[1], request[3],
+                                                  request[4]), reverse)
+        return changed
+
+    def propose_membership(self, change: "_members.Change", callback) -> None:
+        """Propose a membership change (this node must lead; pysyncobj refuses
+        it with REQUEST_DENIED while another change is uncommitted, or when it
+        adds a member or removes a non-member or the leader itself).
+        ``callback(result, fail_reason)`` runs on the Raft thread once applied."""
+        self._applyCommand(_members.entry_bytes(change), callback)
+
+    def members(self) -> list[str]:
+        """The Raft addresses of the cluster as this node's log has it."""
+        for _ in range(5):
+            try:
+                return sorted({self._SyncObj__selfNode.id,
+                               *(n.id for n in self._SyncObj__otherNodes)})
+            except RuntimeError:  # changed on the Raft thread meanwhile
+                continue
+        return []
 
     def _check_snapshot_file(self) -> tuple | None:
         """The (index, term) the snapshot file covers, or None if there is none.
@@ -619,7 +688,8 @@ class DurableReplica(SyncObj):
             with self._state_lock:
                 blob = self._snapshot_state()
         data = _snapshot_bytes(blob, [list(last), list(prev)],
-                               sorted(getattr(n, "id", str(n)) for n in cluster))
+                               sorted(getattr(n, "id", str(n)) for n in cluster),
+                               self.membership.to_dict(lock=os.getpid() == self._pid))
         atomic_write(filename, data)  # pysyncobj renames it over the snapshot next
         if self._trace:
             self._trace("snapshot", last[1])
@@ -629,6 +699,8 @@ class DurableReplica(SyncObj):
             snap = read_snapshot(filename)
             with self._state_lock:
                 self._restore_state(snap["state"])
+            if "membership" in snap:
+                self.membership.load(snap["membership"])
         except (JournalCorrupt, OSError, ValueError) as exc:
             # A snapshot we cannot read (received or local) must not be
             # silently skipped: that would forget committed state.  Crash-stop.
@@ -637,7 +709,9 @@ class DurableReplica(SyncObj):
         fsync_dir(filename)  # a received snapshot was renamed without a sync
         last, prev = (tuple(e) for e in snap["entries"])
         self._align_journal(prev, last)
-        return (last, prev, snap["cluster"])
+        # pysyncobj compares the list with its own Node: leave this node out
+        return (last, prev, [a for a in snap["cluster"] if a != str(self_id)]
+                if (self_id := getattr(self, "_SyncObj__selfNode", None)) else snap["cluster"])
 
     def _align_journal(self, prev: tuple, last: tuple) -> None:
         """Keep the journal's tail when a snapshot is loaded at start-up.

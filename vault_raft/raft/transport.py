@@ -13,7 +13,9 @@ address the certificate's SAN holds (which must match the fleet config for
 that node id), never to an address the peer claims; an outgoing connection
 must reach a server whose certificate names the node we dialled.  Frames are
 :mod:`.wire` msgpack (length checked before buffering, strict schema, no
-pickle on the wire, nothing received unpickled).  Readonly connections and
+pickle on the wire, nothing received unpickled).  Which node id each member
+address has, and which certificates are pinned or revoked, follow the
+membership entries in the log (:mod:`.membership`).  Readonly connections and
 utility commands do not exist on this wire.
 Idle connections carry keepalive pings, so a silent (paused) peer is dropped
 after ``connectionTimeout``, as with pysyncobj's transport.
@@ -411,11 +413,16 @@ class MtlsTransport(Transport):
         fleet, nid, addr = peer_identity(der)
         if fleet != self.cfg.fleet_id:
             raise ValueError(f"certificate of fleet {fleet}")
-        if self._by_id.get(nid) != addr:
-            raise ValueError(f"certificate names {nid} at {addr}, which is not in the fleet config")
+        members = getattr(self._so, "membership", None)  # raft.membership.Membership
+        if (members.node_id(addr) if members is not None else
+                (nid if self._by_id.get(nid) == addr else None)) != nid:
+            raise ValueError(f"certificate names {nid} at {addr}, which is not in the fleet's "
+                             "membership")
         node = self._nodes.get(addr)
         if node is None:
             raise ValueError(f"{nid} is not a partner of this node")
+        if members is not None:
+            members.check_certificate(nid, der)  # revoked, or not the pinned one
         if expected is not None and node != expected:
             raise ValueError(f"dialled {expected.address} but reached {nid} ({addr})")
         return node
