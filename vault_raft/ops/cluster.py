@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from vault_raft.api import channel as CH
 from vault_raft.api import http as wire
@@ -90,7 +90,7 @@ def wait_until(cond: Callable[[], object], timeout: float, interval: float = 0.0
 
 class LocalCluster:
     def __init__(self, fleet_dir: str, node_cmd: list[str] | None = None,
-                 env: dict | None = None):
+                 env: dict | None = None, wrap: Callable[[str], list[str]] | None = None):
         self.dir = os.path.abspath(fleet_dir)
         self.fleet = FleetInfo.load(os.path.join(self.dir, "fleet.json"))
         self.ids = [n.id for n in self.fleet.nodes]
@@ -101,6 +101,7 @@ class LocalCluster:
         self._admin_sk = load_signing_key(admin_key, "admin key") \
             if os.path.exists(admin_key) else None
         self.env = env
+        self.wrap = wrap  # node id -> command prefix (e.g. its network namespace: ops.netns)
         self._procs: dict[str, subprocess.Popen] = {}
 
     # ------------------------------------------------------------ pids
@@ -152,7 +153,9 @@ class LocalCluster:
             env.setdefault("PYTHONUNBUFFERED", "1")
             if self.env:
                 env.update(self.env)
-            proc = subprocess.Popen(self.node_cmd + ["--dir", ndir], stdout=log, stderr=log,
+            prefix = self.wrap(nid) if self.wrap is not None else []
+            proc = subprocess.Popen(prefix + self.node_cmd + ["--dir", ndir], stdout=log,
+                                    stderr=log,
                                     stdin=subprocess.DEVNULL, start_new_session=True, env=env)
             log.close()
             self._procs[nid] = proc
