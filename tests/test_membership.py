@@ -19,6 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from vault_raft.core import machine as M
+from vault_raft.raft import _pysyncobj as pso
 from vault_raft.raft import frames as wire
 from vault_raft.raft import membership as MB
 from vault_raft.raft.pki import issue_node_cert, make_ca
@@ -144,7 +145,7 @@ def fleet(tmp_path, request):
         me = peers[nid]
         reps[data or nid] = VaultReplica(
             me, [a for n, a in peers.items() if n != nid], str(tmp_path / f"{data or nid}d"),
-            "unused", settings=RaftSettings(compaction_min_entries=10 ** 6), tls=cfg)
+            settings=RaftSettings(compaction_min_entries=10 ** 6), tls=cfg)
         return reps[data or nid]
 
     yield {"addrs": addrs, "new": new_addr, "ca": ca, "files": files, "start": start,
@@ -240,7 +241,7 @@ def test_replacing_a_node_revokes_its_old_certificate_and_survives_a_restart(fle
     # that is not the pinned one; the new certificate is accepted
     assert _handshake_refused(survivor_addr, fleet["files"]["n2"], fleet["ca"])
     assert _handshake_refused(survivor_addr, fleet["files"]["n2rogue"], fleet["ca"])
-    _wait(lambda: survivor._SyncObj__transport.counts["refused"] >= 2, 5, "two refusals")
+    _wait(lambda: pso.transport(survivor).counts["refused"] >= 2, 5, "two refusals")
 
     # a restart of a survivor with its original config: the journal replays the changes
     nid = next(n for n, a in addrs.items() if a == survivor_addr)

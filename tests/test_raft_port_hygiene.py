@@ -16,9 +16,11 @@ from test_mtls import (  # noqa: F401 -- fixtures
     pki,
 )
 
+from vault_raft.raft import _pysyncobj as pso
+
 
 def _transport(rep):
-    return rep._SyncObj__transport
+    return pso.transport(rep)
 
 
 def _raft_addr(pki):

@@ -33,11 +33,11 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import pysyncobj.syncobj as _so
 from pysyncobj.transport import Transport
 
 from vault_raft.chaos.history import History
 from vault_raft.core import machine as M
+from vault_raft.raft import _pysyncobj as pso
 from vault_raft.raft.replica import RaftSettings, VaultReplica
 from vault_raft.storage.journal import assess_loss, raft_add_position, restore_term
 
@@ -309,14 +309,11 @@ class SafetyViolation(AssertionError):
 
 
 def _close_fds(rep) -> None:
-    pn = getattr(rep, "_SyncObj__pipeNotifier", None)
-    for name in ("_PipeNotifier__pipeR", "_PipeNotifier__pipeW"):
-        fd = getattr(pn, name, None)
-        if fd is not None:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+    for fd in pso.pipe_fds(rep):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 class Sim:
@@ -349,9 +346,7 @@ class Sim:
         self.settings = RaftSettings(**(settings or SIM_SETTINGS))
         self._journal_factory = journal_factory or (lambda disk: (
             lambda path, trace=None, **kw: SimJournal(path, trace, disk, **kw)))
-        self._saved = (_so.monotonicTime, _so.random)
-        _so.monotonicTime = self.clock.monotonic
-        _so.random = random.Random(seed + 2)
+        self._saved = pso.set_clock(self.clock.monotonic, random.Random(seed + 2))
         self._transport = make_transport(self.net)
         for nid in self.ids:
             self.start_node(nid)
@@ -441,7 +436,7 @@ class Sim:
             rep = self.replicas.pop(nid)
             rep.destroy()
             _close_fds(rep)
-        _so.monotonicTime, _so.random = self._saved
+        pso.set_clock(*self._saved)
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -41,6 +41,7 @@ from vault_raft.node.bridge import commit, raft_call
 from vault_raft.node.httpguard import ApiServer
 from vault_raft.node.metrics import NodeMetrics
 from vault_raft.node.validate import ApiError, binary, is_integer, now_ms, user_id
+from vault_raft.raft import _pysyncobj as pso
 from vault_raft.raft.replica import FAIL_NAMES, VaultReplica
 
 log = logging.getLogger("vault_raft.node.vault_service")
@@ -381,7 +382,7 @@ class VaultService:
                 out["open_files"] = dict(self.nofile, in_use=_open_files())
             if self.http is not None:
                 out["api"] = dict(self.http.stats(), limits=self.http.limits.to_dict())
-            transport = getattr(self.replica, "_SyncObj__transport", None)
+            transport = pso.transport(self.replica)
             if hasattr(transport, "stats"):  # the mTLS transport
                 out["raft_port"] = transport.stats()
         return out

@@ -60,13 +60,11 @@ import threading
 from typing import Callable
 
 import msgpack
-import pysyncobj.serializer as _ser
-import pysyncobj.syncobj as _so
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.config import FAIL_REASON
-from pysyncobj.version import VERSION as _PSO_VERSION
 
 from vault_raft.core.machine import VaultState
+from vault_raft.raft import _pysyncobj as pso
 from vault_raft.raft import membership as _members
 from vault_raft.raft.transport import MtlsTransport, TlsConfig
 from vault_raft.storage.journal import (
@@ -77,11 +75,6 @@ from vault_raft.storage.journal import (
 )
 
 log = logging.getLogger("vault_raft.replica")
-
-SUPPORTED_PYSYNCOBJ = "0.3.17"
-
-if _PSO_VERSION != SUPPORTED_PYSYNCOBJ:  # the hooks below depend on its internals
-    raise ImportError(f"vault_raft needs pysyncobj {SUPPORTED_PYSYNCOBJ}, found {_PSO_VERSION}")
 
 SNAPSHOT_MAGIC = b"VRS1"
 FAIL_NAMES = {v: k for k, v in vars(FAIL_REASON).items() if not k.startswith("_")}
@@ -112,10 +105,8 @@ def _stop_on_storage_failure(exc: OSError, synced_index: int) -> None:
 STORAGE_FAILURE_HOOK: Callable[[OSError, int], None] = _stop_on_storage_failure
 
 
-_original_create_journal = _so.createJournal
-
-
 def _create_journal(journal_file=None):
+    """The journal for a :class:`_DurablePath`; None: pysyncobj's own."""
     if isinstance(journal_file, _DurablePath):
         kw = dict(snapshot_last=journal_file.snapshot_last,
                   truncate_after=journal_file.truncate_after,
@@ -128,10 +119,7 @@ def _create_journal(journal_file=None):
                 str(journal_file), trace=journal_file.trace,
                 segment_bytes=journal_file.segment_bytes, **kw)
         return journal_file.journal
-    return _original_create_journal(journal_file)
-
-
-_so.createJournal = _create_journal
+    return None
 
 
 def _durable_replace(src: str, dst: str) -> None:
@@ -147,22 +135,13 @@ def _durable_replace(src: str, dst: str) -> None:
     fsync_dir(dst)
 
 
-_ser.atomicReplace = _durable_replace
-
-
-class _NoFalseTruncationAlarm(logging.Filter):
-    """pysyncobj logs CRITICAL "truncating already-applied log entries" whenever
-    an old or duplicated append reaches a follower, and then asks the journal
-    to truncate -- which the Raft-conformant journal ignores (it cuts only on a
-    term conflict, and stops the node itself if that would cut an applied
-    entry).  The line is a false alarm here; keep it out of the node log."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (DurableJournal.RAFT_CONFORMANT_TRUNCATION
-                    and str(record.msg).startswith("truncating already-applied"))
-
-
-logging.getLogger("pysyncobj.syncobj").addFilter(_NoFalseTruncationAlarm())
+# pysyncobj logs CRITICAL "truncating already-applied log entries" whenever an
+# old or duplicated append reaches a follower, and then asks the journal to
+# truncate -- which the Raft-conformant journal ignores (it cuts only on a term
+# conflict, and stops the node itself if that would cut an applied entry).  The
+# line is a false alarm here; it is kept out of the node log.
+pso.install_hooks(_create_journal, _durable_replace,
+                  quiet_truncation_alarm=lambda: DurableJournal.RAFT_CONFORMANT_TRUNCATION)
 
 
 def _die_with_parent() -> None:
@@ -328,21 +307,19 @@ class DurableReplica(SyncObj):
         # queue we defer those sends and send once, so N commands travel in one
         # message per follower and cost one follower fsync.  (Name-mangled
         # private method: instance attribute lookup comes first.)
-        self._pso_send_append_entries = self._SyncObj__sendAppendEntries
-        self._SyncObj__sendAppendEntries = self._send_append_entries
+        self._pso_send_append_entries = pso.wrap_method(self, "sendAppendEntries",
+                                                        self._send_append_entries)
         # Every incoming message passes _on_message first (pre-vote, vote dedupe).
-        self._pso_on_message = self._SyncObj__onMessageReceived
-        self._SyncObj__transport.setOnMessageReceivedCallback(self._on_message)
+        self._pso_on_message = pso.intercept_messages(self, self._on_message)
         # Snapshot installation that keeps what the follower already holds.
-        self._pso_load_dump_file = self._SyncObj__loadDumpFile
-        self._SyncObj__loadDumpFile = self._load_dump_file
-        self._pso_apply_log_entries = self._SyncObj__applyLogEntries
-        self._SyncObj__applyLogEntries = self._apply_log_entries
+        self._pso_load_dump_file = pso.wrap_method(self, "loadDumpFile", self._load_dump_file)
+        self._pso_apply_log_entries = pso.wrap_method(self, "applyLogEntries",
+                                                      self._apply_log_entries)
         # pysyncobj silently turns useFork off when a custom serializer is
         # given (Serializer.__init__: "... and serializer is None"), so our
         # msgpack snapshots were written on the Raft thread.  Its fork path
         # calls the custom serializer in the child just as well: turn it on.
-        self._SyncObj__serializer._Serializer__useFork = s.fork_snapshots and hasattr(os, "fork")
+        pso.enable_fork_snapshots(self, s.fork_snapshots and hasattr(os, "fork"))
         self._install_membership_hooks()
         self._journal_ready()
 
@@ -351,11 +328,10 @@ class DurableReplica(SyncObj):
         """Membership entries are read with :func:`membership.parse` (no
         unrestricted unpickling), and each change pysyncobj makes to its
         cluster updates :attr:`membership` (ids, pins, revocations)."""
-        self._SyncObj__parseChangeClusterRequest = self._parse_change
-        self._pso_change_cluster = self._SyncObj__changeCluster
-        self._SyncObj__changeCluster = self._change_cluster
-        self._pso_do_change_cluster = self._SyncObj__doChangeCluster
-        self._SyncObj__doChangeCluster = self._do_change_cluster
+        pso.wrap_method(self, "parseChangeClusterRequest", self._parse_change)
+        self._pso_change_cluster = pso.wrap_method(self, "changeCluster", self._change_cluster)
+        self._pso_do_change_cluster = pso.wrap_method(self, "doChangeCluster",
+                                                      self._do_change_cluster)
 
     @staticmethod
     def _parse_change(command: bytes):
@@ -397,8 +373,8 @@ class DurableReplica(SyncObj):
         """The Raft addresses of the cluster as this node's log has it."""
         for _ in range(5):
             try:
-                return sorted({self._SyncObj__selfNode.id,
-                               *(n.id for n in self._SyncObj__otherNodes)})
+                return sorted({pso.self_node(self).id,
+                               *(n.id for n in pso.other_nodes(self))})
             except RuntimeError:  # changed on the Raft thread meanwhile
                 continue
         return []
@@ -429,7 +405,7 @@ class DurableReplica(SyncObj):
             return
         if hasattr(journal, "on_failure"):
             journal.on_failure = lambda exc: STORAGE_FAILURE_HOOK(exc, journal.synced_index)
-            journal.applied = lambda: self._SyncObj__raftLastApplied
+            journal.applied = lambda: pso.last_applied(self)
 
     @property
     def recovery(self) -> dict | None:
@@ -443,10 +419,10 @@ class DurableReplica(SyncObj):
         """Apply what is committed; tell the followers at once only if one of
         them may be waiting for a command it forwarded (LAZY_COMMIT_NOTICE)."""
         notify = self._pso_apply_log_entries()
-        if notify and self.LAZY_COMMIT_NOTICE and self._SyncObj__raftState == 2:
-            if self._SyncObj__commandsQueue._FastQueue__queue:
+        if notify and self.LAZY_COMMIT_NOTICE and pso.is_leader(self):
+            if pso.commands_queued(self):
                 return False  # this tick drains the queue: that round carries the index
-            return _so.monotonicTime() - self._forwarded_at < self.FORWARD_WINDOW
+            return pso.now() - self._forwarded_at < self.FORWARD_WINDOW
         return notify
 
     def _load_dump_file(self, clearJournal):
@@ -534,36 +510,35 @@ class DurableReplica(SyncObj):
     # transfers (TimeoutNow) skip the pre-vote, as in etcd.
 
     def _term(self) -> int:
-        return self._SyncObj__raftCurrentTerm
+        return pso.current_term(self)
 
     def _log_position(self) -> tuple[int, int]:
-        last = self._SyncObj__raftLog[-1]
+        last = pso.last_log_entry(self)
         return last[2], last[1]  # (term, index): compared as a tuple
 
     def _gate_election(self) -> None:
-        if self._SyncObj__raftState == 2 or self._SyncObj__selfNode is None:
+        if pso.is_leader(self) or not pso.has_self_node(self):
             return
-        now = _so.monotonicTime()
-        if self._SyncObj__raftElectionDeadline >= now or self._SyncObj__transferInProgress:
+        now = pso.now()
+        if pso.election_deadline(self) >= now or pso.transfer_in_progress(self):
             return
         if self._pv_granted:  # a majority would vote: let pysyncobj elect now
             self._pv_granted = False
             return
-        others = list(self._SyncObj__otherNodes)
-        self._SyncObj__raftElectionDeadline = now + self._SyncObj__generateRaftTimeout()
-        if self._SyncObj__raftLeader is not None:
+        others = pso.other_nodes(self)
+        pso.set_election_deadline(self, now + pso.election_timeout(self))
+        if pso.leader(self) is not None:
             # the timer fired: the leader is lost, as when pysyncobj starts an
             # election, so requests here are refused at once instead of waiting
-            self._SyncObj__raftLeader = None
-            self._SyncObj__onLeaderChanged()
+            pso.forget_leader(self)
         self._pv_term, self._pv_votes = self._term() + 1, {None}
         if not others:
             self._pv_granted = True
             return
         term, idx = self._log_position()
         for node in others:
-            self._SyncObj__transport.send(node, {"type": "pre_vote", "term": self._pv_term,
-                                                 "last_log_index": idx, "last_log_term": term})
+            pso.transport(self).send(node, {"type": "pre_vote", "term": self._pv_term,
+                                            "last_log_index": idx, "last_log_term": term})
 
     def _vote_position(self) -> tuple[int, int]:
         """The log position a candidate must reach for this node's vote: its
@@ -576,9 +551,9 @@ class DurableReplica(SyncObj):
     def _would_vote(self, msg: dict) -> bool:
         if msg["term"] <= self._term():
             return False
-        if self._SyncObj__raftState == 2:
+        if pso.is_leader(self):
             return not self.hasQuorum  # a leader with a quorum keeps it
-        if _so.monotonicTime() - self._heard_leader < self._lease:
+        if pso.now() - self._heard_leader < self._lease:
             return False
         return (msg["last_log_term"], msg["last_log_index"]) >= self._vote_position()
 
@@ -589,21 +564,20 @@ class DurableReplica(SyncObj):
                 < self._vote_position():
             return  # a candidate behind what this node acknowledged gets no vote (nor term)
         if kind == "append_entries" and msg.get("term", -1) >= self._term():
-            self._heard_leader = _so.monotonicTime()
+            self._heard_leader = pso.now()
         elif kind == "apply_command":
-            self._forwarded_at = _so.monotonicTime()
+            self._forwarded_at = pso.now()
         elif kind == "pre_vote":
-            self._SyncObj__transport.send(node, {"type": "pre_vote_response",
-                                                 "term": msg["term"],
-                                                 "granted": self._would_vote(msg)})
+            pso.transport(self).send(node, {"type": "pre_vote_response", "term": msg["term"],
+                                            "granted": self._would_vote(msg)})
             return
         elif kind == "pre_vote_response":
             if msg["granted"] and msg["term"] == self._pv_term == self._term() + 1 \
-                    and self._SyncObj__raftState != 2:
+                    and not pso.is_leader(self):
                 self._pv_votes.add(node)
-                if len(self._pv_votes) > (len(self._SyncObj__otherNodes) + 1) / 2:
+                if len(self._pv_votes) > (len(pso.other_nodes(self)) + 1) / 2:
                     self._pv_granted = True
-                    self._SyncObj__raftElectionDeadline = 0  # elect on the next tick
+                    pso.set_election_deadline(self, 0)  # elect on the next tick
             return
         elif kind == "response_vote":
             # pysyncobj counts vote messages, not voters: a duplicated vote
@@ -631,10 +605,9 @@ class DurableReplica(SyncObj):
         journal = self.journal_path.journal
         if journal is not None:
             journal.sync()
-        if self.recovery is not None and self._SyncObj__raftState != 2:
+        if self.recovery is not None and not pso.is_leader(self):
             # lacking acknowledged entries: never campaign (wait for a leader)
-            self._SyncObj__raftElectionDeadline = _so.monotonicTime() + \
-                self._SyncObj__generateRaftTimeout()
+            pso.set_election_deadline(self, pso.now() + pso.election_timeout(self))
         elif self._pre_vote:
             self._gate_election()
         while True:  # admin calls from other threads run here, on the Raft thread
@@ -711,7 +684,7 @@ class DurableReplica(SyncObj):
         self._align_journal(prev, last)
         # pysyncobj compares the list with its own Node: leave this node out
         return (last, prev, [a for a in snap["cluster"] if a != str(self_id)]
-                if (self_id := getattr(self, "_SyncObj__selfNode", None)) else snap["cluster"])
+                if (self_id := pso.self_node(self)) else snap["cluster"])
 
     def _align_journal(self, prev: tuple, last: tuple) -> None:
         """Keep the journal's tail when a snapshot is loaded at start-up.
@@ -756,7 +729,7 @@ class DurableReplica(SyncObj):
                 continue
         else:
             return {}
-        role = {0: "follower", 1: "candidate", 2: "leader"}.get(st["state"], str(st["state"]))
+        role = pso.ROLES.get(st["state"], str(st["state"]))
         leader = st["leader"]
         journal = self.journal_path.journal
         peers = sum(1 for k, v in st.items() if k.startswith("partner_node_status_server_")

@@ -46,6 +46,7 @@ from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.transport import Transport, TransportNotReadyError
 
 from vault_raft.logs import QuietLog
+from vault_raft.raft import _pysyncobj as pso
 from vault_raft.raft import frames as wire
 from vault_raft.raft.pki import peer_identity
 
@@ -265,7 +266,7 @@ class MtlsTransport(Transport):
             raise ValueError("read-only nodes do not exist on the mTLS transport")
         self._so = syncObj
         self.cfg = cfg
-        self.poller = syncObj._poller
+        self.poller = pso.poller(syncObj)
         self.server_ctx, self.client_ctx = cfg.contexts()
         self._self = selfNode
         self._nodes = {n.address: n for n in otherNodes}
