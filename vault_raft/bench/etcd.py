@@ -26,7 +26,7 @@ import signal
 import subprocess
 import time
 
-from vault_raft.bench.http import KeepAlive
+from vault_raft.api.http import Connection
 
 ETCD_PACKAGE = "etcd-server=3.4.23-4+b4"
 
@@ -89,7 +89,7 @@ class EtcdCluster:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                c = KeepAlive(self.endpoints[0])
+                c = Connection(self.endpoints[0])
                 st, _ = c.post_json("/v3/kv/put", {"key": _b64(b"ping"), "value": _b64(b"1")})
                 c.close()
                 if st == 200:
@@ -105,7 +105,7 @@ class EtcdCluster:
         """Each member's role ("leader"/"follower"), from /v3/maintenance/status."""
         out: list[str | None] = []
         for ep in self.endpoints:
-            c = KeepAlive(ep)
+            c = Connection(ep)
             try:
                 st, body = c.post_json("/v3/maintenance/status", {})
                 d = json.loads(body) if st == 200 else {}
@@ -134,7 +134,7 @@ class EtcdOps:
     """One worker's operations against one etcd endpoint (keep-alive)."""
 
     def __init__(self, endpoint: str, key: bytes):
-        self.c = KeepAlive(endpoint)
+        self.c = Connection(endpoint)
         self.key = _b64(key + b"/put")
         self.counter = _b64(key + b"/counter")
         self._cached: tuple[int, int] | None = None  # (mod_revision, value) for cas_cached

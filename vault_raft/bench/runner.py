@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from vault_raft.api import binding as P
 from vault_raft.api.channel import for_fleet
 from vault_raft.bench import etcd as E
-from vault_raft.bench.http import KeepAlive
+from vault_raft.api.http import Connection
 from vault_raft.bench.load import (
     Result,
     attempt,
@@ -193,15 +193,15 @@ class VaultBench:
     def stop(self) -> None:
         self.cluster.stop()
 
-    def conn(self, i: int) -> KeepAlive:
-        return KeepAlive(self.fleet.nodes[i % len(self.fleet.nodes)].api, channel=self.channel,
+    def conn(self, i: int) -> Connection:
+        return Connection(self.fleet.nodes[i % len(self.fleet.nodes)].api, channel=self.channel,
                          reuse=not self.fresh_connections, token=self.token)
 
     def entry_points(self) -> tuple[int, int]:
         """(index of the leader, index of a follower) in the fleet's node list."""
         return cluster_entry_points(self.cluster)
 
-    def _register(self, c: KeepAlive, user: bytes, code: bytes) -> tuple[bytes, dict]:
+    def _register(self, c: Connection, user: bytes, code: bytes) -> tuple[bytes, dict]:
         """(record, enroll/start reply with the single-use ticket)."""
         reg, req = opaque.ClientRegistration.start(code, ksf=self.fleet.ksf)
         st, out = c.post("/v1/enroll/start", {"user": user, "request": req})
@@ -209,7 +209,7 @@ class VaultBench:
         return reg.finish(out["response"], expected_server_public_key=
                           self.fleet.opaque_server_public_key).record, out
 
-    def enroll_one(self, c: KeepAlive, user: bytes, record: bytes,
+    def enroll_one(self, c: Connection, user: bytes, record: bytes,
                    start: dict | None = None) -> bool:
         """Enroll ``record`` for ``user``.  Without ``start`` (guess-only users
         sharing one template record), a ticket of the user's own is fetched:
@@ -284,7 +284,7 @@ class VaultBench:
         used = next(self._counter)
         return len(self.guess_users) * (ATTEMPTS_PER_BENCH_USER - 5) - used
 
-    def recover_phases(self, c: KeepAlive, user: bytes, code: bytes, ksf=None) -> dict:
+    def recover_phases(self, c: Connection, user: bytes, code: bytes, ksf=None) -> dict:
         """A right-code recovery, each phase timed (seconds)."""
         t0 = time.perf_counter()
         login, ke1 = opaque.ClientLogin.start(code, ksf=ksf or self.fleet.ksf,
@@ -493,7 +493,7 @@ def run_raw(cfg: Config, res: dict) -> None:
                    what="raw cluster healthy")
 
         def inc_op(i: int):
-            c = KeepAlive(info.nodes[i % len(info.nodes)].api, channel=channel)
+            c = Connection(info.nodes[i % len(info.nodes)].api, channel=channel)
             key = f"k{i}".encode()
             return lambda: c.post("/inc", {"key": key})[0] == 200
         closed_loop("warmup", inc_op, 4, min(2.0, cfg.duration))

@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass, field
 
 from vault_raft.api import binding as P
-from vault_raft.api.channel import connection, for_fleet
+from vault_raft.api import http as wire
+from vault_raft.api.channel import ChannelError, for_fleet
 from vault_raft.chaos.checker import Verdict, check_all
 from vault_raft.chaos.disk import KINDS as DISK_KINDS
 from vault_raft.chaos.disk import damage
@@ -77,22 +78,12 @@ class Actor:
         body = dict(body, deadline_ms=int((time.time() + self.timeout) * 1000))
         if self.token is not None and "user" in body:
             body["auth"] = self.token(body["user"])
-        conn = connection(self.urls[nid], self.timeout, self.channel)
         try:
-            try:
-                conn.connect()  # TCP and the TLS handshake: a failure sent nothing
-            except OSError as exc:
-                raise _Unsent(str(exc)) from None
-            conn.request("POST", path, body=P.pack(body),
-                         headers={"Content-Type": P.CONTENT_TYPE})
-            resp = conn.getresponse()
-            data = resp.read()
-        finally:
-            conn.close()
-        try:
-            return resp.status, P.unpack(data)
-        except Exception:
-            return resp.status, {}
+            return wire.call(self.urls[nid], "POST", path, body, self.timeout, self.channel)
+        except ChannelError as exc:  # TCP or the TLS handshake: a failure sent nothing
+            raise _Unsent(str(exc)) from None
+        except wire.WireError as exc:  # an answer that is not a msgpack map
+            return exc.status, {}
 
     def call(self, op: Op, path: str, body: dict):
         """POST and classify: returns (status, out) or records fail/info and returns None."""
