@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from vault_raft.chaos.campaign import CampaignConfig, run_campaign, schedule
+from vault_raft.chaos.checker import Status, require_pass
 
 pytestmark = pytest.mark.cluster
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -24,7 +25,8 @@ def test_campaign_passes_on_the_real_node(tmp_path, seed):
                                                "clock"),
                                       seed=seed, owners=3, attackers=3, victims=10,
                                       victim_limit=12, quiet=True))
-    assert res.ok, [(v.name, v.status, v.problems[:5]) for v in res.verdicts]
+    require_pass(res.verdicts)
+    assert res.ok
     assert res.ops["ok"] > 200
     assert sum(res.injected.values()) >= 2
     for f in res.files.values():
@@ -70,6 +72,6 @@ def test_checkers_catch_a_planted_bug(tmp_path, bug, nemesis, checker):
         out=str(tmp_path), nodes=3, duration=12, nemesis=nemesis, seed=3, owners=2,
         attackers=6, victims=3, victim_limit=4, quiet=True, final_timeout=6,
         node_cmd=[sys.executable, os.path.join(HERE, "bugs", "buggy_node.py"), "--bug", bug]))
-    failed = {v.name for v in res.verdicts if v.status == "fail"}
+    failed = {v.name for v in res.verdicts if v.status is Status.FAIL}
     assert checker in failed, [(v.name, v.status, v.problems[:3]) for v in res.verdicts]
     assert not res.ok

@@ -1,10 +1,15 @@
 """The chaos checkers on hand-written histories: they accept good ones and reject bad ones."""
+import pytest
+
 from vault_raft.chaos.checker import (
+    Status,
+    Verdict,
     guess_limit,
     linearizable,
     linearizable_record,
     no_lost_writes,
     released_secret,
+    require_pass,
 )
 from vault_raft.chaos.history import History, Op
 
@@ -86,7 +91,22 @@ def test_linearizability_budget_gives_unknown():
     ops = [enroll("u", 0, 1, mx=100)] + [op("begin", "u", 2, None, "info") for _ in range(60)] + \
           [op("begin", "u", 3, 4, attempts_left=99 - 30), op("begin", "u", 5, 6, attempts_left=0)]
     status, _ = linearizable_record(ops, budget_s=0.05)
-    assert status in ("unknown", "fail")
+    assert status in (Status.UNKNOWN, Status.FAIL)
+
+
+def test_only_pass_passes():
+    """An undecided checker is not a pass: require_pass (what tests call on
+    runs that must be good) refuses UNKNOWN as it refuses FAIL."""
+    passed = Verdict("a", Status.PASS, "fine")
+    assert passed.ok and Verdict("b", "pass").status is Status.PASS
+    require_pass([passed, Verdict("b", "pass")])
+    for status in (Status.UNKNOWN, Status.FAIL):
+        v = Verdict("b", status, "search budget spent", ["u: detail"])
+        assert not v.ok
+        with pytest.raises(AssertionError, match=f"'b', '{status}'"):
+            require_pass([passed, v])
+    with pytest.raises(ValueError):
+        Verdict("c", "maybe")
 
 
 def test_no_lost_writes_and_released_secret():

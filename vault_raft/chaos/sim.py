@@ -680,10 +680,10 @@ class SimWorkload:
         sim.pending.clear()
 
     def verdicts(self, budget_s: float = 5.0):
-        from vault_raft.chaos.checker import Verdict, guess_limit, linearizable
-        safety = Verdict("raft_safety", "fail" if self.sim.violations else "pass",
+        from vault_raft.chaos.checker import Status, Verdict, guess_limit, linearizable
+        safety = Verdict("raft_safety", Status.FAIL if self.sim.violations else Status.PASS,
                          f"{len(self.sim.leaders)} terms", list(self.sim.violations))
-        acked = Verdict("acked_entries", "fail" if self.sim.ack_violations else "pass",
+        acked = Verdict("acked_entries", Status.FAIL if self.sim.ack_violations else Status.PASS,
                         "no node lacks a committed entry it acknowledged",
                         list(self.sim.ack_violations))
         return [safety, guess_limit(self.sim.history, self.limits),
