@@ -1,4 +1,5 @@
 """The sans-IO state machine, explored by Hypothesis (stateful) against a model."""
+import copy
 import os
 
 import msgpack
@@ -176,6 +177,61 @@ def test_transition_table_is_explicit():
             handler = M.TRANSITIONS.get((status, op))
             if handler is not None:
                 assert hasattr(M.VaultState, handler)
+
+
+def _in_status(status):
+    """A machine whose record for b"u" is in ``status``."""
+    sm = M.VaultState()
+    if status != M.ABSENT:
+        assert sm.apply(cmd(M.ENROLL, user=b"u", now=1, max_attempts=1, version=bytes(16),
+                            opaque_record=b"r" * 192, sealed_secret=b"s", **ticket()))["ok"]
+    if status == M.DESTROYED:
+        for n in range(2):
+            sm.apply(cmd(M.BEGIN_ATTEMPT, user=b"u", now=2 + n, attempt_id=os.urandom(16)))
+    assert sm.summary(b"u")["status"] == status
+    return sm
+
+
+def _well_formed(op, sm):
+    """A command of ``op`` for b"u" with every field any handler reads, valid."""
+    fields = dict(user=b"u", now=10, attempt_id=os.urandom(16), version=bytes(16),
+                  opaque_record=b"R" * 192, sealed_secret=b"S", max_attempts=3)
+    if op in M._TICKETED:
+        fields.update(ticket(10, sm.applied))
+    return cmd(op, **fields)
+
+
+def test_commands_outside_the_table_are_refused_and_change_no_record():
+    """Every (status, op) pair missing from the table is refused with the
+    status's refusal code, and leaves the records as they were."""
+    codes = {M.ABSENT: "unknown", M.DESTROYED: "destroyed", M.ACTIVE: "refused"}
+    refused = []
+    for status in (M.ABSENT, M.ACTIVE, M.DESTROYED):
+        for op in sorted(M._ALL_OPS):
+            if (status, op) in M.TRANSITIONS:
+                continue
+            sm = _in_status(status)
+            records, changes = copy.deepcopy(sm.records), dict(sm.changes)
+            r = sm.apply(_well_formed(op, sm))
+            assert r == {"ok": False, "code": codes[status]}, (status, op, r)
+            assert sm.records == records and sm.changes == changes, (status, op)
+            assert sm.summary(b"u")["status"] == status
+            refused.append((status, op))
+    # absent: nothing to complete, change or delete; destroyed: only a new enrollment
+    # (and attempts, refused by a handler) -- seven pairs, none of them an active record's
+    assert sorted(refused) == sorted(
+        [(M.ABSENT, op) for op in (M.COMPLETE_ATTEMPT, M.CHANGE_SECRET, M.CHANGE_CODE,
+                                   M.DELETE)]
+        + [(M.DESTROYED, op) for op in (M.CHANGE_SECRET, M.CHANGE_CODE, M.DELETE)])
+
+
+def test_the_table_s_handlers_accept_a_well_formed_command():
+    """The refusals above are the table's doing: each pair in the table, given
+    the same well-formed commands, reaches its handler (no "bad_command")."""
+    for (status, op) in M.TRANSITIONS:
+        sm = _in_status(status)
+        r = sm.apply(_well_formed(op, sm))
+        assert r.get("code") != "bad_command", (status, op, r)
 
 
 def test_destroy_on_attempt_after_limit():
