@@ -6,11 +6,12 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 LINT   := $(VENV)/.lint-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup demo test lint bench clean help
+.PHONY: setup demo test test-fast lint bench clean help
 
 help:
 	@echo "make demo   - start a local 3-node cluster, enroll, guess wrong, recover, stop"
 	@echo "make test   - run the whole test suite (real node processes on 127.0.0.1)"
+	@echo "make test-fast - the tests that start no node process and are not slow"
 	@echo "make lint   - ruff and mypy, configured in pyproject.toml"
 	@echo "make bench  - run the benchmarks (see bench/README.md)"
 
@@ -30,6 +31,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	@$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# No clusters (the `cluster` marker: tests/conftest.py fails an unmarked test that starts
+# node processes) and no `slow` tests.
+test-fast: $(STAMP)
+	@$(PY) -m pytest -q -p no:cacheprovider -m "not cluster and not slow" $(PYTEST_ARGS)
 
 $(LINT): $(STAMP)
 	@$(PY) -m pip install -q --disable-pip-version-check -e '.[lint]'

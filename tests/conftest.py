@@ -1,8 +1,18 @@
+import contextlib
+import json
 import os
 import pathlib
+import random
+import shlex
+import subprocess
+import sys
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+from vault_raft.fleet.create import init_fleet
+from vault_raft.ops.cluster import LocalCluster
+from vault_raft.ops.cluster import free_base_port as _free_base_port
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -13,15 +23,86 @@ settings.register_profile("long", max_examples=2000, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("VAULT_RAFT_PROFILE", "ci"))
 
+pytest_plugins = ["pytester"]  # tests/test_markers.py runs the marker guard in a child pytest
+
+
+# ------------------------------------------------- the `cluster` marker guard
+# A test that starts node processes (or a command that does) must be marked
+# `cluster`: `make test-fast` deselects those and needs no clusters.  An
+# unmarked test that tries fails at the start, before any process exists.
+NODE_SUBCOMMANDS = {"node", "cluster", "demo", "bench", "chaos"}
+
+
+def node_command(args) -> str | None:
+    """Why ``args`` (a Popen argument) starts node processes, or None."""
+    if isinstance(args, (str, bytes, os.PathLike)):
+        argv = shlex.split(os.fsdecode(args))
+    else:
+        argv = [os.fsdecode(a) for a in args]
+    for i, a in enumerate(argv):
+        base = os.path.basename(a)
+        if base.endswith("_node.py"):
+            return f"a test node ({base})"
+        if (a == "vault_raft" and i > 0 and argv[i - 1] == "-m") or base == "vault-raft":
+            words = [w for w in argv[i + 1:] if not w.startswith("-")]
+            if words and words[0] in NODE_SUBCOMMANDS:
+                return f"vault-raft {words[0]}"
+            if words[:2] == ["witness", "serve"]:
+                return "vault-raft witness serve"
+    return None
+
+
+@contextlib.contextmanager
+def _cluster_marker_guard(item):
+    """While ``item`` (a test without the marker) sets up, runs and tears down,
+    including fixtures of wider scope that its set-up creates."""
+    if item.get_closest_marker("cluster") is not None:
+        yield
+        return
+
+    def refuse(what: str):
+        pytest.fail(f"{item.nodeid} starts {what} but is not marked @pytest.mark.cluster",
+                    pytrace=False)
+
+    class GuardedPopen(subprocess.Popen):
+        def __init__(self, args, *a, **kw):
+            what = node_command(args)
+            if what:
+                refuse(what)
+            super().__init__(args, *a, **kw)
+
+    def guarded_start(self, ids=None):
+        refuse("node processes (LocalCluster.start)")
+
+    popen, start = subprocess.Popen, LocalCluster.start
+    setattr(subprocess, "Popen", GuardedPopen)  # noqa: B010 -- mypy: assigning a class
+    setattr(LocalCluster, "start", guarded_start)  # noqa: B010 -- mypy: assigning a method
+    try:
+        yield
+    finally:
+        setattr(subprocess, "Popen", popen)  # noqa: B010
+        setattr(LocalCluster, "start", start)  # noqa: B010
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    with _cluster_marker_guard(item):
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    with _cluster_marker_guard(item):
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item):
+    with _cluster_marker_guard(item):
+        yield
+
 
 # ------------------------------------------------------------ real clusters
-import json  # noqa: E402
-import random  # noqa: E402
-import sys  # noqa: E402
-
-from vault_raft.fleet.create import init_fleet  # noqa: E402
-from vault_raft.ops.cluster import LocalCluster  # noqa: E402
-from vault_raft.ops.cluster import free_base_port as _free_base_port  # noqa: E402
 
 
 def free_base_port(nodes: int) -> int:
@@ -44,7 +125,7 @@ def make_fleet(tmp_path, nodes=3, raft=None, max_attempts=10):
 @pytest.fixture
 def cluster_factory(tmp_path):
     """Start real node processes; always stopped (by PID) at teardown."""
-    made = []
+    made: list[LocalCluster] = []
 
     def factory(nodes=3, raft=None, node_cmd=None, env=None, start=True, max_attempts=10):
         d = make_fleet(tmp_path / f"c{len(made)}", nodes, raft, max_attempts)
@@ -64,7 +145,6 @@ def cluster_factory(tmp_path):
 
 
 def vault_cli(*args, env=None, stdin=None, timeout=60):
-    import subprocess
     e = dict(os.environ)
     e.pop("VAULT_RECOVERY_CODE", None)
     if env:

@@ -6,15 +6,13 @@ import stat
 
 import msgpack
 import pytest
-from conftest import make_fleet, vault_cli
+from conftest import free_base_port, make_fleet, vault_cli
 
 from vault_raft import client as C
 from vault_raft.api import channel as CH
 from vault_raft.crypto import opaque
 from vault_raft.fleet.keystore import FileKeystore, KeystoreError
 from vault_raft.ops.cluster import LocalCluster, wait_until
-
-pytestmark = pytest.mark.cluster
 
 
 def _raw(cl, url, path, body: bytes, ctype="application/msgpack", method="POST"):
@@ -28,6 +26,7 @@ def _raw(cl, url, path, body: bytes, ctype="application/msgpack", method="POST")
         conn.close()
 
 
+@pytest.mark.cluster
 def test_bad_input_gets_4xx_and_changes_nothing(cluster_factory):
     cl = cluster_factory()
     fleet = os.path.join(cl.dir, "fleet.json")
@@ -77,6 +76,7 @@ def test_bad_input_gets_4xx_and_changes_nothing(cluster_factory):
     assert status == 200 and json.loads(data)["openapi"].startswith("3.")
 
 
+@pytest.mark.cluster
 def test_token_cannot_be_replayed_or_moved(cluster_factory):
     cl = cluster_factory()
     cli = C.Client(os.path.join(cl.dir, "fleet.json"))
@@ -99,6 +99,7 @@ def test_token_cannot_be_replayed_or_moved(cluster_factory):
     assert rec.secret == b"secret a"
 
 
+@pytest.mark.cluster
 def test_change_and_delete_flows_via_cli(cluster_factory, tmp_path):
     cl = cluster_factory()
     fleet = os.path.join(cl.dir, "fleet.json")
@@ -132,6 +133,7 @@ def test_change_and_delete_flows_via_cli(cluster_factory, tmp_path):
                      stdin="third code\n").returncode == 0
 
 
+@pytest.mark.cluster
 def test_cluster_up_down_via_cli_and_clean_sigterm(tmp_path):
     d = make_fleet(tmp_path)
     try:
@@ -164,8 +166,9 @@ def test_fleet_init_refuses_bad_input(tmp_path):
         assert r.returncode == 2, (args, r.stderr)
         assert "Traceback" not in r.stderr
         assert not os.path.exists(os.path.join(d, "fleet.json"))
-    assert vault_cli("fleet", "init", "--dir", d, "--base-port", "31000").returncode == 0
-    r = vault_cli("fleet", "init", "--dir", d, "--base-port", "31000")
+    port = str(free_base_port(3))  # not a fixed one: other runs may hold it
+    assert vault_cli("fleet", "init", "--dir", d, "--base-port", port).returncode == 0
+    r = vault_cli("fleet", "init", "--dir", d, "--base-port", port)
     assert r.returncode == 2 and "refusing to overwrite" in r.stderr
 
 

@@ -248,6 +248,7 @@ def _capture_ke1(monkeypatch) -> list:
     return seen
 
 
+@pytest.mark.cluster
 def test_real_nodes_speak_only_tls_and_an_observer_sees_no_plaintext(cluster_factory,
                                                                      monkeypatch, tmp_path):
     cl = cluster_factory(max_attempts=5)
@@ -301,6 +302,7 @@ def test_real_nodes_speak_only_tls_and_an_observer_sees_no_plaintext(cluster_fac
     assert wc.value.attempts_left == 4  # 5 - this one (the recovery above reset the count)
 
 
+@pytest.mark.cluster
 def test_insecure_http_opt_in_works_end_to_end(tmp_path, monkeypatch):
     """``fleet init --insecure-http``: plain HTTP, by the CLI and the library;
     the relay (the control for the test above) now reads user ids and KE1."""

@@ -9,7 +9,6 @@ import pytest
 from vault_raft.chaos.campaign import CampaignConfig, run_campaign, schedule
 from vault_raft.chaos.checker import Status, require_pass
 
-pytestmark = pytest.mark.cluster
 HERE = os.path.dirname(os.path.abspath(__file__))
 LONG = os.environ.get("VAULT_RAFT_PROFILE") == "long"
 
@@ -18,6 +17,7 @@ def _verdict(res, name):
     return next(v for v in res.verdicts if v.name == name)
 
 
+@pytest.mark.cluster
 @pytest.mark.parametrize("seed", [11, 12] if not LONG else list(range(11, 21)))
 def test_campaign_passes_on_the_real_node(tmp_path, seed):
     res = run_campaign(CampaignConfig(out=str(tmp_path), nodes=3, duration=15 if not LONG else 60,
@@ -67,6 +67,7 @@ def test_schedule_is_a_function_of_the_seed():
     ("ack-without-commit", (), "no_lost_writes"),
     ("stale-secret", (), "released_secret"),
 ])
+@pytest.mark.cluster
 def test_checkers_catch_a_planted_bug(tmp_path, bug, nemesis, checker):
     res = run_campaign(CampaignConfig(
         out=str(tmp_path), nodes=3, duration=12, nemesis=nemesis, seed=3, owners=2,

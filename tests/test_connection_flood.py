@@ -23,8 +23,6 @@ from vault_raft.node import httpguard as H
 from vault_raft.node import limits as L
 from vault_raft.node.replies import install
 
-pytestmark = pytest.mark.cluster
-
 IDLE, SLOW = 1000, 100
 DEFAULTS = L.Limits()
 
@@ -104,6 +102,7 @@ def _raft_addr(cl, nid):
     return host, int(port)
 
 
+@pytest.mark.cluster
 @pytest.mark.parametrize("nofile,cap", [("1024:4096", 1024), ("1024:1024", 1024 - L.FD_RESERVE)])
 def test_a_connection_flood_leaves_a_node_serving(cluster_factory, nofile, cap):
     node_cmd = ["prlimit", f"--nofile={nofile}", sys.executable, "-m", "vault_raft", "node"]

@@ -157,6 +157,7 @@ def test_load_spec_refuses_unknown_keys(tmp_path):
         load_spec(str(p))
 
 
+@pytest.mark.cluster
 def test_fleet_on_distinct_loopback_hosts_with_a_wildcard_bind(tmp_path):
     """Each node advertises its own loopback address and listens on 0.0.0.0:
     the nodes find each other by their advertised addresses (and the mTLS

@@ -269,6 +269,7 @@ class PlantedOracle(GuessLimitModel):
     planted = True
 
 
+@pytest.mark.slow
 def test_the_model_catches_a_registration_oracle():
     with pytest.raises(AssertionError, match="evaluations under"):
         run_state_machine_as_test(PlantedOracle, settings=settings(

@@ -9,8 +9,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from vault_raft import client as C
 from vault_raft.crypto.ksf import IDENTITY_KSF
 
-pytestmark = pytest.mark.cluster
-
 
 def scrape(cl, nid) -> dict:
     """{(name, labels as a sorted tuple): value} of one node's metrics."""
@@ -28,6 +26,7 @@ def _get(m, name, **labels):
     return m.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+@pytest.mark.cluster
 def test_metrics_parse_and_count_what_happens(cluster_factory):
     cl = cluster_factory(3)
     p = os.path.join(cl.dir, "fleet.json")

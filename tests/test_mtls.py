@@ -305,6 +305,7 @@ def test_a_three_node_mtls_cluster_commits(pki):
 
 # ----------------------------------------------------------- the admin path
 
+@pytest.mark.cluster
 def test_admin_status_and_transfer_need_the_admin_key(cluster_factory, tmp_path):
     from conftest import vault_cli
 

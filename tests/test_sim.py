@@ -108,7 +108,7 @@ class SimulatedFaults(RuleBasedStateMachine):
             self.sim.close()
 
 
-TestSimulatedFaults = SimulatedFaults.TestCase
+TestSimulatedFaults = pytest.mark.slow(SimulatedFaults.TestCase)
 TestSimulatedFaults.settings = settings(max_examples=3000 if LONG else 300,
                                         stateful_step_count=40 if LONG else 25,
                                         deadline=None)
@@ -233,11 +233,13 @@ def _storage_sweep(seeds, mark=True):
         logging.disable(logging.NOTSET)
 
 
+@pytest.mark.slow
 def test_storage_fault_schedules_keep_every_invariant():
     failed = _storage_sweep(range(3000 if LONG else 200))
     assert not failed, f"seeds that broke (or left undecided) an invariant: {failed}"
 
 
+@pytest.mark.slow
 def test_storage_nemesis_catches_a_journal_that_ignores_its_mark():
     """The same schedules on a journal that takes a damaged log as it is: nodes
     lose acknowledged entries without knowing, and vote or lead with them."""

@@ -40,6 +40,7 @@ def _fast(fleet_dir):
     json.dump(d, open(p, "w"))
 
 
+@pytest.mark.cluster
 def test_publish_verify_deployment_and_audit_commands(tmp_path, witness, cluster_factory):
     url, wdir, _ = witness
     fa = cluster_factory(3)
@@ -114,6 +115,7 @@ def _two_fleets(tmp_path, witness, cluster_factory):
     return fa, fb, op, os.path.join(op, "client.json"), app_tenant([fa.dir, fb.dir], "acme")
 
 
+@pytest.mark.cluster
 def test_rotation_while_clients_keep_recovering(tmp_path, witness, cluster_factory):
     fa, fb, op, client, app = _two_fleets(tmp_path, witness, cluster_factory)
     users = {f"user{i}": (f"code-{i}", os.urandom(16)) for i in range(6)}
@@ -179,6 +181,7 @@ def test_rotation_while_clients_keep_recovering(tmp_path, witness, cluster_facto
             old.recover(u, code)
 
 
+@pytest.mark.cluster
 def test_no_squatting_during_a_rotation(tmp_path, witness, cluster_factory):
     """An attacker without the victim's token cannot take her id on the new fleet;
     and when another record holds it there anyway, her recovery still returns

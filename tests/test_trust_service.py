@@ -134,6 +134,7 @@ def test_every_since_gets_proofs_a_client_verifies(tmp_path):
     asyncio.run(main())
 
 
+@pytest.mark.slow
 def test_a_tarpit_witness_costs_requests_nothing_and_gets_one_fetch_at_a_time(tmp_path):
     w = World(tmp_path)
     w.log("acme", 1)

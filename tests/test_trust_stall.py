@@ -121,6 +121,7 @@ class Tarpit:
         self.sock.close()
 
 
+@pytest.mark.cluster
 def test_the_trust_path_never_waits_on_the_witness_and_foreign_statements_are_refused(
         tmp_path, witness, cluster_factory):
     url, wdir, procs, restart = witness
@@ -202,6 +203,7 @@ def _flood(url: str, n: int) -> dict:
 
 # ------------------------------------------------------------- freshness
 
+@pytest.mark.cluster
 def test_a_client_without_state_is_not_served_a_superseded_bundle(tmp_path, witness,
                                                                   cluster_factory):
     url, wdir, _, _ = witness

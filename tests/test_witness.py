@@ -189,6 +189,7 @@ def test_heads_name_the_namespaces_newest_bundle_as_of_their_size(tmp_path):
     w.close()
 
 
+@pytest.mark.cluster
 def test_witness_http_refusals_and_the_register_commands(tmp_path):
     """Over HTTP, with a witness process: 403 for an unregistered key's new
     namespace, 413 past the size cap, 429 with Retry-After past the rate."""
