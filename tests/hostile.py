@@ -12,6 +12,8 @@ import urllib.parse
 
 import msgpack
 
+from vault_raft.ops.cluster import ClusterError, wait_until
+
 
 def set_limits(fleet_dir: str, **limits) -> None:
     """Write node.json ``limits`` for every node of a fleet (before it starts)."""
@@ -174,16 +176,14 @@ def commit_index(cl, nid: str) -> int:
 def settled_commit_index(cl, timeout: float = 10.0) -> int:
     """The fleet's commit index once every node reports the same one twice in
     a row (a follower learns the index with the leader's next message)."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        now = {n: commit_index(cl, n) for n in cl.ids}
-        if len(set(now.values())) == 1 and now == last:
-            return next(iter(now.values()))
-        assert time.monotonic() < deadline, (last, now)
-        last = now
-        time.sleep(0.2)
+    seen: list[dict] = []
 
+    def settled():
+        seen.append({n: commit_index(cl, n) for n in cl.ids})
+        last, now = seen[-2:] if len(seen) > 1 else (None, seen[-1])
+        return len(set(now.values())) == 1 and now == last and (next(iter(now.values())),)
 
-def wait_quiet(seconds: float = 0.3) -> None:
-    time.sleep(seconds)
+    try:  # (a one-tuple: an index of 0 is an answer too)
+        return wait_until(settled, timeout, 0.2, what="one commit index on every node")[0]
+    except ClusterError:
+        raise AssertionError(f"commit indexes not settled: {seen[-2:]}") from None

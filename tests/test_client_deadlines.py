@@ -76,7 +76,7 @@ def test_a_node_that_cannot_be_connected_to_is_skipped_for_a_counted_request(
             s.setblocking(False)
             s.connect_ex(host_port(cl.api[stuck]))
             filler.append(s)
-        time.sleep(0.5)
+        time.sleep(0.5)  # the kernel completes the fillers' handshakes until the queue is full
         cli = C.Client(fleet, request_timeout=1.0,
                        nodes=[cl.api[stuck]] + [cl.api[n] for n in cl.ids if n != stuck])
         cli._next = 0  # the stuck node first

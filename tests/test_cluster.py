@@ -10,6 +10,7 @@ import zlib
 
 import pytest
 from conftest import vault_cli
+from hostile import settled_commit_index
 
 from vault_raft import client as C
 from vault_raft.ops.cluster import wait_until
@@ -170,8 +171,9 @@ def test_minority_answers_nothing_and_counts_nothing(cluster_factory):
         for n in paused:
             cl.resume(n)
     cl.wait_healthy(timeout=30)
-    # Let any stale buffered request reach the resumed nodes before we look.
-    time.sleep(0.5)
+    # A stale buffered request is read by a resumed node before it answers the health check;
+    # anything it proposed has committed everywhere once the commit index settles.
+    settled_commit_index(cl)
     with pytest.raises(C.WrongCode) as exc:
         cli.recover("dave", "wrong")
     assert exc.value.attempts_left == 4  # nothing was counted during the partition
@@ -247,7 +249,7 @@ def test_garbage_and_pickle_on_raft_port(cluster_factory, tmp_path):
         with socket.create_connection((host, int(port)), timeout=2) as s:
             s.sendall(struct.pack("i", len(payload)) + payload)
             s.sendall(struct.pack("i", len(payload)) + payload)
-    time.sleep(0.5)
+    time.sleep(0.5)  # the last frames get no answer to wait for: give the node time to read them
     assert not marker.exists(), "a pickle sent to the Raft port was executed"
     assert all(cl.pid(n) for n in cl.ids), "a node died"
     cl.wait_healthy(timeout=15)

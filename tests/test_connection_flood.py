@@ -22,6 +22,7 @@ from vault_raft import client as C
 from vault_raft.node import httpguard as H
 from vault_raft.node import limits as L
 from vault_raft.node.replies import install
+from vault_raft.ops.cluster import wait_until
 
 IDLE, SLOW = 1000, 100
 DEFAULTS = L.Limits()
@@ -125,7 +126,7 @@ def test_a_connection_flood_leaves_a_node_serving(cluster_factory, nofile, cap):
             rec = cli.recover("vic", "code")
             took.append(time.monotonic() - t0)
             assert rec.secret == b"vic's key"
-            time.sleep(0.5)
+            time.sleep(0.5)  # recoveries spread over the flood's lifetime, not back to back
         assert max(took) < 2.0, took
         st = cl.status(nid)
         api = st["api"]
@@ -191,13 +192,16 @@ def test_at_the_cap_the_least_recently_active_idle_connection_goes():
     try:
         busy = socket.create_connection(("127.0.0.1", port))
         busy.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")  # processing, oldest
-        time.sleep(0.2)
+        time.sleep(0.2)  # busy is accepted first, so the idle ones are all younger
         idle = []
         for _ in range(30):
             idle.append(socket.create_connection(("127.0.0.1", port)))
-            time.sleep(0.01)
-        time.sleep(0.3)
-        st = asyncio.run_coroutine_threadsafe(_stats(srv), loop).result(5)
+            time.sleep(0.01)  # distinct ages, so "the oldest" is well defined
+
+        def stats():
+            return asyncio.run_coroutine_threadsafe(_stats(srv), loop).result(5)
+
+        st = wait_until(lambda: (s := stats())["evicted"] >= 11 and s, 5, what="evictions")
         assert st["open"] == 20 and st["evicted"] == 11, st
         assert all(_closed(s, 1.0) for s in idle[:11])  # the oldest idle ones
         assert not any(_closed(s, 0.05) for s in idle[11:])

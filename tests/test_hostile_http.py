@@ -145,7 +145,7 @@ def test_malformed_requests_get_the_error_map_and_change_nothing(cl):
             assert "GET" in headers["allow"] if name == "delete status" \
                 else headers["allow"] == "POST", headers
     assert settled_commit_index(cl) == before  # nothing was proposed
-    time.sleep(0.5)
+    time.sleep(0.5)  # the node logs after it replies: let the last lines reach the file
     lines = watch.lines()
     assert not watch.tracebacks(), "\n".join(lines)
     assert len(lines) <= 12, "\n".join(lines)  # rate-limited: a few lines per kind
@@ -165,7 +165,7 @@ def test_a_client_leaving_mid_body_is_no_error(cl):
                              headers={"Content-Length": "100"}))
         time.sleep(0.02)
         sock.close()
-    time.sleep(0.5)
+    time.sleep(0.5)  # the node notices the closes in the background; errors would show after
     st, headers, body = exchange(cl, cl.api[nid], request("GET", "/v1/status", ctype=None))
     assert st == 200
     lines = watch.lines()

@@ -18,7 +18,6 @@ refusal.)
 """
 import json
 import os
-import time
 
 import pytest
 from conftest import free_base_port, make_fleet, vault_cli
@@ -32,7 +31,7 @@ from vault_raft.fleet.config import ADMIN_KEY_FILE, FleetInfo
 from vault_raft.fleet.keystore import load_signing_key
 from vault_raft.node.admin import sign_request
 from vault_raft.ops import witness_server
-from vault_raft.ops.cluster import LocalCluster
+from vault_raft.ops.cluster import LocalCluster, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -384,12 +383,12 @@ def test_every_reply_fits_the_served_openapi_document(world):
                  "/v1/recover/finish", "/v1/manage"):
         user = ("rl" + path.replace("/", "-")).encode()
         auth = T.mint("slow", slow, user, api.fid)
-        deadline = time.monotonic() + 10
-        while True:  # the nodes reload the tenant list on the next request
-            status, _, raw = api.raw("POST", path, P.pack({"user": user.decode(), "auth": auth}))
-            if status != 401 or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
+
+        def reloaded(path=path, user=user, auth=auth):  # on a request after the list changed
+            got = api.raw("POST", path, P.pack({"user": user.decode(), "auth": auth}))
+            return got if got[0] != 401 else None
+
+        status, _, raw = wait_until(reloaded, 10, 0.1, what=f"{path}: the tenant list reloaded")
         assert status == 400, (path, status, P.unpack(raw))       # took the one token
         api.post(path, {"user": user.decode(), "auth": auth}, 429)
 
@@ -412,15 +411,14 @@ def test_every_reply_fits_the_served_openapi_document(world):
     xi = api.enroll_body(b"xi", b"xi's code", b"xi's key")
     keep = cl.ids[0]
     cl.stop([n for n in cl.ids if n != keep], timeout=10)
-    deadline = time.monotonic() + 30
-    while True:
+
+    def unavailable():
         ke1 = opaque.ClientLogin.start(b"x", ksf=api.fleet.ksf, context=api.fleet.context)[1]
-        status, headers, raw = api.raw("POST", "/v1/recover/start",
-                                       P.pack(api.user_body(b"nobody", ke1=ke1)), nid=keep)
-        if status == 503 or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert status == 503, (status, P.unpack(raw))
+        got = api.raw("POST", "/v1/recover/start", P.pack(api.user_body(b"nobody", ke1=ke1)),
+                      nid=keep)
+        return got if got[0] == 503 else None
+
+    status, headers, raw = wait_until(unavailable, 30, 0.2, what=f"503 from {keep} alone")
     api.check("POST", "/v1/recover/start", status, headers, raw)
     api.post("/v1/enroll/finish", xi, 503, nid=keep)
     api.post("/v1/recover/finish", api.user_body(b"sam", token=z_out["token"], ke3=z_done.ke3),

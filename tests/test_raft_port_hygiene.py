@@ -16,6 +16,7 @@ from test_mtls import (  # noqa: F401 -- fixtures
     pki,
 )
 
+from vault_raft.ops.cluster import wait_until
 from vault_raft.raft import _pysyncobj as pso
 
 
@@ -58,7 +59,7 @@ def test_accept_out_of_files_backs_off_and_logs_a_few_lines(pki, n1, caplog):
     fake = _StarvedServer(t._server)
     t._server = fake
     waiting = [socket.create_connection(_raft_addr(pki)) for _ in range(3)]  # never accepted
-    time.sleep(2.0)
+    time.sleep(2.0)  # a duration: how often a starved port retries in 2 s
     # a tight loop makes tens of thousands of calls (and as many log lines)
     assert fake.calls <= 12, fake.calls
     assert len(_lines(caplog, "cannot accept")) <= 3
@@ -79,8 +80,7 @@ def test_unidentified_connections_are_capped_timed_out_and_logged(pki, n1, caplo
     idle = [socket.create_connection(_raft_addr(pki)) for _ in range(cap + 20)]
     garbage = socket.create_connection(_raft_addr(pki))
     garbage.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 4)
-    time.sleep(0.5)
-    st = t.stats()
+    st = wait_until(lambda: (s := t.stats())["evicted"] >= 20 and s, 5, what="evictions")
     assert st["pending"] <= cap, st
     assert st["evicted"] >= 20, st
     # a fleet node still gets in, and is answered
@@ -88,7 +88,7 @@ def test_unidentified_connections_are_capped_timed_out_and_logged(pki, n1, caplo
     s.sendall(_vote_request(88))
     assert _answer_to(s, 88) is not None
     # the idle ones are closed after connectionTimeout (1.5 s)
-    time.sleep(2.5)
+    time.sleep(2.5)  # past connectionTimeout: then every idle one must read as closed
     for c in idle:
         c.settimeout(2)
         try:
@@ -131,7 +131,7 @@ def test_a_refused_peer_is_logged_at_warning_with_its_address(pki, n1, caplog, k
             c.recv(100)
         except (OSError, ValueError):
             pass
-    time.sleep(0.3)
+    time.sleep(0.3)  # exactly one line: a second one, if any, would come within this time
     lines = [r for r in caplog.records if r.levelno >= logging.WARNING
              and "Raft port: refused 127.0.0.1:" in r.getMessage()]
     assert len(lines) == 1, [r.getMessage() for r in caplog.records]

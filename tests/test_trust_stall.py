@@ -133,7 +133,7 @@ def test_the_trust_path_never_waits_on_the_witness_and_foreign_statements_are_re
 
     # 1. the witness paused: the node's refresh is stuck, its answers are not
     os.kill(procs[0].pid, signal.SIGSTOP)
-    time.sleep(TS.REFRESH_S + TS.FETCH_DEADLINE_S)
+    time.sleep(TS.REFRESH_S + TS.FETCH_DEADLINE_S)  # a refresh is due and stuck meanwhile
     paused = _trust_latencies(api, size)
     assert max(paused) < 0.1, f"max {max(paused) * 1000:.0f} ms with the witness paused"
     fresh = C.TrustedClient(os.path.join(tmp_path, "op", "client.json"),
@@ -145,7 +145,7 @@ def test_the_trust_path_never_waits_on_the_witness_and_foreign_statements_are_re
     # 2. a tarpit in its place, dripping a never-ending answer
     tarpit = Tarpit(int(url.rsplit(":", 1)[1]))
     try:
-        time.sleep(TS.REFRESH_S + TS.FETCH_DEADLINE_S)
+        time.sleep(TS.REFRESH_S + TS.FETCH_DEADLINE_S)  # a refresh is due and dripped
         dripped = _trust_latencies(api, size)
         assert tarpit.accepted >= 1  # the node did try it, in the background
     finally:
@@ -154,7 +154,7 @@ def test_the_trust_path_never_waits_on_the_witness_and_foreign_statements_are_re
 
     # 3. the genuine witness again; 10,000 new namespaces from throwaway keys
     restart()
-    time.sleep(TS.REFRESH_S)
+    time.sleep(TS.REFRESH_S)  # the node's next refresh, from the genuine witness
     rss0 = _rss_kib(pid)
     before = _trust_latencies(api, size, 10)
     codes = _flood(url, 10_000)
