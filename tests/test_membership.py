@@ -10,8 +10,6 @@ import os
 import pickle
 import socket
 import ssl
-import struct
-import time
 
 import pytest
 from conftest import free_base_port
@@ -19,6 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from vault_raft.core import machine as M
+from vault_raft.ops.cluster import wait_until
 from vault_raft.raft import _pysyncobj as pso
 from vault_raft.raft import frames as wire
 from vault_raft.raft import membership as MB
@@ -155,13 +154,7 @@ def fleet(tmp_path, request):
 
 
 def _wait(cond, timeout, what):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+    return wait_until(cond, timeout, what=what)
 
 
 def _call(rep, start):
@@ -198,7 +191,7 @@ def _handshake_refused(addr, files, ca) -> bool:
         return data == b""
     except (ssl.SSLError, ConnectionError):
         return True
-    except socket.timeout:
+    except TimeoutError:
         return False
     finally:
         s.close()
@@ -232,9 +225,8 @@ def test_replacing_a_node_revokes_its_old_certificate_and_survives_a_restart(fle
     assert _commit(leader) == 0
     _wait(lambda: n2new.status()["last_applied"] >= leader.status()["last_applied"], 20,
           "the new node to catch up")
-    for r in reps.values():
-        _wait(lambda: sorted(r.members()) == sorted([addrs["n1"], new, addrs["n3"]]), 10,
-              "the membership on every node")
+    _wait(lambda: all(sorted(r.members()) == sorted([addrs["n1"], new, addrs["n3"]])
+                      for r in reps.values()), 10, "the membership on every node")
     assert n2new.membership.revoked == {old_fp}
 
     # the survivors refuse the old certificate, and a CA-signed n2 certificate
