@@ -27,6 +27,7 @@ def set_limits(fleet_dir: str, **limits) -> None:
 
 def host_port(url: str) -> tuple[str, int]:
     u = urllib.parse.urlsplit(url)
+    assert u.hostname is not None and u.port is not None, url
     return u.hostname, u.port
 
 

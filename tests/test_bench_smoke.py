@@ -98,7 +98,7 @@ def test_load_loops_warm_each_worker_before_the_clock_starts():
             return True
         return op
 
-    timeline = []
+    timeline: list = []
     res = load.open_loop("t", make_op, 4, 40, 0.5, timeline=timeline)
     assert res.ok == 20 and res.errors == 0  # 40/s for 0.5 s; the 4 warm-ups not counted
     assert len(calls) == 24

@@ -104,7 +104,7 @@ def test_kill_leader_mid_traffic_then_kill_all(cluster_factory):
         with pytest.raises(C.WrongCode):
             cli.recover("carol", "nope")
 
-    stop, results = threading.Event(), []
+    stop, results = threading.Event(), list[tuple]()
     t = threading.Thread(target=_recover_loop, args=(C.Client(_fleet_json(cl), timeout=15),
                                                        "bob", "bob code", stop, results))
     t.start()

@@ -33,8 +33,8 @@ class VaultModel(RuleBasedStateMachine):
         self.now = 1000
         self.ke2_since_success = {}  # (user, version) -> counted attempts since enroll/success
         self.limit = {}
-        self.open = {u: [] for u in USERS}  # attempt ids the model believes are open
-        self.completed = {u: [] for u in USERS}
+        self.open: dict[bytes, list] = {u: [] for u in USERS}  # ids the model believes open
+        self.completed: dict[bytes, list] = {u: [] for u in USERS}
         self.released = set()
         self.recorded = []  # every enroll/change_code command applied: replayed later
 
@@ -106,7 +106,7 @@ class VaultModel(RuleBasedStateMachine):
           use_proof=st.booleans())
     def manage(self, user, op, use_proof):
         aid = self.completed[user][-1] if use_proof and self.completed[user] else os.urandom(16)
-        extra = {}
+        extra: dict = {}
         if op == M.CHANGE_CODE:
             extra.update(opaque_record=b"q" * 192, **ticket(self.now, self.sm.applied))
         if op == M.CHANGE_SECRET:

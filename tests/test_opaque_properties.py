@@ -189,7 +189,7 @@ def test_a_fake_ke2_does_the_work_of_a_real_one(monkeypatch):
     products, one fake-credential derivation (used, or discarded) and one record
     check (their costs are compared by the bench)."""
     from vault_raft.crypto import group
-    counts = {}
+    counts: dict = {}
 
     def counting(name):
         real = getattr(group, name)
