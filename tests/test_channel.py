@@ -242,7 +242,7 @@ def _capture_ke1(monkeypatch) -> list:
         login, ke1 = start(*a, **k)
         seen.append(ke1)
         return login, ke1
-    monkeypatch.setattr(C.opaque.ClientLogin, "start", staticmethod(recording))
+    monkeypatch.setattr(opaque.ClientLogin, "start", staticmethod(recording))
     return seen
 
 

@@ -24,6 +24,7 @@ from conftest import free_base_port, make_fleet, vault_cli
 
 from vault_raft.api import binding as P
 from vault_raft.api import channel as CH
+from vault_raft.api import flows
 from vault_raft.crypto import opaque
 from vault_raft.crypto.ksf import IDENTITY_KSF
 from vault_raft.fleet import tenants as T
@@ -231,50 +232,43 @@ class Api:
     def user_body(self, user: bytes, **fields) -> dict:
         return {"user": user.decode(), "auth": self.tok(user), **fields}
 
+    def as_user(self, body: dict) -> dict:
+        """A flow's body (api/flows.py), its user as text, with the tenant token."""
+        return self.user_body(body["user"], **{k: v for k, v in body.items() if k != "user"})
+
     def enroll_start(self, user: bytes, code: bytes, purpose: str = "enroll", **kw):
-        reg, request = opaque.ClientRegistration.start(code, ksf=self.fleet.ksf)
-        out = self.post("/v1/enroll/start", self.user_body(user, request=request,
-                                                           purpose=purpose), 200, **kw)
-        record = reg.finish(out["response"],
-                            expected_server_public_key=self.fleet.opaque_server_public_key).record
-        return record, out
+        reg = flows.Registration(self.fleet, user, code, purpose)
+        out = self.post("/v1/enroll/start", self.as_user(reg.start_body()), 200, **kw)
+        return reg.finish(out), out
 
     def upload(self, user: bytes, purpose: bytes, binding: bytes, secret: bytes) -> bytes:
-        return P.seal_upload(self.fleet.enroll_public_key, self.fid, user, purpose, binding,
-                             secret)
+        return flows.upload(self.fleet, user, purpose, binding, secret)
 
     def enroll_body(self, user: bytes, code: bytes, secret: bytes, max_attempts: int = 10):
         record, start = self.enroll_start(user, code)
-        return self.user_body(user, record=record, ticket=start["ticket"],
-                              upload=self.upload(user, b"enroll", start["nonce"], secret),
-                              max_attempts=max_attempts)
+        return self.as_user(flows.enroll_finish_body(self.fleet, user, record, start, secret,
+                                                     max_attempts))
 
     def enroll(self, user: bytes, code: bytes, secret: bytes, max_attempts: int = 10):
         return self.post("/v1/enroll/finish", self.enroll_body(user, code, secret, max_attempts),
                          201)
 
     def start(self, user: bytes, code: bytes, expect: int = 200, **kw):
-        login, ke1 = opaque.ClientLogin.start(code, ksf=self.fleet.ksf,
-                                              context=self.fleet.context)
-        return login, self.post("/v1/recover/start", self.user_body(user, ke1=ke1), expect, **kw)
+        login = flows.Login(self.fleet, user, code)
+        return login, self.post("/v1/recover/start", self.as_user(login.start_body()), expect,
+                                **kw)
 
     def recover(self, user: bytes, code: bytes):
         """A full recovery: (session key, token)."""
         login, out = self.start(user, code)
-        done = login.finish(out["ke2"],
-                            expected_server_public_key=self.fleet.opaque_server_public_key)
-        fin = self.post("/v1/recover/finish", self.user_body(user, token=out["token"],
-                                                             ke3=done.ke3), 200)
-        P.open_release(done.session_key, user, out["token"], fin["secret_box"])
-        return done.session_key, out["token"]
+        login.finish(out)
+        fin = self.post("/v1/recover/finish", self.as_user(login.finish_body()), 200)
+        login.open_release(fin)
+        return login.session_key, login.token
 
     def manage_body(self, user: bytes, session_key: bytes, token: bytes, op: str,
                     payload: bytes = b"", ticket: bytes = b"") -> dict:
-        body = self.user_body(user, op=op, token=token, payload=payload,
-                              proof=P.manage_proof(session_key, op, user, token, payload, ticket))
-        if ticket:
-            body["ticket"] = ticket
-        return body
+        return self.as_user(flows.manage_body(user, session_key, token, op, payload, ticket))
 
 
 def test_every_reply_fits_the_served_openapi_document(world):
@@ -335,7 +329,7 @@ def test_every_reply_fits_the_served_openapi_document(world):
     api.start(b"alice", b"wrong code")                             # a counted wrong guess
     api.post("/v1/recover/start", api.user_body(b"alice", ke1=b"\x00" * 95), 400)
     login, out = api.start(b"alice", code)
-    done = login.finish(out["ke2"])
+    done = login.finish(out)
     api.post("/v1/recover/finish", api.user_body(b"alice", token=out["token"], ke3=b"\x00" * 64),
              401)
     api.post("/v1/recover/finish", api.user_body(b"alice", token=out["token"], ke3=b"\x00" * 63),
@@ -370,7 +364,7 @@ def test_every_reply_fits_the_served_openapi_document(world):
     sk, token = api.recover(b"dora", dcode)                        # authorises one change
     login, out = api.start(b"dora", dcode)                         # attempts_left 0
     assert out["attempts_left"] == 0
-    done = login.finish(out["ke2"])
+    done = login.finish(out)
     api.start(b"dora", dcode, expect=410)                          # the limit: destroyed
     api.post("/v1/recover/finish", api.user_body(b"dora", token=out["token"], ke3=done.ke3), 410)
     api.post("/v1/manage", api.manage_body(b"dora", sk, token, "delete"), 410)
@@ -407,7 +401,7 @@ def test_every_reply_fits_the_served_openapi_document(world):
     # ---- no majority: 503 from every endpoint that commits
     sk, token = api.recover(b"sam", b"sam's code")
     z_login, z_out = api.start(b"sam", b"sam's code")
-    z_done = z_login.finish(z_out["ke2"])
+    z_done = z_login.finish(z_out)
     xi = api.enroll_body(b"xi", b"xi's code", b"xi's key")
     keep = cl.ids[0]
     cl.stop([n for n in cl.ids if n != keep], timeout=10)

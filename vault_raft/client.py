@@ -34,8 +34,8 @@ from typing import Callable
 from vault_raft import limits
 from vault_raft.api import binding as P
 from vault_raft.api import channel as CH
+from vault_raft.api import flows
 from vault_raft.api import http as wire
-from vault_raft.crypto import opaque
 from vault_raft.crypto.errors import OpaqueError, SealError
 from vault_raft.fleet.config import ConfigError, FleetInfo
 from vault_raft.fleet.tenants import local_token_source
@@ -292,14 +292,12 @@ class Client:
     def _register(self, user: bytes, code: bytes, purpose: str = "enroll") -> tuple[bytes, dict]:
         """Run OPAQUE registration; returns (record, enroll/start reply).  The
         reply's single-use ``ticket`` (and its ``nonce``) go with the record."""
-        reg, request = opaque.ClientRegistration.start(code, ksf=self.fleet.ksf)
-        status, out = self.post("/v1/enroll/start", {"user": user, "request": request,
-                                                      "purpose": purpose})
+        reg = flows.Registration(self.fleet, user, code, purpose)
+        status, out = self.post("/v1/enroll/start", reg.start_body())
         if status != 200:
             self._raise(status, out)
         try:
-            record = reg.finish(out["response"], expected_server_public_key=
-                                self.fleet.opaque_server_public_key).record
+            record = reg.finish(out)
             if not isinstance(out["ticket"], bytes) or not isinstance(out["nonce"], bytes):
                 raise TypeError("ticket and nonce must be bytes")
         except (OpaqueError, KeyError, TypeError) as exc:
@@ -309,8 +307,7 @@ class Client:
     def _upload(self, user: bytes, secret: bytes, purpose: bytes, binding: bytes) -> bytes:
         if not isinstance(secret, bytes) or not 1 <= len(secret) <= P.MAX_SECRET:
             raise InvalidInput(f"secret must be 1..{P.MAX_SECRET} bytes")
-        return P.seal_upload(self.fleet.enroll_public_key, self.fleet.fleet_id, user, purpose,
-                             binding, secret)
+        return flows.upload(self.fleet, user, purpose, binding, secret)
 
     def enroll(self, user: str | bytes, code: str | bytes, secret: bytes,
                max_attempts: int | None = None) -> int:
@@ -322,46 +319,39 @@ class Client:
         if not isinstance(secret, bytes) or not 1 <= len(secret) <= P.MAX_SECRET:
             raise InvalidInput(f"secret must be 1..{P.MAX_SECRET} bytes")
         record, start = self._register(u, c)
-        status, out = self.post("/v1/enroll/finish", {
-            "user": u, "record": record, "ticket": start["ticket"],
-            "upload": self._upload(u, secret, b"enroll", start["nonce"]),
-            "max_attempts": m}, retry_timeouts=False)
+        status, out = self.post("/v1/enroll/finish", flows.enroll_finish_body(
+            self.fleet, u, record, start, secret, m), retry_timeouts=False)
         if status != 201:
             self._raise(status, out)
         return out["max_attempts"]
 
     def recover(self, user: str | bytes, code: str | bytes) -> Recovery:
         u, c = _user(user), _code(code)
-        login, ke1 = opaque.ClientLogin.start(c, ksf=self.fleet.ksf, context=self.fleet.context)
-        status, out = self.post("/v1/recover/start", {"user": u, "ke1": ke1},
-                                retry_timeouts=False)
+        login = flows.Login(self.fleet, u, c)
+        status, out = self.post("/v1/recover/start", login.start_body(), retry_timeouts=False)
         if status != 200:
             self._raise(status, out)
         try:
-            done = login.finish(out["ke2"], expected_server_public_key=
-                                self.fleet.opaque_server_public_key)
+            login.finish(out)
         except OpaqueError:
             raise WrongCode(int(out.get("attempts_left", 0))) from None
-        token = out["token"]
-        status, out = self.post("/v1/recover/finish", {"user": u, "token": token, "ke3": done.ke3})
+        status, out = self.post("/v1/recover/finish", login.finish_body())
         if status == 401 and out.get("reason") != "token":
             raise ServerError(f"the fleet did not accept the login: {out.get('message')}")
         if status != 200:
             self._raise(status, out)
         try:
-            secret = P.open_release(done.session_key, u, token, out["secret_box"])
+            secret = login.open_release(out)
         except (SealError, KeyError, TypeError) as exc:
             raise ServerError(f"released secret did not decrypt: {exc}") from None
-        return Recovery(secret, int(out["failed_attempts"]), int(out["max_attempts"]), token,
-                        done.session_key, self.fleet.fleet_id)
+        return Recovery(secret, int(out["failed_attempts"]), int(out["max_attempts"]),
+                        login.token, login.session_key, self.fleet.fleet_id)
 
     def _manage(self, u: bytes, rec: Recovery, op: str, payload: bytes,
                 ticket: bytes = b"") -> None:
-        body = {"user": u, "op": op, "token": rec.token, "payload": payload,
-                "proof": P.manage_proof(rec.session_key, op, u, rec.token, payload, ticket)}
-        if ticket:
-            body["ticket"] = ticket
-        status, out = self.post("/v1/manage", body, retry_timeouts=False)
+        status, out = self.post("/v1/manage", flows.manage_body(u, rec.session_key, rec.token,
+                                                                op, payload, ticket),
+                                retry_timeouts=False)
         if status != 200:
             self._raise(status, out)
 

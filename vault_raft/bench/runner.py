@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from vault_raft.api import binding as P
+from vault_raft.api import flows
 from vault_raft.api.channel import for_fleet
 from vault_raft.bench import etcd as E
 from vault_raft.api.http import Connection
@@ -203,11 +203,10 @@ class VaultBench:
 
     def _register(self, c: Connection, user: bytes, code: bytes) -> tuple[bytes, dict]:
         """(record, enroll/start reply with the single-use ticket)."""
-        reg, req = opaque.ClientRegistration.start(code, ksf=self.fleet.ksf)
-        st, out = c.post("/v1/enroll/start", {"user": user, "request": req})
+        reg = flows.Registration(self.fleet, user, code)
+        st, out = c.post("/v1/enroll/start", reg.start_body())
         assert st == 200, out
-        return reg.finish(out["response"], expected_server_public_key=
-                          self.fleet.opaque_server_public_key).record, out
+        return reg.finish(out), out
 
     def enroll_one(self, c: Connection, user: bytes, record: bytes,
                    start: dict | None = None) -> bool:
@@ -215,13 +214,10 @@ class VaultBench:
         sharing one template record), a ticket of the user's own is fetched:
         their logins never verify, which a guess-only user never needs."""
         if start is None:
-            st, start = c.post("/v1/enroll/start", {"user": user, "request": self._request})
+            st, start = c.post("/v1/enroll/start", flows.enroll_start_body(user, self._request))
             assert st == 200, start
-        upload = P.seal_upload(self.fleet.enroll_public_key, self.fleet.fleet_id, user,
-                               b"enroll", start["nonce"], b"bench secret " + user)
-        st, _ = c.post("/v1/enroll/finish", {"user": user, "record": record, "upload": upload,
-                                              "ticket": start["ticket"],
-                                              "max_attempts": ATTEMPTS_PER_BENCH_USER})
+        st, _ = c.post("/v1/enroll/finish", flows.enroll_finish_body(
+            self.fleet, user, record, start, b"bench secret " + user, ATTEMPTS_PER_BENCH_USER))
         return st == 201
 
     def prepare(self, guess_users: int, real_users: int) -> None:
@@ -259,7 +255,8 @@ class VaultBench:
         def op() -> bool:
             n = next(self._counter)
             user = self.guess_users[(n // (ATTEMPTS_PER_BENCH_USER - 5)) % len(self.guess_users)]
-            st, out = c.post("/v1/recover/start", {"user": user, "ke1": ke1s[n % len(ke1s)]})
+            st, out = c.post("/v1/recover/start",
+                             flows.recover_start_body(user, ke1s[n % len(ke1s)]))
             return st == 200
         return op
 
@@ -275,8 +272,8 @@ class VaultBench:
 
         def op() -> bool:
             n = next(seq)
-            st, _ = c.post("/v1/recover/start", {"user": names[n % len(names)],
-                                                 "ke1": ke1s[n % len(ke1s)]})
+            st, _ = c.post("/v1/recover/start",
+                           flows.recover_start_body(names[n % len(names)], ke1s[n % len(ke1s)]))
             return st == 200
         return op
 
@@ -287,21 +284,19 @@ class VaultBench:
     def recover_phases(self, c: Connection, user: bytes, code: bytes, ksf=None) -> dict:
         """A right-code recovery, each phase timed (seconds)."""
         t0 = time.perf_counter()
-        login, ke1 = opaque.ClientLogin.start(code, ksf=ksf or self.fleet.ksf,
-                                              context=self.fleet.context)
+        login = flows.Login(self.fleet, user, code, ksf=ksf)
         t1 = time.perf_counter()
-        st, out = c.post("/v1/recover/start", {"user": user, "ke1": ke1})
+        st, out = c.post("/v1/recover/start", login.start_body())
         t2 = time.perf_counter()
         if st != 200:
             raise RuntimeError(f"recover/start: {st} {out}")
-        done = login.finish(out["ke2"])
+        login.finish(out)
         t3 = time.perf_counter()
-        st, out2 = c.post("/v1/recover/finish", {"user": user, "token": out["token"],
-                                                 "ke3": done.ke3})
+        st, out2 = c.post("/v1/recover/finish", login.finish_body())
         t4 = time.perf_counter()
         if st != 200:
             raise RuntimeError(f"recover/finish: {st} {out2}")
-        P.open_release(done.session_key, user, out["token"], out2["secret_box"])
+        login.open_release(out2)
         t5 = time.perf_counter()
         return {"client_start": t1 - t0, "start_rtt": t2 - t1, "client_finish": t3 - t2,
                 "finish_rtt": t4 - t3, "client_open": t5 - t4, "total": t5 - t0}

@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from vault_raft.api import binding as P
+from vault_raft.api import flows
 from vault_raft.api import http as wire
 from vault_raft.api.channel import ChannelError, for_fleet
 from vault_raft.chaos.checker import Verdict, check_all
@@ -27,7 +27,6 @@ from vault_raft.chaos.disk import damage
 from vault_raft.chaos.history import History, Op
 from vault_raft.chaos.proxy import ProxyNet
 from vault_raft.chaos.skewclock import set_offset
-from vault_raft.crypto import opaque
 from vault_raft.crypto.errors import OpaqueError
 from vault_raft.fleet.config import FleetInfo
 from vault_raft.fleet.create import init_fleet
@@ -109,23 +108,18 @@ class Actor:
     # -- operations
     def enroll(self, user: str, code: bytes, secret: bytes, max_attempts: int) -> str:
         """Returns 'ok', 'exists', or 'unknown'/'failed'."""
-        reg, req = opaque.ClientRegistration.start(code, ksf=self.fleet.ksf)
+        reg = flows.Registration(self.fleet, user.encode(), code)
         nid = self.node()
         try:
-            st, out = self._post(nid, "/v1/enroll/start", {"user": user.encode(), "request": req})
+            st, out = self._post(nid, "/v1/enroll/start", reg.start_body())
         except (OSError, http.client.HTTPException, _Unsent):
             return "failed"
         if st != 200:
             return "failed"
-        record = reg.finish(out["response"],
-                            expected_server_public_key=self.fleet.opaque_server_public_key).record
-        upload = P.seal_upload(self.fleet.enroll_public_key, self.fleet.fleet_id, user.encode(),
-                               b"enroll", out["nonce"], secret)
+        reg.finish(out)
         op = self.hist.invoke(self.name, "enroll", user, nid,
                               {"max_attempts": max_attempts, "secret": secret.hex()})
-        r = self.call(op, "/v1/enroll/finish", {"user": user.encode(), "record": record,
-                                                 "ticket": out["ticket"], "upload": upload,
-                                                 "max_attempts": max_attempts})
+        r = self.call(op, "/v1/enroll/finish", reg.enroll_body(secret, max_attempts))
         if r is None:
             return "unknown" if op.outcome == "info" else "failed"
         st, out = r
@@ -140,9 +134,9 @@ class Actor:
 
     def begin(self, user: str, code: bytes):
         """A counted attempt. Returns (login, out) when a KE2 arrived, else None."""
-        login, ke1 = opaque.ClientLogin.start(code, ksf=self.fleet.ksf, context=self.fleet.context)
+        login = flows.Login(self.fleet, user.encode(), code)
         op = self.hist.invoke(self.name, "begin", user, self.node())
-        r = self.call(op, "/v1/recover/start", {"user": user.encode(), "ke1": ke1})
+        r = self.call(op, "/v1/recover/start", login.start_body())
         if r is None:
             return None
         st, out = r
@@ -155,37 +149,32 @@ class Actor:
         self.hist.finish(op, "fail", {"error": out.get("error"), "status": st})
         return None
 
-    def complete(self, user: str, login, out: dict, f: str = "complete"):
+    def complete(self, user: str, login: flows.Login, out: dict, f: str = "complete"):
+        """The recovery's second half; returns ``login`` when the secret arrived."""
         try:
-            done = login.finish(out["ke2"], expected_server_public_key=
-                                self.fleet.opaque_server_public_key)
+            login.finish(out)
         except OpaqueError:
             return None  # wrong code: the guess ended at KE2
         op = self.hist.invoke(self.name, f, user, self.node())
-        r = self.call(op, "/v1/recover/finish", {"user": user.encode(), "token": out["token"],
-                                                  "ke3": done.ke3})
+        r = self.call(op, "/v1/recover/finish", login.finish_body())
         if r is None:
             return None
         st, res = r
         if st == 200:
-            secret = P.open_release(done.session_key, user.encode(), out["token"],
-                                    res["secret_box"])
+            secret = login.open_release(res)
             self.hist.finish(op, "ok", {"failed_attempts": res["failed_attempts"],
                                         "secret": secret.hex()})
-            return done, out["token"]
+            return login
         if st == 410:
             self.hist.finish(op, "ok", {"destroyed": True})
             return None
         self.hist.finish(op, "fail", {"error": res.get("error"), "status": st})
         return None
 
-    def write(self, user: str, done, token: bytes, secret: bytes) -> None:
-        payload = P.seal_upload(self.fleet.enroll_public_key, self.fleet.fleet_id, user.encode(),
-                                b"change_secret", token, secret)
-        proof = P.manage_proof(done.session_key, "change_secret", user.encode(), token, payload)
+    def write(self, user: str, login: flows.Login, secret: bytes) -> None:
+        body = login.change_secret_body(secret)
         op = self.hist.invoke(self.name, "write", user, self.node(), {"secret": secret.hex()})
-        r = self.call(op, "/v1/manage", {"user": user.encode(), "op": "change_secret",
-                                          "token": token, "payload": payload, "proof": proof})
+        r = self.call(op, "/v1/manage", body)
         if r is None:
             return
         st, res = r
@@ -460,7 +449,7 @@ def run_campaign(cfg: CampaignConfig) -> CampaignResult:
                     if got:
                         done = a.complete(user, *got)
                         if done and r > 0.75:
-                            a.write(user, done[0], done[1], os.urandom(16))
+                            a.write(user, done, os.urandom(16))
                 stop.wait(a.rng.uniform(0.01, 0.06))
 
         def attacker_loop(k: int) -> None:
