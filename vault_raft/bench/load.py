@@ -62,7 +62,7 @@ class Result:
 
     def cdf(self, points: int = 200) -> list[tuple[float, float]]:
         """(latency ms, fraction) pairs for a CDF picture."""
-        out = []
+        out: list[tuple[float, float]] = []
         h = self.hist
         if not h.get_total_count():
             return out

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 from vault_raft.api import flows
 from vault_raft.api.channel import for_fleet
-from vault_raft.bench import etcd as E
 from vault_raft.api.http import Connection
+from vault_raft.bench import etcd as E
 from vault_raft.bench.load import (
     Result,
     attempt,
@@ -493,7 +493,8 @@ def run_raw(cfg: Config, res: dict) -> None:
             return lambda: c.post("/inc", {"key": key})[0] == 200
         closed_loop("warmup", inc_op, 4, min(2.0, cfg.duration))
         lead, follower = cluster_entry_points(cl)
-        out = {"c1": {"increment": timed(cfg.samples, inc_op(lead), "raw pysyncobj increment")},
+        out: dict = {"c1": {"increment": timed(cfg.samples, inc_op(lead),
+                                               "raw pysyncobj increment")},
                "via_follower": {"increment": timed(cfg.samples, inc_op(follower),
                                                    "raw pysyncobj increment")},
                "curve": {}}
@@ -529,13 +530,14 @@ def run_etcd(cfg: Config, res: dict) -> None:
             return E.EtcdOps(ec.endpoints[i % 3], f"bench/{i}".encode())
         closed_loop("warmup", lambda i: ops(i).put, 4, min(2.0, cfg.duration))
         lead, follower = roles_to_entry_points(ec.roles())
-        out = {"c1": {"put": timed(cfg.samples, ops(lead).put, "etcd put"),
-                      "cas_increment": timed(cfg.samples, ops(lead).cas_increment,
-                                             "etcd CAS increment"),
-                      "cas_cached": timed(cfg.samples, ops(lead).cas_cached,
-                                          "etcd CAS, one txn (value cached)")},
-               "via_follower": {"put": timed(cfg.samples, ops(follower).put, "etcd put")},
-               "curve": {}, "version": _etcd_version(binary)}
+        out: dict = {
+            "c1": {"put": timed(cfg.samples, ops(lead).put, "etcd put"),
+                   "cas_increment": timed(cfg.samples, ops(lead).cas_increment,
+                                          "etcd CAS increment"),
+                   "cas_cached": timed(cfg.samples, ops(lead).cas_cached,
+                                       "etcd CAS, one txn (value cached)")},
+            "via_follower": {"put": timed(cfg.samples, ops(follower).put, "etcd put")},
+            "curve": {}, "version": _etcd_version(binary)}
         for conc in cfg.concurrency:
             _progress(cfg, f"etcd: CAS increments at concurrency {conc}")
             c1 = closed_loop("etcd CAS increment", lambda i: ops(i).cas_increment, conc,
@@ -723,7 +725,7 @@ def measure_compaction(vb: VaultBench, n: int, timeout: float = 120.0) -> dict:
 
 
 def run_growth(cfg: Config, res: dict) -> None:
-    out = {}
+    out: dict[int, dict] = {}
     for n in cfg.growth:
         vb = VaultBench(cfg, cfg.nodes, f"growth{n}")
         try:

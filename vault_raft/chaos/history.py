@@ -91,7 +91,8 @@ class History:
 
     def write(self, path: str) -> None:
         with open(path, "w") as fh:
-            for rec in sorted(self.ops + self.faults,
+            recs: list[Op | Fault] = [*self.ops, *self.faults]
+            for rec in sorted(recs,
                               key=lambda r: r.invoke if isinstance(r, Op) else r.start):
                 d = asdict(rec)
                 fh.write(json.dumps(d, default=repr) + "\n")

@@ -75,7 +75,7 @@ class SimJournal:
         self._dirty = False
         self.syncs = 0
         self._synced_idx = self._entries[-1][1] if self._entries else 0
-        self.recovery = None
+        self.recovery: dict | None = None
         self._recover(snapshot_last)
 
     def _recover(self, snapshot_last) -> None:
@@ -199,7 +199,7 @@ class SimClock:
         # loops that end when wall time has passed, which a frozen clock
         # would turn into infinite loops.
         self.now += 1e-6
-        return self.now + self.drift.get(self.current, 0.0)
+        return self.now + (self.drift.get(self.current, 0.0) if self.current else 0.0)
 
 
 class SimNet:
@@ -335,7 +335,8 @@ class Sim:
         self.paused: set[str] = set()
         self.paused_at: dict[str, float] = {}
         self.history = History()
-        self.history.now = lambda: round(self.clock.now - 1000.0, 6)
+        self.history.now = lambda: round(  # type: ignore[method-assign]  # simulated time
+            self.clock.now - 1000.0, 6)
         self.leaders: dict[int, str] = {}
         self.applied: dict[int, tuple] = {}
         self.checked: dict[str, int] = {}
@@ -535,6 +536,7 @@ class Sim:
             if other != nid:
                 self._violate(f"election safety: {other} and {nid} both leaders in term {term}")
         journal = rep.journal_path.journal
+        assert journal is not None, f"{nid}: a running replica without its journal"
         last = rep.raftLastApplied
         for idx in range(self.checked.get(nid, 0) + 1, last + 1):
             e = journal.entry(idx)
