@@ -23,8 +23,9 @@ from conftest import free_base_port
 from raft_tls import fleet_tls
 
 from vault_raft.core.machine import CRED_ID_LEN, NONCE_LEN, encode_command
+from vault_raft.node.replica import VaultReplica
 from vault_raft.ops.cluster import wait_until
-from vault_raft.raft.replica import RaftSettings, VaultReplica
+from vault_raft.raft.settings import RaftSettings
 from vault_raft.storage import journal as J
 
 
@@ -688,7 +689,7 @@ def test_a_snapshot_child_dies_with_its_node(tmp_path):
     import sys
     script = (
         "import os, sys, time\n"
-        "from vault_raft.raft import replica as raft\n"
+        "from vault_raft.raft import snapshots as raft\n"
         "pid = os.fork()\n"
         "if pid == 0:\n"
         "    raft._die_with_parent()\n"

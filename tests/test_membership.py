@@ -17,12 +17,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from vault_raft.core import machine as M
+from vault_raft.node.replica import VaultReplica
 from vault_raft.ops.cluster import wait_until
 from vault_raft.raft import _pysyncobj as pso
 from vault_raft.raft import frames as wire
 from vault_raft.raft import membership as MB
 from vault_raft.raft.pki import issue_node_cert, make_ca
-from vault_raft.raft.replica import RaftSettings, VaultReplica
+from vault_raft.raft.settings import RaftSettings
 from vault_raft.raft.transport import TlsConfig
 
 FLEET = "f00dfeed"
@@ -251,7 +252,7 @@ def test_replacing_a_node_revokes_its_old_certificate_and_survives_a_restart(fle
     # and from a snapshot: compact, restart, the membership comes back from it
     again.compact_now()
     _wait(lambda: os.path.exists(again.snapshot_path), 20, "a snapshot")
-    from vault_raft.raft.replica import read_snapshot
+    from vault_raft.raft.snapshots import read_snapshot
     _wait(lambda: "membership" in read_snapshot(again.snapshot_path), 20, "a snapshot")
     assert read_snapshot(again.snapshot_path)["membership"]["revoked"] == [old_fp]
     reps.pop(nid).destroy_synchronous()

@@ -20,10 +20,11 @@ from conftest import free_base_port
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from vault_raft.node.replica import VaultReplica
 from vault_raft.ops.cluster import wait_until
 from vault_raft.raft import frames as wire
 from vault_raft.raft.pki import cert_hosts, issue_node_cert, make_ca, peer_identity
-from vault_raft.raft.replica import RaftSettings, VaultReplica
+from vault_raft.raft.settings import RaftSettings
 from vault_raft.raft.transport import TlsConfig
 
 FLEET = "f00dfeed"

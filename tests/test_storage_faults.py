@@ -21,7 +21,7 @@ from vault_raft import client as C
 from vault_raft.chaos.disk import cut_at, records
 from vault_raft.crypto.ksf import IDENTITY_KSF
 from vault_raft.ops.cluster import wait_until
-from vault_raft.raft.replica import read_snapshot
+from vault_raft.raft.snapshots import read_snapshot
 from vault_raft.storage import journal as J
 
 HERE = os.path.dirname(os.path.abspath(__file__))

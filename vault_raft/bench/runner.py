@@ -36,7 +36,7 @@ from vault_raft.fleet.config import FleetInfo, NodeConfig
 from vault_raft.fleet.create import init_fleet
 from vault_raft.fleet.tenants import Gate, local_token_source
 from vault_raft.ops.cluster import LocalCluster, free_base_port, wait_until
-from vault_raft.raft.replica import _snapshot_bytes
+from vault_raft.raft.snapshots import snapshot_bytes
 
 ATTEMPTS_PER_BENCH_USER = 100
 NO_OP = b"\x01"
@@ -742,9 +742,9 @@ def run_growth(cfg: Config, res: dict) -> None:
             blob = state.snapshot()
             t_snap = time.perf_counter() - t0
             del state
-            data = _snapshot_bytes(blob, [[NO_OP, 2, 0], [NO_OP, 1, 0]],
-                                   sorted(FleetInfo.load(vb.fleet_path).nodes[i].id
-                                          for i in range(cfg.nodes)))
+            data = snapshot_bytes(blob, [[NO_OP, 2, 0], [NO_OP, 1, 0]],
+                                  sorted(FleetInfo.load(vb.fleet_path).nodes[i].id
+                                         for i in range(cfg.nodes)))
             del blob
             for nid in vb.cluster.ids:
                 ddir = os.path.join(vb.cluster.node_dir(nid), "data")

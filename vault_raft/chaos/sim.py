@@ -38,8 +38,9 @@ from pysyncobj.transport import Transport
 
 from vault_raft.chaos.history import History
 from vault_raft.core import machine as M
+from vault_raft.node.replica import VaultReplica
 from vault_raft.raft import _pysyncobj as pso
-from vault_raft.raft.replica import RaftSettings, VaultReplica
+from vault_raft.raft.settings import RaftSettings
 from vault_raft.storage.journal import assess_loss, raft_add_position, restore_term
 
 SIM_SETTINGS = dict(election_min=0.4, election_max=1.0, heartbeat=0.05, leader_fallback=1.0,

@@ -55,7 +55,8 @@ def run(a) -> int:
     if a.batch_bytes is not None:
         S.SIM_SETTINGS["batch_bytes"] = a.batch_bytes
     S.SimJournal.RAFT_CONFORMANT_TRUNCATION = not a.upstream_truncation
-    from vault_raft.raft.replica import DurableReplica, RaftSettings
+    from vault_raft.raft.replica import DurableReplica
+    from vault_raft.raft.settings import RaftSettings
     DurableReplica.RAFT_CONFORMANT_SNAPSHOT = not a.upstream_snapshot
     RaftSettings.PRE_VOTE = not a.no_pre_vote
     DurableReplica.LAZY_COMMIT_NOTICE = not a.eager_commit_notice

@@ -16,11 +16,12 @@ from vault_raft.node.app import build_app
 from vault_raft.node.httpguard import ApiServer, track
 from vault_raft.node.limits import Limits, raise_nofile_limit
 from vault_raft.node.metrics import NodeMetrics
+from vault_raft.node.replica import VaultReplica
 from vault_raft.node.replies import error_response, install, reply
 from vault_raft.node.serving import serve_until_signal
 from vault_raft.node.trust_service import TrustService
 from vault_raft.node.vault_service import VaultService
-from vault_raft.raft.replica import RaftSettings, VaultReplica
+from vault_raft.raft.settings import RaftSettings
 
 log = logging.getLogger("vault_raft.node.main")
 

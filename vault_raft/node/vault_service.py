@@ -42,7 +42,8 @@ from vault_raft.node.httpguard import ApiServer
 from vault_raft.node.metrics import NodeMetrics
 from vault_raft.node.validate import ApiError, binary, is_integer, now_ms, user_id
 from vault_raft.raft import _pysyncobj as pso
-from vault_raft.raft.replica import FAIL_NAMES, VaultReplica
+from vault_raft.node.replica import VaultReplica
+from vault_raft.raft.replica import FAIL_NAMES
 
 log = logging.getLogger("vault_raft.node.vault_service")
 

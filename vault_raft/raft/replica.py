@@ -1,7 +1,9 @@
-"""The pysyncobj replica that carries the vault state machine.
+"""The durable pysyncobj replica that carries a state machine.
 
-What this adapter changes in pysyncobj 0.3.17, and why (each change is narrow, and
-the version check below refuses any other pysyncobj):
+The vault's state machine rides on it in :mod:`vault_raft.node.replica`.  What
+this adapter changes in pysyncobj 0.3.17, and why (each change is narrow; the
+fence in :mod:`._pysyncobj` refuses any other pysyncobj, and is the only module
+that touches its internals):
 
 * **Persist, then send.**  pysyncobj obtains its journal from
   ``pysyncobj.syncobj.createJournal``; for journal paths of type
@@ -22,14 +24,16 @@ the version check below refuses any other pysyncobj):
   turns it off with a custom serializer; we turn it back on): pysyncobj
   forks on the Raft thread at the applied index and the child serialises a
   copy-on-write image, so the Raft thread pauses to fork, not to serialise
-  (the child takes no lock, see ``_write_snapshot``).  On load the
-  journal is aligned to the snapshot so a crash between snapshot and
-  compaction loses nothing.
+  (the child takes no lock).  On load the journal is aligned to the
+  snapshot so a crash between snapshot and compaction loses nothing
+  (:mod:`.snapshots`).
 * **Mutual TLS only.**  Nodes talk through :class:`MtlsTransport` (TLS 1.3,
   peers identified by their fleet certificates, msgpack frames: nothing on
   the wire is unpickled).  pysyncobj's own TCP transport, its readonly
   connections and its utility commands are not used.  (The deterministic
   simulation passes its in-memory transport as ``transport_class``.)
+* **Pre-vote** (:mod:`.prevote`): a node asks for votes without raising its
+  term first, so a partly cut-off node cannot depose a healthy leader.
 * **Lazy commit notices.**  No round that only carries a new commit index
   after each commit, unless a follower may be waiting for a command it
   forwarded (``LAZY_COMMIT_NOTICE``).
@@ -38,10 +42,11 @@ the version check below refuses any other pysyncobj):
   child runs at the lowest CPU priority, and the journal is segmented:
   compaction deletes old segment files on a helper thread instead of
   rewriting the log on the Raft thread.
-* **Membership changes** (:mod:`.membership`): dynamic membership is on; its
-  entries are parsed with an unpickler that builds only lists and strings,
-  and each applied or reverted entry updates the node ids, certificate pins
-  and revocations the mTLS transport checks (kept in snapshots too).
+* **Membership changes** (:mod:`.membership`, :mod:`.membership_hooks`):
+  dynamic membership is on; its entries are parsed with an unpickler that
+  builds only lists and strings, and each applied or reverted entry updates
+  the node ids, certificate pins and revocations the mTLS transport checks
+  (kept in snapshots too).
 * Timeouts tuned for a vault: an isolated leader steps down after
   ``leader_fallback`` seconds; peers may be dialled through a mapped address
   (fault-injection proxies).
@@ -49,34 +54,26 @@ the version check below refuses any other pysyncobj):
 
 from __future__ import annotations
 
-import ctypes
-import gc
-import hashlib
 import logging
 import os
 import queue
-import signal
 import threading
-from typing import Callable
+from collections.abc import Callable
 
-import msgpack
-from pysyncobj import SyncObj, SyncObjConf, replicated
+from pysyncobj import SyncObj, SyncObjConf
 from pysyncobj.config import FAIL_REASON
 
-from vault_raft.core.machine import VaultState
 from vault_raft.raft import _pysyncobj as pso
 from vault_raft.raft import membership as _members
+from vault_raft.raft.membership_hooks import MembershipHooks
+from vault_raft.raft.prevote import PreVote
+from vault_raft.raft.settings import RaftSettings
+from vault_raft.raft.snapshots import SnapshotFiles
 from vault_raft.raft.transport import MtlsTransport, TlsConfig
-from vault_raft.storage.journal import (
-    DurableJournal,
-    JournalCorrupt,
-    atomic_write,
-    fsync_dir,
-)
+from vault_raft.storage.journal import DurableJournal, fsync_dir
 
 log = logging.getLogger("vault_raft.replica")
 
-SNAPSHOT_MAGIC = b"VRS1"
 FAIL_NAMES = {v: k for k, v in vars(FAIL_REASON).items() if not k.startswith("_")}
 
 
@@ -144,71 +141,7 @@ pso.install_hooks(_create_journal, _durable_replace,
                   quiet_truncation_alarm=lambda: DurableJournal.RAFT_CONFORMANT_TRUNCATION)
 
 
-def _die_with_parent() -> None:
-    """Linux: have the kernel SIGKILL this (forked) process when the thread
-    that forked it ends -- when the node process dies, however it dies."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
-    except (OSError, AttributeError):
-        os._exit(1)  # cannot guarantee it: write no snapshot (pysyncobj retries later)
-
-
-def _snapshot_bytes(state_blob: bytes, entries: list, cluster: list,
-                    membership: dict | None = None) -> bytes:
-    snap = {"v": 1, "state": state_blob, "entries": entries, "cluster": cluster}
-    if membership is not None:
-        snap["membership"] = membership
-    body = msgpack.packb(snap, use_bin_type=True)
-    return SNAPSHOT_MAGIC + body + hashlib.sha256(body).digest()
-
-
-def read_snapshot(path: str) -> dict:
-    """Read and verify a snapshot file's envelope; raises JournalCorrupt if damaged."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    if raw[:4] != SNAPSHOT_MAGIC or len(raw) < 36:
-        raise JournalCorrupt(f"{path}: not a vault-raft snapshot")
-    body, digest = raw[4:-32], raw[-32:]
-    if hashlib.sha256(body).digest() != digest:
-        raise JournalCorrupt(f"{path}: snapshot checksum mismatch")
-    snap = msgpack.unpackb(body, raw=False)
-    if not isinstance(snap, dict) or snap.get("v") != 1 or not isinstance(snap.get("state"), bytes):
-        raise JournalCorrupt(f"{path}: unknown snapshot version")
-    return snap
-
-
-class RaftSettings:
-    """Raft timing; defaults measured for a 3-7 node fleet on one host or LAN."""
-
-    PRE_VOTE = True  # `vault-raft simulate --no-pre-vote` switches it off
-
-    def __init__(self, *, election_min=0.4, election_max=1.0, heartbeat=0.05,
-                 leader_fallback=1.0, connection_timeout=1.5, reconnect=0.3,
-                 compaction_min_entries=50_000, compaction_min_time=600.0,
-                 batch_bytes=65536, pre_vote=None, fork_snapshots=True,
-                 segment_bytes=None, durability_mark=True):
-        self.election_min = election_min
-        self.election_max = election_max
-        self.heartbeat = heartbeat
-        self.leader_fallback = leader_fallback
-        self.connection_timeout = connection_timeout
-        self.reconnect = reconnect
-        self.compaction_min_entries = compaction_min_entries
-        self.compaction_min_time = compaction_min_time
-        self.batch_bytes = int(batch_bytes)
-        self.pre_vote = self.PRE_VOTE if pre_vote is None else bool(pre_vote)
-        self.fork_snapshots = bool(fork_snapshots)
-        # journal segment size (None: DurableJournal.SEGMENT_BYTES; tests: small)
-        self.segment_bytes = None if segment_bytes is None else int(segment_bytes)
-        if self.segment_bytes is not None and self.segment_bytes < 1024:
-            raise TypeError("segment_bytes must be at least 1024")
-        # the journal's durability mark (off only to measure what it costs: bench)
-        self.durability_mark = bool(durability_mark)
-
-
-class DurableReplica(SyncObj):
+class DurableReplica(SnapshotFiles, PreVote, MembershipHooks, SyncObj):
     """A pysyncobj replica with the durable journal, sync-before-send transport
     and msgpack snapshots.  Subclasses provide the state and its (de)serialisation:
     ``_snapshot_state() -> bytes`` and ``_restore_state(bytes)`` (ValueError if bad)."""
@@ -242,13 +175,8 @@ class DurableReplica(SyncObj):
         self._state_lock = threading.Lock()
         self._pid = os.getpid()
         self.snapshot_path = os.path.join(data_dir, "snapshot.bin")
-        self.journal_path = _DurablePath(os.path.join(data_dir, "raft.journal"))
-        self.journal_path.trace = trace
-        self.journal_path.factory = journal_factory
-        self.journal_path.segment_bytes = s.segment_bytes
-        self.journal_path.truncate_after = truncate_after
-        self.journal_path.durability_mark = s.durability_mark
-        self.journal_path.snapshot_last = self._check_snapshot_file()
+        self.journal_path = self._make_journal_path(data_dir, s, trace, journal_factory,
+                                                    truncate_after)
         self._tls_config = tls
         self.membership = _members.Membership(
             {addr: nid for nid, addr in tls.peers.items()} if tls is not None else None)
@@ -257,9 +185,35 @@ class DurableReplica(SyncObj):
             if tls is None:
                 raise TypeError("a replica talks mutual TLS: pass tls (a TlsConfig)")
             transport_class = MtlsTransport
+        self._draining = False
+        self._send_deferred = False
+        self._raft_calls: queue.SimpleQueue = queue.SimpleQueue()
+        self._init_votes(s.pre_vote, s.election_min)
+        self.rounds_sent = 0  # command-queue drains done by the Raft thread (wait_sent)
+        self._sent_cond = threading.Condition()
+        super().__init__(self_addr, partners,
+                         self._sync_obj_conf(s, self_addr, partners, auto_tick, bind),
+                         transportClass=transport_class)
+        self._install_hooks(s)
+        self._install_membership_hooks()
+        self._journal_ready()
+
+    def _make_journal_path(self, data_dir: str, s: RaftSettings, trace, journal_factory,
+                           truncate_after: int | None) -> _DurablePath:
+        path = _DurablePath(os.path.join(data_dir, "raft.journal"))
+        path.trace = trace
+        path.factory = journal_factory
+        path.segment_bytes = s.segment_bytes
+        path.truncate_after = truncate_after
+        path.durability_mark = s.durability_mark
+        path.snapshot_last = self._check_snapshot_file()
+        return path
+
+    def _sync_obj_conf(self, s: RaftSettings, self_addr: str, partners: list[str],
+                       auto_tick: bool, bind: str | None) -> SyncObjConf:
         members = sorted({str(self_addr), *map(str, partners)})
         stagger = 1.0 + members.index(str(self_addr)) / len(members)
-        conf = SyncObjConf(
+        return SyncObjConf(
             password=None,  # the transport authenticates and encrypts
             autoTick=auto_tick,
             journalFile=self.journal_path,
@@ -289,19 +243,9 @@ class DurableReplica(SyncObj):
             dnsFailCacheTime=1.0,
             bindAddress=bind,  # host:port to listen on (None: self_addr)
         )
-        self._draining = False
-        self._send_deferred = False
-        self._raft_calls: queue.SimpleQueue = queue.SimpleQueue()
-        self._pre_vote = s.pre_vote
-        self._lease = s.election_min  # heard from a leader this recently: deny pre-votes
-        self._heard_leader = float("-inf")
-        self._pv_term, self._pv_votes, self._pv_granted = 0, set(), False
-        self._voters: dict[int, set] = {}
-        self._forwarded_at = float("-inf")
-        self.rounds_sent = 0  # command-queue drains done by the Raft thread (wait_sent)
-        self._sent_cond = threading.Condition()
-        super().__init__(self_addr, partners, conf,
-                         transportClass=transport_class)
+
+    def _install_hooks(self, s: RaftSettings) -> None:
+        """Wrap the pysyncobj internals this replica changes (see _pysyncobj)."""
         # Group commit.  With batching off, pysyncobj sends an append_entries
         # round after *each* queued command; while the tick thread drains the
         # queue we defer those sends and send once, so N commands travel in one
@@ -320,83 +264,6 @@ class DurableReplica(SyncObj):
         # msgpack snapshots were written on the Raft thread.  Its fork path
         # calls the custom serializer in the child just as well: turn it on.
         pso.enable_fork_snapshots(self, s.fork_snapshots and hasattr(os, "fork"))
-        self._install_membership_hooks()
-        self._journal_ready()
-
-    # ------------------------------------------------------------ membership
-    def _install_membership_hooks(self) -> None:
-        """Membership entries are read with :func:`membership.parse` (no
-        unrestricted unpickling), and each change pysyncobj makes to its
-        cluster updates :attr:`membership` (ids, pins, revocations)."""
-        pso.wrap_method(self, "parseChangeClusterRequest", self._parse_change)
-        self._pso_change_cluster = pso.wrap_method(self, "changeCluster", self._change_cluster)
-        self._pso_do_change_cluster = pso.wrap_method(self, "doChangeCluster",
-                                                      self._do_change_cluster)
-
-    @staticmethod
-    def _parse_change(command: bytes):
-        if command[:1] != bytes([_members.MEMBERSHIP]):
-            return None
-        try:
-            c = _members.parse(command)
-        except _members.MembershipError as exc:
-            log.critical("a membership entry in the log does not parse (%s): ignored", exc)
-            return None
-        return [c.kind, c.addr, c.addr, c.node_id, c.cert_sha256]
-
-    def _change_cluster(self, request) -> bool:
-        # the leader, before appending a proposed change: it is in the log only if True
-        self._proposing_change = True
-        try:
-            return self._pso_change_cluster(request)
-        finally:
-            self._proposing_change = False
-
-    def _do_change_cluster(self, request, reverse=False) -> bool:
-        changed = self._pso_do_change_cluster(request, reverse)
-        # appended by a follower, or replayed after a restart: the entry is in
-        # the log even where pysyncobj's cluster already had the change (from
-        # the config or a snapshot), so its pin or revocation holds
-        if changed or not (reverse or self._proposing_change):
-            self.membership.apply(_members.Change(request[0], request[1], request[3],
-                                                  request[4]), reverse)
-        return changed
-
-    def propose_membership(self, change: "_members.Change", callback) -> None:
-        """Propose a membership change (this node must lead; pysyncobj refuses
-        it with REQUEST_DENIED while another change is uncommitted, or when it
-        adds a member or removes a non-member or the leader itself).
-        ``callback(result, fail_reason)`` runs on the Raft thread once applied."""
-        self._applyCommand(_members.entry_bytes(change), callback)
-
-    def members(self) -> list[str]:
-        """The Raft addresses of the cluster as this node's log has it."""
-        for _ in range(5):
-            try:
-                return sorted({pso.self_node(self).id,
-                               *(n.id for n in pso.other_nodes(self))})
-            except RuntimeError:  # changed on the Raft thread meanwhile
-                continue
-        return []
-
-    def _check_snapshot_file(self) -> tuple | None:
-        """The (index, term) the snapshot file covers, or None if there is none.
-        A damaged snapshot is moved aside (``.damaged``) and counts as none:
-        the journal then notices what it lacks and recovers it from the
-        leader (see :class:`DurableJournal`)."""
-        if not os.path.exists(self.snapshot_path):
-            return None
-        try:
-            snap = read_snapshot(self.snapshot_path)
-            self._check_state(snap["state"])
-            return tuple(snap["entries"][0])[1:]
-        except (JournalCorrupt, ValueError, TypeError, KeyError, IndexError) as exc:
-            aside = self.snapshot_path + ".damaged"
-            log.error("snapshot %s is damaged (%s): moved to %s; the node recovers what it "
-                      "covered from its peers", self.snapshot_path, exc, aside)
-            os.replace(self.snapshot_path, aside)
-            fsync_dir(self.snapshot_path)
-            return None
 
     def _journal_ready(self) -> None:
         """Connect the journal to this replica once pysyncobj made it."""
@@ -424,29 +291,6 @@ class DurableReplica(SyncObj):
                 return False  # this tick drains the queue: that round carries the index
             return pso.now() - self._forwarded_at < self.FORWARD_WINDOW
         return notify
-
-    def _load_dump_file(self, clearJournal):
-        """pysyncobj installs a snapshot a leader sends by clearing the journal,
-        even when the follower's log already holds the snapshot's last entry
-        and more: the follower then lacks entries it acknowledged, perhaps
-        committed thanks to its vote (found by the simulation, seed 255).
-        Raft's InstallSnapshot rule: if the log holds an entry with the
-        snapshot's last index and term, keep the log after it.  Our log then
-        covers the snapshot, so we keep log and state and skip the install
-        (pysyncobj replies with our log's end).  Candidate upstream fix."""
-        journal = self.journal_path.journal
-        if clearJournal and self.RAFT_CONFORMANT_SNAPSHOT and journal is not None and len(journal):
-            try:
-                last = tuple(read_snapshot(self.snapshot_path)["entries"][0])
-            except (JournalCorrupt, OSError, ValueError, TypeError, KeyError, IndexError):
-                last = None
-            first = journal[0][1]
-            if last is not None and first <= last[1] <= journal[-1][1] \
-                    and tuple(journal[last[1] - first])[1:] == last[1:]:
-                if self._trace:
-                    self._trace("snapshot_kept_log", last[1])
-                return None
-        return self._pso_load_dump_file(clearJournal)
 
     def _send_append_entries(self):
         if self._draining:
@@ -498,100 +342,6 @@ class DurableReplica(SyncObj):
         """Validate a state blob without installing it (ValueError if bad)."""
         raise NotImplementedError
 
-    # ------------------------------------------------------ pre-vote, votes
-    # pysyncobj has no pre-vote: a node that was cut off from the leader but
-    # not from everyone (one-way links, a bridge, a ring) keeps raising its
-    # term, and when its vote requests reach the healthy leader's followers
-    # they adopt the term and the leader is deposed.  Raft thesis 9.6: before
-    # a real election a node asks "would you vote for me in term+1?" without
-    # anyone changing term; a node that heard from a leader within the minimum
-    # election timeout says no (so does a leader with a quorum).  Only with a
-    # majority of yeses does pysyncobj start its election.  Leadership
-    # transfers (TimeoutNow) skip the pre-vote, as in etcd.
-
-    def _term(self) -> int:
-        return pso.current_term(self)
-
-    def _log_position(self) -> tuple[int, int]:
-        last = pso.last_log_entry(self)
-        return last[2], last[1]  # (term, index): compared as a tuple
-
-    def _gate_election(self) -> None:
-        if pso.is_leader(self) or not pso.has_self_node(self):
-            return
-        now = pso.now()
-        if pso.election_deadline(self) >= now or pso.transfer_in_progress(self):
-            return
-        if self._pv_granted:  # a majority would vote: let pysyncobj elect now
-            self._pv_granted = False
-            return
-        others = pso.other_nodes(self)
-        pso.set_election_deadline(self, now + pso.election_timeout(self))
-        if pso.leader(self) is not None:
-            # the timer fired: the leader is lost, as when pysyncobj starts an
-            # election, so requests here are refused at once instead of waiting
-            pso.forget_leader(self)
-        self._pv_term, self._pv_votes = self._term() + 1, {None}
-        if not others:
-            self._pv_granted = True
-            return
-        term, idx = self._log_position()
-        for node in others:
-            pso.transport(self).send(node, {"type": "pre_vote", "term": self._pv_term,
-                                            "last_log_index": idx, "last_log_term": term})
-
-    def _vote_position(self) -> tuple[int, int]:
-        """The log position a candidate must reach for this node's vote: its
-        log's end, or, while recovering, the end of the log it had made
-        durable (so a damaged log votes as the intact one would have)."""
-        pos = self._log_position()
-        rec = self.recovery
-        return max(pos, (rec["need_term"], rec["need"])) if rec else pos
-
-    def _would_vote(self, msg: dict) -> bool:
-        if msg["term"] <= self._term():
-            return False
-        if pso.is_leader(self):
-            return not self.hasQuorum  # a leader with a quorum keeps it
-        if pso.now() - self._heard_leader < self._lease:
-            return False
-        return (msg["last_log_term"], msg["last_log_index"]) >= self._vote_position()
-
-    def _on_message(self, node, msg) -> None:
-        kind = msg.get("type") if isinstance(msg, dict) else None
-        if kind == "request_vote" and self.recovery is not None and \
-                (msg.get("last_log_term", -1), msg.get("last_log_index", -1)) \
-                < self._vote_position():
-            return  # a candidate behind what this node acknowledged gets no vote (nor term)
-        if kind == "append_entries" and msg.get("term", -1) >= self._term():
-            self._heard_leader = pso.now()
-        elif kind == "apply_command":
-            self._forwarded_at = pso.now()
-        elif kind == "pre_vote":
-            pso.transport(self).send(node, {"type": "pre_vote_response", "term": msg["term"],
-                                            "granted": self._would_vote(msg)})
-            return
-        elif kind == "pre_vote_response":
-            if msg["granted"] and msg["term"] == self._pv_term == self._term() + 1 \
-                    and not pso.is_leader(self):
-                self._pv_votes.add(node)
-                if len(self._pv_votes) > (len(pso.other_nodes(self)) + 1) / 2:
-                    self._pv_granted = True
-                    pso.set_election_deadline(self, 0)  # elect on the next tick
-            return
-        elif kind == "response_vote":
-            # pysyncobj counts vote messages, not voters: a duplicated vote
-            # would count twice (two leaders in one term under a network that
-            # duplicates; TCP does not, but the count must not depend on it).
-            voters = self._voters.setdefault(msg.get("term"), set())
-            if node in voters:
-                return
-            voters.add(node)
-            if len(self._voters) > 4:
-                for t in sorted(self._voters)[:-4]:
-                    del self._voters[t]
-        return self._pso_on_message(node, msg)
-
     # ------------------------------------------------ persist-before-send
     # Raft thesis 10.2.1: the leader may write its own log in parallel with
     # replicating it, provided it counts itself toward a commit only once its
@@ -638,74 +388,6 @@ class DurableReplica(SyncObj):
             self._trace("send", t, getattr(node, "id", str(node)), message
                         if t in ("next_node_idx", "response_vote") else None)
 
-    # ------------------------------------------------------------ snapshots
-    def _write_snapshot(self, filename: str, raft_data) -> None:
-        last, prev, cluster = raft_data
-        if os.getpid() != self._pid:
-            # In pysyncobj's forked child.  Die with the node: a child left
-            # behind by a killed node could rename an older snapshot over the
-            # one a restarted node already compacted its journal against.
-            _die_with_parent()
-            if os.getppid() != self._pid:  # the node died before we asked
-                os._exit(1)
-            # The lowest CPU priority: on a busy machine the nodes' own work
-            # comes first (measured at 1000 guesses/s: the slowest second's
-            # p99 fell from 26-79 ms to 26-49 ms; the child lived 0.33-0.48 s
-            # instead of 0.24-0.30 s).
-            os.nice(self.SNAPSHOT_NICE)
-            # One thread, an image of the state as the Raft thread left it --
-            # and a lock another thread may have held at the fork would never
-            # be released here, so do not take it.
-            blob = self._snapshot_state()
-        else:
-            with self._state_lock:
-                blob = self._snapshot_state()
-        data = _snapshot_bytes(blob, [list(last), list(prev)],
-                               sorted(getattr(n, "id", str(n)) for n in cluster),
-                               self.membership.to_dict(lock=os.getpid() == self._pid))
-        atomic_write(filename, data)  # pysyncobj renames it over the snapshot next
-        if self._trace:
-            self._trace("snapshot", last[1])
-
-    def _read_snapshot(self, filename: str):
-        try:
-            snap = read_snapshot(filename)
-            with self._state_lock:
-                self._restore_state(snap["state"])
-            if "membership" in snap:
-                self.membership.load(snap["membership"])
-        except (JournalCorrupt, OSError, ValueError) as exc:
-            # A snapshot we cannot read (received or local) must not be
-            # silently skipped: that would forget committed state.  Crash-stop.
-            log.critical("cannot load snapshot %s: %s; stopping", filename, exc)
-            os._exit(70)
-        fsync_dir(filename)  # a received snapshot was renamed without a sync
-        last, prev = (tuple(e) for e in snap["entries"])
-        self._align_journal(prev, last)
-        # pysyncobj compares the list with its own Node: leave this node out
-        return (last, prev, [a for a in snap["cluster"] if a != str(self_id)]
-                if (self_id := pso.self_node(self)) else snap["cluster"])
-
-    def _align_journal(self, prev: tuple, last: tuple) -> None:
-        """Keep the journal's tail when a snapshot is loaded at start-up.
-
-        pysyncobj writes a snapshot, then compacts the journal on its next
-        tick.  A crash in between leaves a snapshot and an uncompacted
-        journal; on restart pysyncobj keeps the journal only if its *first*
-        two entries are the snapshot's last two, and otherwise clears it --
-        losing acknowledged, committed entries after the snapshot (found by
-        the simulation).  If the journal holds the snapshot's entries further
-        in, compact it to start there, so pysyncobj keeps what follows.
-        """
-        journal = self.journal_path.journal
-        if journal is None or len(journal) < 2:
-            return
-        first = journal[0][1]
-        pos = prev[1] - first
-        if 0 < pos < len(journal) - 1 and tuple(journal[pos]) == prev \
-                and tuple(journal[pos + 1]) == last:
-            journal.deleteEntriesTo(pos)
-
     # --------------------------------------------------------------- status
     def can_serve(self) -> bool:
         """True if this node currently sees a leader and a quorum of peers.
@@ -749,49 +431,3 @@ class DurableReplica(SyncObj):
             "recovering": self.recovery["reason"] if self.recovery else None,
         }
 
-
-class VaultReplica(DurableReplica):
-    """One node's Raft replica of the vault state machine."""
-
-    def __init__(self, *args, **kwargs):
-        self._vault = VaultState()
-        super().__init__(*args, **kwargs)
-
-    @replicated
-    def _vault_apply(self, command: bytes):
-        with self._state_lock:
-            return self._vault.apply(command)
-
-    def propose(self, command: bytes, callback: Callable[[object, int], None]) -> None:
-        """Append ``command``; ``callback(result, fail_reason)`` runs on the
-        Raft thread once it is applied here (or failed)."""
-        self._vault_apply(command, callback=callback)
-
-    def read_state(self, fn: Callable[[VaultState], object]):
-        """Run a read-only function on the applied state (status/tests only)."""
-        with self._state_lock:
-            return fn(self._vault)
-
-    def _snapshot_state(self) -> bytes:
-        return self._vault.snapshot()
-
-    def _check_state(self, blob: bytes) -> None:
-        # Parsed once at start-up; pysyncobj loads the same file on its first
-        # tick, and then gets this parsed state instead of a second parse.
-        self._checked = (hashlib.sha256(blob).digest(), VaultState.from_snapshot(blob))
-
-    def _restore_state(self, blob: bytes) -> None:
-        checked, self._checked = getattr(self, "_checked", None), None
-        if checked is not None and checked[0] == hashlib.sha256(blob).digest():
-            self._vault = checked[1]
-        else:
-            self._vault = VaultState.from_snapshot(blob)
-        # The loaded records are long-lived and acyclic: keep the cyclic GC from
-        # walking them (a full collection over 1M records is a pause of its own,
-        # and after a snapshot fork it would copy every page the child shares).
-        gc.freeze()
-
-    def status(self) -> dict:
-        st = super().status()
-        st["records"] = self.read_state(lambda v: v.counts())
-        return st

@@ -3,22 +3,22 @@ peers by certificate.
 
 **PKI.**  The fleet CA and node certificates live in :mod:`.pki`.
 
-**Transport.**  :class:`MtlsTransport` replaces pysyncobj's TCP transport
-(pysyncobj accepts a transport class).  It runs on pysyncobj's own poller and
-tick thread, with the standard library's ``ssl`` driven through memory BIOs
-(no extra threads, no blocking).  Both sides present certificates and require
-the peer's, chained to the fleet CA, TLS 1.3 only.  A peer *is* the node its
-certificate names: an accepted connection is attributed to the node whose
-address the certificate's SAN holds (which must match the fleet config for
-that node id), never to an address the peer claims; an outgoing connection
-must reach a server whose certificate names the node we dialled.  Frames are
-:mod:`.wire` msgpack (length checked before buffering, strict schema, no
-pickle on the wire, nothing received unpickled).  Which node id each member
-address has, and which certificates are pinned or revoked, follow the
-membership entries in the log (:mod:`.membership`).  Readonly connections and
-utility commands do not exist on this wire.
-Idle connections carry keepalive pings, so a silent (paused) peer is dropped
-after ``connectionTimeout``, as with pysyncobj's transport.
+**Transport.** :class:`MtlsTransport` replaces pysyncobj's TCP transport
+(pysyncobj accepts a transport class). It runs on pysyncobj's own poller and
+tick thread; each connection (:mod:`.connection`) drives the standard
+library's ``ssl`` through memory BIOs (no extra threads, no blocking). Both
+sides present certificates and require the peer's, chained to the fleet CA,
+TLS 1.3 only. A peer *is* the node its certificate names: an accepted
+connection is attributed to the node whose address the certificate's SAN holds
+(which must match the fleet config for that node id), never to an address the
+peer claims; an outgoing connection must reach a server whose certificate
+names the node we dialled. Frames are :mod:`.frames` msgpack (length checked
+before buffering, strict schema, no pickle on the wire, nothing received
+unpickled). Which node id each member address has, and which certificates are
+pinned or revoked, follow the membership entries in the log
+(:mod:`.membership`). Readonly connections and utility commands do not exist
+on this wire. Idle connections carry keepalive pings, so a silent (paused)
+peer is dropped after ``connectionTimeout``, as with pysyncobj's transport.
 
 **Hostile connections.**  Anyone can connect to the Raft port.  A connection
 that has not completed the handshake and proved a fleet node's identity
@@ -42,12 +42,12 @@ import ssl
 from dataclasses import dataclass
 
 from pysyncobj.monotonic import monotonic as monotonicTime
-from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.transport import Transport, TransportNotReadyError
 
 from vault_raft.logs import QuietLog
 from vault_raft.raft import _pysyncobj as pso
 from vault_raft.raft import frames as wire
+from vault_raft.raft.connection import CONNECTING, OPEN, READ, TlsConnection
 from vault_raft.raft.pki import peer_identity
 
 log = logging.getLogger("vault_raft.tls")
@@ -78,178 +78,6 @@ class TlsConfig:
         return out[0], out[1]
 
 
-# ---------------------------------------------------------------- transport
-
-_CONNECTING, _HANDSHAKE, _OPEN, _CLOSED = range(4)
-_READ = POLL_EVENT_TYPE.READ | POLL_EVENT_TYPE.ERROR
-_RW = _READ | POLL_EVENT_TYPE.WRITE
-
-
-class _Conn:
-    """One TLS connection on pysyncobj's poller (memory-BIO TLS)."""
-
-    def __init__(self, transport: "MtlsTransport", sock: socket.socket, server_side: bool,
-                 node=None, connecting: bool = False, peer: str = "?"):
-        self.t = transport
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.server_side = server_side
-        self.peer = peer  # the address it came from (accepted connections)
-        self.node = node  # expected peer (outgoing) / identified peer (incoming)
-        self.inbio, self.outbio = ssl.MemoryBIO(), ssl.MemoryBIO()
-        ctx = transport.server_ctx if server_side else transport.client_ctx
-        self.tls = ctx.wrap_bio(self.inbio, self.outbio, server_side=server_side)
-        self.state = _CONNECTING if connecting else _HANDSHAKE
-        self.rx = bytearray()
-        self.tx = bytearray()
-        self.started = self.last_read = self.last_sent = monotonicTime()
-        transport.poller.subscribe(self.fd, self._on_event, _RW if connecting else _READ)
-        if not connecting and not server_side:
-            self._handshake()
-
-    # ------------------------------------------------------------- events
-    def _on_event(self, descr, event):
-        if descr != self.fd or self.state == _CLOSED:
-            return
-        if event & POLL_EVENT_TYPE.ERROR and not event & POLL_EVENT_TYPE.READ:
-            return self.close("socket error")  # (with data to read: read it first, an alert)
-        if self.state == _CONNECTING:
-            err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if err:
-                return self.close(f"connect failed: {os.strerror(err)}")
-            self.state = _HANDSHAKE
-            self._handshake()
-            if self.state == _CLOSED:
-                return
-        if event & POLL_EVENT_TYPE.READ:
-            try:
-                data = self.sock.recv(65536)
-            except (BlockingIOError, InterruptedError):
-                data = None
-            except OSError as exc:
-                return self.close(f"recv: {exc}")
-            if data == b"":
-                return self.close("closed by peer")
-            if data:
-                self.last_read = monotonicTime()
-                self.inbio.write(data)
-                if self.state == _HANDSHAKE:
-                    self._handshake()
-                if self.state == _OPEN:
-                    self._read_frames()
-        if self.state != _CLOSED:
-            self._flush()
-
-    def _handshake(self):
-        try:
-            self.tls.do_handshake()
-        except ssl.SSLWantReadError:
-            self._flush()
-            return
-        except (ssl.SSLError, OSError) as exc:
-            return self.close(f"TLS handshake failed: {exc}")
-        try:
-            node = self.t._identify(self.tls.getpeercert(binary_form=True), self.node)
-        except ValueError as exc:
-            self._flush()
-            return self.close(f"peer refused: {exc}")
-        self.node = node
-        self.state = _OPEN
-        self._flush()
-        self.t._on_open(self)
-        if self.state == _OPEN:
-            self._read_frames()  # application data that came with the handshake
-
-    def _read_frames(self):
-        while self.state == _OPEN:
-            try:
-                chunk = self.tls.read(65536)
-            except ssl.SSLWantReadError:
-                break
-            except ssl.SSLZeroReturnError:
-                return self.close("TLS closed by peer")
-            except ssl.SSLError as exc:
-                return self.close(f"TLS error: {exc}")
-            if not chunk:
-                return self.close("TLS closed by peer")
-            self.rx += chunk
-            while len(self.rx) >= 4:
-                try:
-                    n = wire.frame_length(bytes(self.rx[:4]))
-                except wire.FrameError as exc:  # checked before the body is buffered
-                    return self.close(f"dropped: {exc}")
-                if len(self.rx) < 4 + n:
-                    break
-                body = bytes(self.rx[4:4 + n])
-                del self.rx[:4 + n]
-                try:
-                    msg = wire.decode(body)
-                except wire.FrameError as exc:
-                    return self.close(f"dropped: {exc}")
-                if msg["type"] != "_ping":
-                    self.t._deliver(self, msg)
-                if self.state != _OPEN:
-                    return
-
-    # ------------------------------------------------------------ sending
-    def send(self, frame: bytes) -> bool:
-        if self.state != _OPEN:
-            return False
-        try:
-            self.tls.write(frame)
-        except ssl.SSLError as exc:
-            self.close(f"TLS write: {exc}")
-            return False
-        self.last_sent = monotonicTime()
-        self._flush()
-        return self.state == _OPEN
-
-    def _flush(self):
-        pending = self.outbio.read()
-        if pending:
-            self.tx += pending
-        if self.tx and self.state != _CONNECTING:
-            try:
-                sent = self.sock.send(self.tx)
-                del self.tx[:sent]
-            except (BlockingIOError, InterruptedError):
-                pass
-            except OSError as exc:
-                return self.close(f"send: {exc}")
-            if len(self.tx) > self.t.max_backlog:
-                return self.close("peer too slow: send backlog over the limit")
-        if self.state != _CLOSED:
-            self.t.poller.subscribe(self.fd, self._on_event,
-                                    _RW if (self.tx or self.state == _CONNECTING) else _READ)
-
-    def close(self, why: str = "") -> None:
-        if self.state == _CLOSED:
-            return
-        was_open = self.state == _OPEN
-        self.state = _CLOSED
-        try:
-            self.t.poller.unsubscribe(self.fd)
-        except Exception:  # noqa: BLE001 -- already gone from the poller
-            pass
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-        if why:
-            if self.server_side and not was_open:
-                self.t._refused(self, why)
-            elif why.startswith("peer refused"):  # we dialled a node: someone else answered
-                self.t._quiet.warning("dialled", "Raft port: dialled %s: %s",
-                                      getattr(self.node, "id", "?"), why)
-            elif why.startswith("dropped"):  # an authenticated peer sent a bad frame
-                self.t._quiet.warning("dropped", "Raft port: connection %s (%s) closed: %s",
-                                      getattr(self.node, "id", "?"), self.peer, why)
-            else:
-                (log.info if was_open else log.debug)("connection %s closed: %s",
-                                                       getattr(self.node, "id", "?"), why)
-        self.t._on_closed(self, was_open)
-
-
 class MtlsTransport(Transport):
     """pysyncobj transport: mutual TLS 1.3, certificate identity, msgpack frames."""
 
@@ -274,7 +102,7 @@ class MtlsTransport(Transport):
         if self._by_id.get(cfg.node_id) != selfNode.address:
             raise ValueError(f"TLS config names {cfg.node_id} at {self._by_id.get(cfg.node_id)},"
                              f" but this node is {selfNode.address}")
-        self._conns: dict = {}  # node -> open _Conn
+        self._conns: dict = {}  # node -> open TlsConnection
         self._pending: set = set()  # connections not yet identified / open
         self._last_attempt: dict = {}
         self._server: socket.socket | None = None
@@ -322,7 +150,7 @@ class MtlsTransport(Transport):
             return
         s.setblocking(False)
         self._server = s
-        self.poller.subscribe(s.fileno(), self._on_accept, _READ)
+        self.poller.subscribe(s.fileno(), self._on_accept, READ)
         self._ready = True
 
     # ---------------------------------------------------------- accepting
@@ -349,7 +177,7 @@ class MtlsTransport(Transport):
                 sock.close()
                 continue
             self._make_room()
-            self._pending.add(_Conn(self, sock, server_side=True, peer=peer))
+            self._pending.add(TlsConnection(self, sock, server_side=True, peer=peer))
 
     def _pause_accepting(self, exc: OSError) -> None:
         """Out of file descriptors: the listening socket stays readable, so
@@ -371,7 +199,7 @@ class MtlsTransport(Transport):
             return
         self._accept_resume_at = None
         if self._server is not None:
-            self.poller.subscribe(self._server.fileno(), self._on_accept, _READ)
+            self.poller.subscribe(self._server.fileno(), self._on_accept, READ)
 
     def _make_room(self) -> None:
         """At most MAX_PENDING unidentified accepted connections: close the oldest."""
@@ -382,7 +210,7 @@ class MtlsTransport(Transport):
         self.counts["evicted"] += 1
         oldest.close("evicted: too many connections that have not identified themselves")
 
-    def _refused(self, conn: "_Conn", why: str) -> None:
+    def _refused(self, conn: TlsConnection, why: str) -> None:
         """An accepted connection closed before it was identified: rate-limited,
         by kind, with the peer's address."""
         kind = why.split(":", 1)[0]
@@ -450,7 +278,7 @@ class MtlsTransport(Transport):
             if exc.errno != errno.EINPROGRESS:
                 sock.close()
                 return
-        self._pending.add(_Conn(self, sock, server_side=False, node=node, connecting=True))
+        self._pending.add(TlsConnection(self, sock, server_side=False, node=node, connecting=True))
 
     def _on_tick(self):
         self._bind()
@@ -458,13 +286,13 @@ class MtlsTransport(Transport):
         now = monotonicTime()
         timeout = self._so.conf.connectionTimeout
         for conn in list(self._pending) + list(self._conns.values()):
-            if conn.state == _OPEN:
+            if conn.state == OPEN:
                 if now - conn.last_read > timeout:
                     conn.close("peer silent past the connection timeout")
                 elif now - conn.last_sent > timeout / 4:
                     conn.send(self._ping)
             elif now - conn.started > timeout:
-                conn.close("handshake timed out" if conn.server_side or conn.state != _CONNECTING
+                conn.close("handshake timed out" if conn.server_side or conn.state != CONNECTING
                            else "connect timed out")
         dialling = {c.node for c in self._pending if c.node is not None}
         for node in self._nodes.values():
@@ -474,7 +302,7 @@ class MtlsTransport(Transport):
     _ping = wire.encode(wire.PING)
 
     # --------------------------------------------------------- callbacks
-    def _on_open(self, conn: _Conn):
+    def _on_open(self, conn: TlsConnection):
         self._pending.discard(conn)
         old = self._conns.get(conn.node)
         self._conns[conn.node] = conn
@@ -484,13 +312,13 @@ class MtlsTransport(Transport):
         else:
             self._onNodeConnected(conn.node)
 
-    def _on_closed(self, conn: _Conn, was_open: bool):
+    def _on_closed(self, conn: TlsConnection, was_open: bool):
         self._pending.discard(conn)
         if conn.node is not None and self._conns.get(conn.node) is conn:
             del self._conns[conn.node]
             self._onNodeDisconnected(conn.node)
 
-    def _deliver(self, conn: _Conn, msg: dict):
+    def _deliver(self, conn: TlsConnection, msg: dict):
         self._onMessageReceived(conn.node, msg)
 
     # ------------------------------------------------------------ sending
