@@ -148,6 +148,19 @@ def cmd_fleet_export(a) -> int:
     return 0
 
 
+def cmd_fleet_replace(a) -> int:
+    from vault_raft.ops.replace import Unavailable, replace_node
+    try:
+        rep = replace_node(a.dir, a.node, a.host, raft_port=a.raft_port, api_port=a.api_port,
+                           bind=a.bind, operator_dir=a.operator, start=not a.no_start,
+                           timeout=a.timeout, progress=lambda m: print(m, file=sys.stderr))
+    except Unavailable as exc:
+        print(f"vault-raft: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    print(f"{rep.node_id} replaced: {rep.old_addr} -> {rep.new_addr}", file=sys.stderr)
+    return 0
+
+
 def cmd_tenant_init(a) -> int:
     limits = {k: getattr(a, k) for k in T.DEFAULT_LIMITS}
     if any(v < 0 for v in limits.values()):
@@ -337,6 +350,24 @@ def build_parser() -> argparse.ArgumentParser:
     fx.add_argument("--out", required=True, metavar="DIR|FILE.tar",
                     help="a new or empty directory, or an archive (.tar, .tar.gz, .tgz)")
     fx.set_defaults(fn=cmd_fleet_export)
+    fr = fsub.add_parser("replace", help="replace one node of a running fleet: new identity "
+                         "and certificate at a new address, Raft membership changed one node "
+                         "at a time (the old certificate is revoked), bundle republished")
+    fr.add_argument("--dir", "--fleet", dest="dir", required=True, help="the fleet directory "
+                    "(the operator's: it holds ca.key, admin.key and the fleet's keys)")
+    fr.add_argument("--node", required=True, metavar="nK")
+    fr.add_argument("--host", required=True, help="the new node's advertised host")
+    fr.add_argument("--raft-port", type=int, default=None, help="default: the old node's")
+    fr.add_argument("--api-port", type=int, default=None, help="default: the old node's")
+    fr.add_argument("--bind", default=None, metavar="ADDR",
+                    help="the address the new node listens on (default: its host)")
+    fr.add_argument("--operator", default=None, metavar="O",
+                    help="operator directory: republish the bundle and deployment record")
+    fr.add_argument("--no-start", action="store_true",
+                    help="the new node runs on another machine: do not start it here (the "
+                    "command waits for it to be added; copy it with fleet export)")
+    fr.add_argument("--timeout", type=float, default=60.0)
+    fr.set_defaults(fn=cmd_fleet_replace)
     trustcli.register(sub, fsub)
 
     tn = sub.add_parser("tenant", help="register tenants (the apps whose users the fleet "

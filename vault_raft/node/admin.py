@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 ADMIN_V = "vault-raft admin v1"
 SKEW_MS = 30_000
-OPS = ("status", "transfer", "compact")
+OPS = ("status", "transfer", "compact", "member")  # member: node.membership
 
 
 class AdminAuthError(Exception):

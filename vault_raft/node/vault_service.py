@@ -37,6 +37,7 @@ from vault_raft.fleet import tenants as T
 from vault_raft.fleet.config import NodeConfig, opaque_context
 from vault_raft.fleet.keystore import Keystore
 from vault_raft.node.admin import AdminAuthError, AdminVerifier
+from vault_raft.node import membership as membership_admin
 from vault_raft.node.bridge import commit, raft_call
 from vault_raft.node.httpguard import ApiServer
 from vault_raft.node.metrics import NodeMetrics
@@ -371,7 +372,8 @@ class VaultService:
             "term": st.get("term"),
             "commit_index": st.get("commit_index"),
             "last_applied": st.get("last_applied"),
-            "leader": self.peer_ids.get(leader, leader) if leader else None,
+            "leader": membership_admin.node_name(self.replica, leader, self.peer_ids)
+            if leader else None,
             "healthy": self.replica.can_serve(),
         }
         if detail:
@@ -383,6 +385,7 @@ class VaultService:
                 out["open_files"] = dict(self.nofile, in_use=_open_files())
             if self.http is not None:
                 out["api"] = dict(self.http.stats(), limits=self.http.limits.to_dict())
+            out["members"] = membership_admin.members(self.replica)
             transport = pso.transport(self.replica)
             if hasattr(transport, "stats"):  # the mTLS transport
                 out["raft_port"] = transport.stats()
@@ -399,11 +402,15 @@ class VaultService:
         if op == "compact":
             self.replica.compact_now()
             return {"compacting": True}
+        if op == "member":
+            return await membership_admin.change(self.replica, self.cfg.raft_addr, args)
         return await self._transfer(args.get("to"))
 
     async def _transfer(self, to: Any) -> dict:
         """Hand leadership to ``to`` (a node id) or, if None, the best follower."""
         by_id = {nid: addr for addr, nid in self.cfg.peer_ids}
+        by_id.update({m["node"]: m["addr"] for m in membership_admin.members(self.replica)
+                      if m["node"]})
         if to is not None and (not isinstance(to, str) or to not in by_id
                                or to == self.cfg.node_id):
             raise ApiError(400, "to must be the id of another node of this fleet: "
