@@ -62,7 +62,7 @@ class RecordingTlsServer:
                 raw, _ = self.sock.accept()
             except (TimeoutError, OSError):
                 continue
-            rec = {"handshake": False, "data": b""}
+            rec: dict = {"handshake": False, "data": b""}
             self.conns.append(rec)
             raw.settimeout(1.0)
             try:

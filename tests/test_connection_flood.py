@@ -50,11 +50,14 @@ class Flood:
 
     def __init__(self, cl, nid: str):
         self.cl, self.url = cl, cl.api[nid]
-        self.idle, self.slow_headers, self.slow_bodies, self.raft = [], [], [], []
+        self.idle: list[socket.socket] = []
+        self.slow_headers: list[list] = []  # [socket, bytes sent]
+        self.slow_bodies: list[list] = []
+        self.raft: list[socket.socket] = []
         self.stop = threading.Event()
         head = request("POST", "/v1/recover/start", b"", headers={"Content-Length": "200"})
         self.header_bytes = head  # sent one byte a second: never complete in time
-        self.opened = self.first_drip = None
+        self.opened = self.first_drip = 0.0  # when open() ran; when the first drip went
 
     def open(self, raft_addr: tuple[str, int]):
         addr = host_port(self.url)
@@ -76,7 +79,7 @@ class Flood:
 
     def _drip(self):
         while not self.stop.wait(1.0):
-            if self.first_drip is None:
+            if not self.first_drip:
                 self.first_drip = time.monotonic()
             for entry in self.slow_headers + self.slow_bodies:
                 s, i = entry

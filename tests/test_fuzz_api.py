@@ -193,8 +193,8 @@ def test_fuzz_the_api_from_the_openapi_schemas(fleet):
     url = cl.api[nid]
     before = cl.status(nid)
     watches = [LogWatch(cl, n) for n in cl.ids]
-    seen = {"requests": 0, "commits": 0, "maybe": 0, "by_status": {}}
-    failures = []
+    seen: dict = {"requests": 0, "commits": 0, "maybe": 0, "by_status": {}}
+    failures: list[tuple] = []
 
     @settings(max_examples=BUDGET, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
@@ -243,7 +243,7 @@ def test_real_replies_fit_the_document(fleet):
     """The well-formed flows: every reply (201, 200 with max_attempts, the
     manage ops, status) fits its schema."""
     cl, _, _, _ = fleet
-    problems = []
+    problems: list = []
 
     class Checked(C.Client):
         def _post_once(self, url, path, body):

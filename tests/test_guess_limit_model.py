@@ -93,9 +93,10 @@ class GuessLimitModel(RuleBasedStateMachine):
         cfg = NodeConfig("n1", ks.fleet_id, "/nonexistent", "127.0.0.1:1", (), "127.0.0.1", 1,
                          default_max_attempts=3)
         self.replica = InstantReplica()
-        self.service = N.VaultService(cfg, ks, self.replica)
+        self.service = N.VaultService(cfg, ks, self.replica)  # type: ignore[arg-type]  # a double
         if self.planted:
-            self.service.enroll_start = _registration_under_login_key(self.service)
+            self.service.enroll_start = (  # type: ignore[method-assign]  # the planted bug
+                _registration_under_login_key(self.service))
         self.loop = asyncio.new_event_loop()
         fleet = FleetInfo(ks.fleet_id, opaque_context(ks.fleet_id),
                           ks.opaque_setup().public_key, ks.enroll_public_key(), IDENTITY_KSF, 3,
@@ -200,7 +201,7 @@ class GuessLimitModel(RuleBasedStateMachine):
         _, ke1 = opaque.ClientLogin.start(code, ksf=IDENTITY_KSF)
         self._attack("/v1/recover/start", {"user": user, "ke1": ke1})
 
-    @precondition(lambda self: getattr(self, "tokens", None))
+    @precondition(lambda self: bool(getattr(self, "tokens", None)))
     @rule(user=st.sampled_from(USERS), pick=st.integers(0, 100))
     def attacker_finishes(self, user, pick):
         status, _ = self._attack("/v1/recover/finish", {
@@ -216,7 +217,7 @@ class GuessLimitModel(RuleBasedStateMachine):
         self._attack("/v1/enroll/finish", {"user": user, "record": record, "upload": upload,
                                            "ticket": start["ticket"], "max_attempts": limit})
 
-    @precondition(lambda self: getattr(self, "recorded", None))
+    @precondition(lambda self: bool(getattr(self, "recorded", None)))
     @rule(pick=st.integers(0, 10_000), user=st.sampled_from(USERS + [None]))
     def attacker_replays(self, pick, user):
         """Replay anything seen, as it was or aimed at another user."""

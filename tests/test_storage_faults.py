@@ -20,7 +20,7 @@ import pytest
 from vault_raft import client as C
 from vault_raft.chaos.disk import cut_at, records
 from vault_raft.crypto.ksf import IDENTITY_KSF
-from vault_raft.ops.cluster import wait_until
+from vault_raft.ops.cluster import LocalCluster, wait_until
 from vault_raft.raft.snapshots import read_snapshot
 from vault_raft.storage import journal as J
 
@@ -81,7 +81,7 @@ def _wait_recovered(cl, nid, timeout=30):
                and (cl.status(nid) or {}).get("healthy"), timeout)
 
 
-def _damaged_plus_lagging(cluster_factory, node_cmd=None) -> Guesser:
+def _damaged_plus_lagging(cluster_factory, node_cmd=None) -> tuple[Guesser, LocalCluster, str]:
     cl = cluster_factory(3, node_cmd=node_cmd)
     cli = _client(cl)
     cli.enroll(b"victim", b"right code", b"the key", max_attempts=LIMIT)

@@ -211,7 +211,7 @@ def test_bad_tokens_cost_no_commit_on_real_nodes(cluster_factory):
     before = cl.status(leader)["commit_index"]
     for name, make in sorted(BAD.items()):
         tok = make(iss)
-        body = {"user": b"alice", "ke1": ke1}
+        body: dict = {"user": b"alice", "ke1": ke1}
         if tok is not None:
             body["auth"] = tok
         status, out, _ = _post(cl, leader, "/v1/recover/start", body)

@@ -51,7 +51,7 @@ class World:
         m = LogMirror.from_statements(self.w_pk, statements, sth, sig)
         signed = dict(self.signed[(ns, epoch)], inclusion=[], consistency=[], sth=sth,
                       sth_sig=sig)
-        trust = {"signed": signed, "witness": self.url, "witness_key": self.w_pk,
+        trust: dict = {"signed": signed, "witness": self.url, "witness_key": self.w_pk,
                  "deployments": {"fa": {"record": b"r", "operator_sig": b"s"}}}
         if fmt == 2:
             trust.update(format=2, namespace=ns, leaf_hashes=m.tree.leaf_hashes(), sth=sth,
