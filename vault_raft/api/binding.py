@@ -22,6 +22,7 @@ from __future__ import annotations
 import msgpack
 
 from vault_raft import limits
+from vault_raft.core.results import Code
 from vault_raft.crypto import seal as S
 
 CONTENT_TYPE = "application/msgpack"
@@ -41,8 +42,8 @@ ERRORS = {
     404: "not_found",
     405: "method_not_allowed",
     408: "request_timeout",
-    409: "exists",
-    410: "destroyed",
+    409: Code.EXISTS,  # the machine's refusals the node answers with a status of their own
+    410: Code.DESTROYED,
     413: "too_large",
     415: "unsupported_media_type",
     417: "expectation_failed",

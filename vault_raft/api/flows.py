@@ -31,11 +31,21 @@ from vault_raft.crypto.ksf import KSF
 
 class FleetKeys(Protocol):
     """What a flow needs of a fleet (:class:`vault_raft.fleet.config.FleetInfo` has it)."""
-    fleet_id: str
-    context: bytes
-    opaque_server_public_key: bytes
-    enroll_public_key: bytes
-    ksf: KSF
+
+    @property
+    def fleet_id(self) -> str: ...
+
+    @property
+    def context(self) -> bytes: ...
+
+    @property
+    def opaque_server_public_key(self) -> bytes: ...
+
+    @property
+    def enroll_public_key(self) -> bytes: ...
+
+    @property
+    def ksf(self) -> KSF: ...
 
 
 # ---------------------------------------------------------------- bodies
@@ -50,7 +60,7 @@ def upload(fleet: FleetKeys, user: bytes, purpose: bytes, binding: bytes,
 
 def enroll_start_body(user: bytes, request: bytes, purpose: str | None = None) -> dict:
     """``/v1/enroll/start`` (``purpose`` absent: the node takes "enroll")."""
-    body = {"user": user, "request": request}
+    body: dict = {"user": user, "request": request}
     if purpose is not None:
         body["purpose"] = purpose
     return body
@@ -128,7 +138,7 @@ class Login:
         self._state, self.ke1 = opaque.ClientLogin.start(code, ksf=ksf or fleet.ksf,
                                                          context=fleet.context)
         self.done: opaque.LoginResult | None = None
-        self.token: bytes | None = None
+        self._token: bytes | None = None
 
     def start_body(self) -> dict:
         return recover_start_body(self.user, self.ke1)
@@ -138,8 +148,14 @@ class Login:
         (or a KE2 not from the fleet's server key)."""
         self.done = self._state.finish(
             reply["ke2"], expected_server_public_key=self.fleet.opaque_server_public_key)
-        self.token = reply["token"]
+        self._token = reply["token"]
         return self.done
+
+    @property
+    def token(self) -> bytes:
+        """The recovery token of the recover/start reply."""
+        assert self._token is not None, "finish() first"
+        return self._token
 
     @property
     def session_key(self) -> bytes:
@@ -147,19 +163,16 @@ class Login:
         return self.done.session_key
 
     def finish_body(self) -> dict:
-        assert self.done is not None and self.token is not None, "finish() first"
+        assert self.done is not None, "finish() first"
         return recover_finish_body(self.user, self.token, self.done.ke3)
 
     def open_release(self, reply: dict) -> bytes:
         """The secret in the recover/finish reply (SealError: not for this login)."""
-        assert self.token is not None, "finish() first"
         return P.open_release(self.session_key, self.user, self.token, reply["secret_box"])
 
     def manage_body(self, op: str, payload: bytes, ticket: bytes = b"") -> dict:
-        assert self.token is not None, "finish() first"
         return manage_body(self.user, self.session_key, self.token, op, payload, ticket)
 
     def change_secret_body(self, secret: bytes) -> dict:
-        assert self.token is not None, "finish() first"
         return self.manage_body("change_secret", upload(self.fleet, self.user, b"change_secret",
                                                         self.token, secret))

@@ -155,6 +155,7 @@ class Connection:
         return s if self.channel is None else self.channel.wrap(s, self.host)
 
     def _fill(self) -> None:
+        assert self.sock is not None
         data = self.sock.recv(65536)
         if not data:
             raise HttpError("connection closed by the server")
@@ -224,7 +225,7 @@ class Connection:
         for attempt in (0, 1):
             fresh = self.sock is None
             try:
-                if fresh:
+                if self.sock is None:
                     self.sock = self._connect()
                 self.sock.sendall(data)
                 status, out, close = self._read_response()

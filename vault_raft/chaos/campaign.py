@@ -27,6 +27,7 @@ from vault_raft.chaos.disk import damage
 from vault_raft.chaos.history import History, Op
 from vault_raft.chaos.proxy import ProxyNet
 from vault_raft.chaos.skewclock import set_offset
+from vault_raft.core.results import Code
 from vault_raft.crypto.errors import OpaqueError
 from vault_raft.fleet.config import FleetInfo
 from vault_raft.fleet.create import init_fleet
@@ -82,6 +83,8 @@ class Actor:
         except ChannelError as exc:  # TCP or the TLS handshake: a failure sent nothing
             raise _Unsent(str(exc)) from None
         except wire.WireError as exc:  # an answer that is not a msgpack map
+            if exc.status is None:  # (a malformed URL)
+                raise
             return exc.status, {}
 
     def call(self, op: Op, path: str, body: dict):
@@ -107,7 +110,8 @@ class Actor:
 
     # -- operations
     def enroll(self, user: str, code: bytes, secret: bytes, max_attempts: int) -> str:
-        """Returns 'ok', 'exists', or 'unknown'/'failed'."""
+        """Returns 'ok', Code.EXISTS, or 'unknown'/'failed' (the outcome is not known,
+        or it failed)."""
         reg = flows.Registration(self.fleet, user.encode(), code)
         nid = self.node()
         try:
@@ -127,8 +131,8 @@ class Actor:
             self.hist.finish(op, "ok")
             return "ok"
         if st == 409:
-            self.hist.finish(op, "ok", dict(op.value, error="exists"))
-            return "exists"
+            self.hist.finish(op, "ok", dict(op.value, error=Code.EXISTS))
+            return Code.EXISTS
         self.hist.finish(op, "fail", dict(op.value, error=out.get("error")))
         return "failed"
 
@@ -427,11 +431,11 @@ def run_campaign(cfg: CampaignConfig) -> CampaignResult:
         owners = [(f"owner-{i}", f"owner code {i}".encode()) for i in range(cfg.owners)]
         victims = [f"victim-{i}" for i in range(cfg.victims)]
         for user, code in owners:
-            wait_until(lambda: setup.enroll(user, code, os.urandom(16), 100) in ("ok", "exists"),
-                       30, 0.2, f"enrolling {user}")
+            wait_until(lambda: setup.enroll(user, code, os.urandom(16), 100)
+                       in ("ok", Code.EXISTS), 30, 0.2, f"enrolling {user}")
         for v in victims:
             wait_until(lambda: setup.enroll(v, b"the victim's code", os.urandom(16),
-                                            cfg.victim_limit) in ("ok", "exists"),
+                                            cfg.victim_limit) in ("ok", Code.EXISTS),
                        30, 0.2, f"enrolling {v}")
             limits[v] = cfg.victim_limit
         say(f"enrolled {len(owners)} owners and {len(victims)} victims (limit "

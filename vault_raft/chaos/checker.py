@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from vault_raft.chaos.history import History, Op
+from vault_raft.core.results import Code
 
 INF = float("inf")
 
@@ -189,7 +190,7 @@ def step(state: tuple, op: Op) -> list[tuple]:
         took = [("active", 0, mx)] if not active else []
         if indeterminate:
             return took + [state]
-        if v.get("error") == "exists":
+        if v.get("error") == Code.EXISTS:
             return [state] if active else []
         return took
     if op.f == "begin":

@@ -38,6 +38,7 @@ from pysyncobj.transport import Transport
 
 from vault_raft.chaos.history import History
 from vault_raft.core import machine as M
+from vault_raft.core.results import Code
 from vault_raft.node.replica import VaultReplica
 from vault_raft.raft import _pysyncobj as pso
 from vault_raft.raft.settings import RaftSettings
@@ -585,8 +586,8 @@ class Sim:
             if err != 0:
                 self.history.finish(op, "info")  # may still be applied later
                 return
-            if f == "complete" and res.get("code") == "no_attempt":
-                self.history.finish(op, "fail", {"error": "no_attempt"})  # changed nothing
+            if f == "complete" and res.get("code") == Code.NO_ATTEMPT:
+                self.history.finish(op, "fail", {"error": Code.NO_ATTEMPT})  # changed nothing
                 return
             self.history.finish(op, "ok", _value_of(f, res, op.value))
             if on_ok:
@@ -600,17 +601,17 @@ class Sim:
 def _value_of(f: str, res: dict, value):
     code = res.get("code")
     if f == "enroll":
-        return dict(value or {}, error="exists") if code == "exists" else value
+        return dict(value or {}, error=Code.EXISTS) if code == Code.EXISTS else value
     if f == "begin":
-        if code == "counted":
+        if code == Code.COUNTED:
             return {"attempts_left": res["attempts_left"]}
-        if code == "destroyed":
+        if code == Code.DESTROYED:
             return {"destroyed": True}
         return {"error": code}
     if f == "complete":
-        if code == "released":
+        if code == Code.RELEASED:
             return {"failed_attempts": res["failed_attempts"]}
-        if code == "destroyed":
+        if code == Code.DESTROYED:
             return {"destroyed": True}
         return {"error": code}
     return value
@@ -661,7 +662,7 @@ class SimWorkload:
         aid = os.urandom(16)
 
         def then_complete(res):
-            if res.get("code") == "counted":
+            if res.get("code") == Code.COUNTED:
                 self.sim.propose(other, "complete", self.owner,
                                  {"attempt_id": aid, "version": res["version"]}, "owner")
         self.sim.propose(nid, "begin", self.owner, {"attempt_id": aid}, "owner",

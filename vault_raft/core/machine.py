@@ -68,6 +68,8 @@ from typing import Any
 import msgpack
 
 from vault_raft import limits
+from vault_raft.core import results as R
+from vault_raft.core.results import Code
 
 COMMAND_VERSION = 2
 SNAPSHOT_VERSION = 2
@@ -87,10 +89,8 @@ CRED_ID_LEN = 32  # credential identifier: the record's OPRF key is derived from
 NONCE_LEN = 16  # enrollment ticket nonce
 TICKET_TTL_MS = 300_000  # an enroll/start ticket is good this long
 
-# Record status.
-ABSENT = "absent"  # no record (never enrolled, or deleted by its owner)
-ACTIVE = "active"
-DESTROYED = "destroyed"  # guess limit exhausted: tombstone only
+# Record status (these and the result codes: vault_raft.core.results).
+ABSENT, ACTIVE, DESTROYED = R.ABSENT, R.ACTIVE, R.DESTROYED
 
 # Operations.
 ENROLL = "enroll"
@@ -209,14 +209,14 @@ class VaultState:
             ticket = None
             if op in _TICKETED and v != LEGACY_VERSION:
                 ticket = self._check_ticket(user, cmd, clock)
-                if isinstance(ticket, str):
+                if isinstance(ticket, Code):
                     self._advance(clock, v)
-                    return {"ok": False, "code": ticket}
+                    return R.refused(ticket)
             rec = self.records.get(user)
             status = rec.status if rec is not None else ABSENT
             handler = TRANSITIONS.get((status, op))
             if handler is None:
-                res = {"ok": False, "code": _refusal(status)}
+                res = R.refused(R.refusal_for(status))
             else:
                 fn: Callable[[bytes, Record | None, dict, int], dict] = getattr(self, handler)
                 res = fn(user, rec, cmd, now)  # raises BadCommand before changing anything
@@ -227,10 +227,10 @@ class VaultState:
                 self._changed(user)
             return res
         except BadCommand as exc:
-            return {"ok": False, "code": "bad_command", "detail": str(exc)}
+            return R.refused(Code.BAD_COMMAND, detail=str(exc))
         except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
                 msgpack.StackError) as exc:
-            return {"ok": False, "code": "bad_command", "detail": type(exc).__name__}
+            return R.refused(Code.BAD_COMMAND, detail=type(exc).__name__)
 
     # ------------------------------------------------------------ tickets
     def _advance(self, clock: int, version: int) -> None:
@@ -245,7 +245,7 @@ class VaultState:
         """``user``'s record changed identity: tickets issued before are stale."""
         self.changes[user] = self.applied
 
-    def _check_ticket(self, user: bytes, cmd: dict, clock: int) -> tuple[bytes, int] | str:
+    def _check_ticket(self, user: bytes, cmd: dict, clock: int) -> tuple[bytes, int] | Code:
         """Validate a version 2 command's ticket fields; returns (nonce,
         expiry), or the refusal code.  Consumes nothing."""
         nonce = _bytes(cmd, "nonce", NONCE_LEN, NONCE_LEN)
@@ -253,11 +253,11 @@ class VaultState:
         issued = _int(cmd, "ticket_seq", 0, 2**62)
         _bytes(cmd, "cred_id", CRED_ID_LEN, CRED_ID_LEN)
         if expiry < clock:
-            return "expired"
+            return Code.EXPIRED
         if nonce in self.tickets:
-            return "replayed"
+            return Code.REPLAYED
         if issued < self.changes.get(user, 0):
-            return "stale"
+            return Code.STALE
         return nonce, expiry
 
     @staticmethod
@@ -280,17 +280,17 @@ class VaultState:
             sealed_secret=_bytes(cmd, "sealed_secret", 1, SEALED_MAX),
             max_attempts=max_attempts, created_at=now, updated_at=now,
             cred_id=self._cred_id(user, cmd))
-        return {"ok": True, "code": "enrolled", "max_attempts": max_attempts}
+        return R.done(Code.ENROLLED, max_attempts=max_attempts)
 
     def _refuse_exists(self, user, rec, cmd, now) -> dict:
-        return {"ok": False, "code": "exists"}
+        return R.refused(Code.EXISTS)
 
     def _refuse_destroyed(self, user, rec, cmd, now) -> dict:
-        return {"ok": False, "code": "destroyed"}
+        return R.refused(Code.DESTROYED)
 
     def _begin_unknown(self, user, rec, cmd, now) -> dict:
         _bytes(cmd, "attempt_id", ID_LEN, ID_LEN)
-        return {"ok": False, "code": "unknown"}
+        return R.refused(Code.UNKNOWN)
 
     def _begin(self, user: bytes, rec: Record, cmd: dict, now: int) -> dict:
         attempt_id = _bytes(cmd, "attempt_id", ID_LEN, ID_LEN)
@@ -302,7 +302,7 @@ class VaultState:
                                         attempts_used=rec.attempts_used,
                                         total_attempts=rec.total_attempts,
                                         created_at=rec.created_at, updated_at=now)
-            return {"ok": False, "code": "destroyed", "just_destroyed": True}
+            return R.refused(Code.DESTROYED, just_destroyed=True)
         rec.attempts_used += 1
         rec.total_attempts += 1
         rec.updated_at = now
@@ -310,26 +310,26 @@ class VaultState:
         rec.open_attempts = {k: v for k, v in rec.open_attempts.items()
                              if now - v[0] <= ATTEMPT_TTL_MS}
         rec.open_attempts[attempt_id] = (now, rec.attempts_used)
-        return {"ok": True, "code": "counted", "attempt": rec.attempts_used,
-                "attempts_left": rec.max_attempts - rec.attempts_used,
-                "version": rec.version, "opaque_record": rec.opaque_record,
-                "cred_id": rec.cred_id}
+        return R.done(Code.COUNTED, attempt=rec.attempts_used,
+                      attempts_left=rec.max_attempts - rec.attempts_used,
+                      version=rec.version, opaque_record=rec.opaque_record,
+                      cred_id=rec.cred_id)
 
     def _complete(self, user: bytes, rec: Record, cmd: dict, now: int) -> dict:
         attempt_id = _bytes(cmd, "attempt_id", ID_LEN, ID_LEN)
         version = _bytes(cmd, "version", ID_LEN, ID_LEN)
         opened = rec.open_attempts.get(attempt_id)
         if opened is None or version != rec.version or now - opened[0] > ATTEMPT_TTL_MS:
-            return {"ok": False, "code": "no_attempt"}
+            return R.refused(Code.NO_ATTEMPT)
         failed = rec.attempts_used - 1
         rec.attempts_used = 0
         rec.open_attempts = {}
         rec.proof = [attempt_id, now]
         rec.last_success_at = now
         rec.updated_at = now
-        return {"ok": True, "code": "released", "sealed_secret": rec.sealed_secret,
-                "version": rec.version, "failed_attempts": failed,
-                "max_attempts": rec.max_attempts}
+        return R.done(Code.RELEASED, sealed_secret=rec.sealed_secret,
+                      version=rec.version, failed_attempts=failed,
+                      max_attempts=rec.max_attempts)
 
     def _take_proof(self, rec: Record, cmd: dict, now: int) -> bool:
         attempt_id = _bytes(cmd, "attempt_id", ID_LEN, ID_LEN)
@@ -342,25 +342,25 @@ class VaultState:
         version = _bytes(cmd, "version", ID_LEN, ID_LEN)
         sealed = _bytes(cmd, "sealed_secret", 1, SEALED_MAX)
         if not self._take_proof(rec, cmd, now):
-            return {"ok": False, "code": "no_proof"}
+            return R.refused(Code.NO_PROOF)
         rec.version, rec.sealed_secret, rec.updated_at = version, sealed, now
-        return {"ok": True, "code": "changed"}
+        return R.done(Code.CHANGED)
 
     def _change_code(self, user, rec: Record, cmd, now) -> dict:
         opaque_record = _bytes(cmd, "opaque_record", OPAQUE_RECORD_LEN, OPAQUE_RECORD_LEN)
         if not self._take_proof(rec, cmd, now):
-            return {"ok": False, "code": "no_proof"}
+            return R.refused(Code.NO_PROOF)
         if cmd["v"] != LEGACY_VERSION:  # a new code gets a new OPRF key
             rec.cred_id = cmd["cred_id"]
         rec.opaque_record, rec.updated_at = opaque_record, now
         rec.attempts_used, rec.open_attempts = 0, {}
-        return {"ok": True, "code": "changed"}
+        return R.done(Code.CHANGED)
 
     def _delete(self, user, rec: Record, cmd, now) -> dict:
         if not self._take_proof(rec, cmd, now):
-            return {"ok": False, "code": "no_proof"}
+            return R.refused(Code.NO_PROOF)
         del self.records[user]
-        return {"ok": True, "code": "deleted"}
+        return R.done(Code.DELETED)
 
     # ------------------------------------------------------- inspection
     def summary(self, user: bytes) -> dict:
@@ -430,6 +430,3 @@ def _snap_int(v) -> int:
         raise ValueError("snapshot: expected an integer")
     return v
 
-
-def _refusal(status: str) -> str:
-    return {ABSENT: "unknown", DESTROYED: "destroyed", ACTIVE: "refused"}[status]

@@ -80,7 +80,11 @@ async def raft_call(start, timeout: float):
     loop = asyncio.get_running_loop()
     fut = loop.create_future()
 
+    def settle(err) -> None:
+        if not fut.done():
+            fut.set_result(err)
+
     def done(res, err):  # Raft thread
-        loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(err))
+        loop.call_soon_threadsafe(settle, err)
     start(done)
     return await asyncio.wait_for(fut, timeout)

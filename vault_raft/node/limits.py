@@ -34,7 +34,7 @@ class Limits:
     max_headers: int = 32
 
     @classmethod
-    def from_pairs(cls, pairs) -> "Limits":
+    def from_pairs(cls, pairs) -> Limits:
         """From node.json's ``limits`` (key, value) pairs; ValueError if malformed."""
         kinds = {f.name: f.type for f in fields(cls)}
         out: dict[str, Any] = {}

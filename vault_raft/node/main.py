@@ -73,8 +73,9 @@ class _ServingDown:
         self.cfg, self.ssl, self.reason = cfg, ssl_context, reason
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: ApiServer | None = None
 
-    async def _start(self) -> web.AppRunner:
+    async def _start(self) -> ApiServer:
         async def status(request):
             return reply(200, {"node_id": self.cfg.node_id, "fleet_id": self.cfg.fleet_id,
                                 "role": "down", "healthy": False, "reason": self.reason})

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import ssl
-from typing import Awaitable, Callable, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from aiohttp import web
 

@@ -30,6 +30,8 @@ from typing import Any
 
 from vault_raft.api import binding as P
 from vault_raft.core import machine as M
+from vault_raft.core import results as R
+from vault_raft.core.results import Code
 from vault_raft.crypto import group, opaque
 from vault_raft.crypto import seal as S
 from vault_raft.crypto.errors import OpaqueError, SealError
@@ -114,7 +116,7 @@ class VaultService:
         self.stats["commits"] += 1
         self.metrics.commits.labels(op, "ok").inc()
         self.metrics.commit_seconds.labels(op).observe(time.perf_counter() - t0)
-        if res.get("code") == "bad_command":
+        if res.get("code") == Code.BAD_COMMAND:
             raise ApiError(400, f"rejected: {res.get('detail')}")
         return res
 
@@ -188,12 +190,12 @@ class VaultService:
 
     @staticmethod
     def _ticket_refused(code: str) -> None:
-        if code == "replayed":
+        if code == Code.REPLAYED:
             raise ApiError(409, "this enrollment ticket was already used", reason="replayed")
-        if code == "stale":
+        if code == Code.STALE:
             raise ApiError(409, "the record changed after this enrollment ticket was issued; "
                                 "start again", reason="stale")
-        if code == "expired":
+        if code == Code.EXPIRED:
             raise ApiError(401, "enrollment ticket expired; start again")
 
     def _open_upload(self, user: bytes, upload: bytes, purpose: bytes, binding: bytes) -> bytes:
@@ -227,7 +229,7 @@ class VaultService:
                                 opaque_record=record, sealed_secret=sealed,
                                 max_attempts=max_attempts, **ticket)
         self._ticket_refused(res["code"])
-        if res["code"] == "exists":
+        if res["code"] == Code.EXISTS:
             raise ApiError(409, "an active record exists for this user")
         return 201, {"enrolled": True, "max_attempts": res["max_attempts"]}
 
@@ -263,14 +265,13 @@ class VaultService:
             raise
         # ---- committed: from here on the node may reveal the outcome ----
         code = res["code"]
-        self.metrics.guesses.labels(code if code in ("counted", "unknown", "destroyed")
-                                    else "refused").inc()
-        if code == "destroyed":
+        self.metrics.guesses.labels(code if code in R.GUESS_OUTCOMES else Code.REFUSED).inc()
+        if code == Code.DESTROYED:
             raise ApiError(410, "this record was destroyed after too many wrong codes")
-        if code == "counted":
+        if code == Code.COUNTED:
             cred = (res["opaque_record"], res["cred_id"])
             version, left = res["version"], res["attempts_left"]
-        elif code == "unknown":  # fake KE2: same shape, same work, same commit
+        elif code == Code.UNKNOWN:  # fake KE2: same shape, same work, same commit
             cred, version, left = (None, rid), bytes(M.ID_LEN), self.fake_attempts_left
         else:
             raise ApiError(400, f"attempt refused: {code}")
@@ -307,9 +308,9 @@ class VaultService:
             raise ApiError(401, "authentication failed") from None
         res = await self.commit(M.COMPLETE_ATTEMPT, user=rid, attempt_id=attempt_id,
                                 version=version, now=now_ms())
-        if res["code"] == "destroyed":
+        if res["code"] == Code.DESTROYED:
             raise ApiError(410, "this record was destroyed after too many wrong codes")
-        if res["code"] != "released":
+        if res["code"] != Code.RELEASED:
             raise ApiError(401, "attempt expired, already used or superseded")
         try:
             secret = self.ks.unseal_secret(rid, res["version"], res["sealed_secret"])
@@ -353,7 +354,7 @@ class VaultService:
             fields.update(self._open_ticket(rid, body, "change_code"))
         res = await self.commit(op, deadline_ms=body.get("deadline_ms"), **fields)
         self._ticket_refused(res["code"])
-        if res["code"] == "destroyed":
+        if res["code"] == Code.DESTROYED:
             raise ApiError(410, "this record was destroyed")
         if not res["ok"]:
             raise ApiError(401, "no fresh successful recovery authorises this change")
@@ -416,7 +417,7 @@ class VaultService:
             raise ApiError(400, "to must be the id of another node of this fleet: "
                                 f"{sorted(n for n in by_id if n != self.cfg.node_id)}")
         before = self.replica.status().get("leader")
-        target = by_id.get(to) if to else None
+        target = by_id[to] if to is not None else None
         try:
             err = await raft_call(lambda done: self.replica.transfer_leadership(target, done),
                                   5.0)
