@@ -37,6 +37,7 @@ from vault_raft.fleet.create import init_fleet
 from vault_raft.fleet.tenants import Gate, local_token_source
 from vault_raft.ops.cluster import LocalCluster, free_base_port, wait_until
 from vault_raft.raft.snapshots import snapshot_bytes
+from vault_raft.storage.files import atomic_write
 
 ATTEMPTS_PER_BENCH_USER = 100
 NO_OP = b"\x01"
@@ -825,10 +826,7 @@ def to_json(obj):
 
 
 def write_json(res: dict, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(to_json(res), f, indent=2)
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(to_json(res), indent=2).encode(), mode=0o666)
 
 
 __all__ = ["Config", "run", "write_json", "to_json"]

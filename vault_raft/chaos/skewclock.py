@@ -20,6 +20,8 @@ import os
 import sys
 import time
 
+from vault_raft.storage.files import atomic_write
+
 OFFSET_FILE = "clock-offset"
 
 
@@ -45,10 +47,7 @@ def _install(path: str) -> None:
 def set_offset(node_dir: str, seconds: float) -> None:
     """Step a running node's wall clock (0 puts it back)."""
     path = os.path.join(node_dir, OFFSET_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(repr(float(seconds)))
-    os.replace(tmp, path)
+    atomic_write(path, repr(float(seconds)).encode(), mode=0o666)
 
 
 def main(argv: list[str]) -> int:

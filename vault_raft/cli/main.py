@@ -40,7 +40,8 @@ from vault_raft.fleet.keystore import KeystoreError
 from vault_raft.fleet.operator import OperatorError
 from vault_raft.ops.cluster import ClusterError, LocalCluster
 from vault_raft.ops.witness_server import WitnessConfigError
-from vault_raft.storage.journal import JournalCorrupt
+from vault_raft.storage.errors import JournalCorrupt
+from vault_raft.storage.files import atomic_write
 from vault_raft.trust.bundle import TrustError
 from vault_raft.trust.witness import WitnessLogCorrupt
 
@@ -97,20 +98,7 @@ def _write_secret(path: str, data: bytes, force: bool) -> None:
         return
     if os.path.exists(path) and not force:
         raise UsageError(f"{path} exists; use --force to overwrite")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(path, data)
 
 
 # ---------------------------------------------------------------- commands

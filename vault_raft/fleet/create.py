@@ -44,7 +44,7 @@ from vault_raft.fleet.config import (
 from vault_raft.fleet.keystore import FileKeystore, new_signing_key_file
 from vault_raft.fleet.tenants import add_tenant
 from vault_raft.raft.pki import issue_node_cert, make_ca
-from vault_raft.storage.journal import atomic_write
+from vault_raft.storage.files import atomic_write
 
 
 def port_free(host: str, port: int) -> bool:

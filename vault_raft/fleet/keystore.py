@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from vault_raft.crypto import seal as S
 from vault_raft.crypto.errors import CryptoError, SealError
 from vault_raft.crypto.opaque import ServerSetup
-from vault_raft.storage.journal import atomic_write
+from vault_raft.storage.files import atomic_write
 from vault_raft.trust.deployment import KEY_STATEMENT_V
 
 KEYSTORE_VERSION = 1

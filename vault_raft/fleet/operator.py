@@ -31,7 +31,7 @@ import msgpack
 from vault_raft.api import http as wire
 from vault_raft.fleet.config import STATEMENTS_FILE, ConfigError, FleetInfo
 from vault_raft.fleet.keystore import load_signing_key, new_signing_key_file
-from vault_raft.storage.journal import atomic_write
+from vault_raft.storage.files import atomic_write
 from vault_raft.trust import bundle as B
 from vault_raft.trust import deployment as D
 from vault_raft.trust.mirror import LogMirror

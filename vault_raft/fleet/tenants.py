@@ -273,7 +273,7 @@ class Gate:
             self.error = str(exc)
             return
         if tl.created > self._seen():
-            from vault_raft.storage.journal import atomic_write
+            from vault_raft.storage.files import atomic_write
             try:
                 atomic_write(self.seen_path, str(tl.created).encode())
             except OSError as exc:
@@ -416,7 +416,7 @@ def publish_list(fleet_dir: str, tl: TenantList) -> list[str]:
     """Sign ``tl`` with the admin key and write it to the fleet directory and
     to every node directory in it (nodes reload it); returns the paths."""
     from vault_raft.fleet.config import FleetInfo
-    from vault_raft.storage.journal import atomic_write
+    from vault_raft.storage.files import atomic_write
     blob = tl.signed(_admin(fleet_dir))
     fleet = FleetInfo.load(os.path.join(fleet_dir, "fleet.json"))
     paths = [os.path.join(fleet_dir, TENANTS_FILE)]

@@ -43,6 +43,7 @@ from vault_raft.fleet import tenants as T
 from vault_raft.fleet.config import opaque_context
 from vault_raft.fleet.keystore import FileKeystore
 from vault_raft.raft.pki import ca_certificate
+from vault_raft.storage.files import atomic_write
 from vault_raft.trust import bundle as B
 from vault_raft.trust import deployment as D
 from vault_raft.trust import merkle
@@ -127,7 +128,7 @@ def _channel_ca(fleet_id: str, sk: Ed25519PrivateKey) -> bytes:
     """A fleet CA certificate (DER) in the profile ``fleet init`` makes
     (``replica/tls.py``), with fixed key, serial and dates: Ed25519 signatures
     are deterministic, so is the certificate."""
-    start = datetime.datetime.fromtimestamp(T0 - 30 * 86400, datetime.timezone.utc)
+    start = datetime.datetime.fromtimestamp(T0 - 30 * 86400, datetime.UTC)
     cert = ca_certificate(fleet_id, sk, int.from_bytes(fixed("ca serial", 8), "big") >> 1,
                           start)
     return cert.public_bytes(serialization.Encoding.DER)
@@ -502,10 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.out}: {'up to date' if same else 'DIFFERS from the generator'}")
         return 0 if same else 1
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, args.out)
+    atomic_write(args.out, text.encode("utf-8"), mode=0o666)
     print(f"wrote {args.out}")
     return 0
 

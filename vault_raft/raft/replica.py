@@ -70,7 +70,8 @@ from vault_raft.raft.prevote import PreVote
 from vault_raft.raft.settings import RaftSettings
 from vault_raft.raft.snapshots import SnapshotFiles
 from vault_raft.raft.transport import MtlsTransport, TlsConfig
-from vault_raft.storage.journal import DurableJournal, fsync_dir
+from vault_raft.storage.files import durable_replace
+from vault_raft.storage.journal import DurableJournal
 
 log = logging.getLogger("vault_raft.replica")
 
@@ -119,25 +120,15 @@ def _create_journal(journal_file=None):
     return None
 
 
-def _durable_replace(src: str, dst: str) -> None:
-    """pysyncobj's serializer renames a snapshot into place (one it wrote, or
-    one a leader sent) without syncing it: here the file is synced before the
-    rename and the directory after, in every path."""
-    fd = os.open(src, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(src, dst)
-    fsync_dir(dst)
-
-
 # pysyncobj logs CRITICAL "truncating already-applied log entries" whenever an
 # old or duplicated append reaches a follower, and then asks the journal to
 # truncate -- which the Raft-conformant journal ignores (it cuts only on a term
 # conflict, and stops the node itself if that would cut an applied entry).  The
-# line is a false alarm here; it is kept out of the node log.
-pso.install_hooks(_create_journal, _durable_replace,
+# line is a false alarm here; it is kept out of the node log.  pysyncobj's
+# serializer renames a snapshot into place (one it wrote, or one a leader sent)
+# without syncing it: durable_replace syncs the file before the rename and the
+# directory after, in every path.
+pso.install_hooks(_create_journal, durable_replace,
                   quiet_truncation_alarm=lambda: DurableJournal.RAFT_CONFORMANT_TRUNCATION)
 
 

@@ -22,7 +22,8 @@ import signal
 import msgpack
 
 from vault_raft.raft import _pysyncobj as pso
-from vault_raft.storage.journal import JournalCorrupt, atomic_write, fsync_dir
+from vault_raft.storage.errors import JournalCorrupt
+from vault_raft.storage.files import atomic_write, durable_rename, fsync_dir
 
 log = logging.getLogger("vault_raft.replica")
 
@@ -84,8 +85,7 @@ class SnapshotFiles:
             aside = self.snapshot_path + ".damaged"
             log.error("snapshot %s is damaged (%s): moved to %s; the node recovers what it "
                       "covered from its peers", self.snapshot_path, exc, aside)
-            os.replace(self.snapshot_path, aside)
-            fsync_dir(self.snapshot_path)
+            durable_rename(self.snapshot_path, aside)
             return None
 
     def _load_dump_file(self, clearJournal):

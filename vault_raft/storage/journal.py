@@ -67,10 +67,13 @@ import os
 import struct
 import time
 import zlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
 import msgpack
+
+from vault_raft.storage.errors import JournalCorrupt, StorageFailed
+from vault_raft.storage.files import atomic_write, fsync_dir
 
 log = logging.getLogger("vault_raft.journal")
 
@@ -80,44 +83,12 @@ _MAX_RECORD = 64 * 1024 * 1024
 _COMMIT = struct.Struct("<QI")  # commit index, crc32 of its 8 bytes
 
 
-class JournalCorrupt(Exception):
-    """The journal or its metadata is damaged beyond a torn tail."""
-
-
-class StorageFailed(OSError):
-    """Writing or syncing the journal failed (disk full, I/O error); raised when
-    no ``on_failure`` handler stops the node first."""
-
-
 _MARK_SLOT = 256
 _MARK_VERSION = 1
 #: The vote of a node that lost both its term/vote file and its mark: it may
 #: have voted in its log's last term, so it must not vote again in that term.
 LOST_VOTE = "?lost"
 _UNKNOWN = object()  # snapshot_last not given: the journal alone, no gap check
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` durably: tmp file, fsync, rename, fsync dir."""
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path)
 
 
 _THREADS: dict[str, ThreadPoolExecutor] = {}
@@ -590,7 +561,7 @@ class DurableJournal:
         if self.trace:
             self.trace("append", idx, term)
 
-    def _reserve(self, seg: "_Segment", need: int) -> None:
+    def _reserve(self, seg: _Segment, need: int) -> None:
         """Grow the segment to hold ``need`` more bytes, plus the reserve."""
         size = seg.end + need
         if self.PREALLOCATE:
@@ -605,7 +576,7 @@ class DurableJournal:
                 self.PREALLOCATE = 0
         seg.alloc = max(seg.alloc, size)
 
-    def _roll(self) -> "_Segment":
+    def _roll(self) -> _Segment:
         """Seal the last segment (trimmed and synced: a torn tail can only be in
         the last segment) and start the next one."""
         old = self._segs[-1]
@@ -621,7 +592,7 @@ class DurableJournal:
             self.trace("segment", seg.seq)
         return seg
 
-    def _create_segment(self, seq: int) -> "_Segment":
+    def _create_segment(self, seq: int) -> _Segment:
         """A new, empty segment: created atomically (file and directory entry
         durable), its first space reserved.  The helper thread makes the next
         one ahead of time, once the last segment is half full (``_spare``)."""
@@ -631,7 +602,7 @@ class DurableJournal:
         self._reserve(seg, 0)
         return seg
 
-    def _take_spare(self) -> "_Segment | None":
+    def _take_spare(self) -> _Segment | None:
         """The segment made ahead of time, if it was made (None if it failed:
         the caller makes one itself, and reports the error if it fails too)."""
         spare, self._spare = self._spare, None
@@ -685,7 +656,7 @@ class DurableJournal:
         """Index of the last entry known to be on disk."""
         return self._synced_idx
 
-    def _drop_segments(self, dead: list["_Segment"]) -> None:
+    def _drop_segments(self, dead: list[_Segment]) -> None:
         """Delete whole segments now, durably (truncation, clear, compaction)."""
         for s in dead:
             os.close(s.fd)
@@ -774,7 +745,7 @@ class DurableJournal:
         if self.trace:
             self.trace("compact", first)
 
-    def _retire(self, dead: list["_Segment"]) -> None:
+    def _retire(self, dead: list[_Segment]) -> None:
         """On the helper thread: closing a segment's last descriptor frees its
         blocks (with discard, synchronously: 11 ms for 50 MB here, more under
         load), so not on the Raft thread."""

@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from vault_raft.storage.files import atomic_write
 from vault_raft.trust import merkle
 
 BUNDLE_V1 = "vault-raft bundle v1"  # fleet entries without a channel CA (still verify)
@@ -306,13 +306,10 @@ class TrustState:
     endpoints: list = field(default_factory=list)  # a hint: where the last bundle was found
 
     def save(self, path: str) -> None:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"tree_size": self.tree_size, "tree_root": self.tree_root.hex(),
-                       "epochs": self.epochs, "endpoints": self.endpoints}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps({"tree_size": self.tree_size,
+                                       "tree_root": self.tree_root.hex(),
+                                       "epochs": self.epochs,
+                                       "endpoints": self.endpoints}).encode(), mode=0o666)
 
     @classmethod
     def load(cls, path: str) -> TrustState:

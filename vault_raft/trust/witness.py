@@ -32,7 +32,7 @@ from typing import Any
 import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from vault_raft.storage.journal import atomic_write, fsync_dir
+from vault_raft.storage.files import atomic_write, fsync_dir
 from vault_raft.trust import bundle as B
 from vault_raft.trust import merkle
 
