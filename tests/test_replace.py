@@ -197,3 +197,69 @@ def test_replacing_a_node_under_a_load_of_guesses(tmp_path, witness, cluster_fac
     st = new.status("n1")
     assert {m["node"]: m["addr"] for m in st["members"]}["n2"].startswith(NEW_HOST + ":")
     assert _handshake_refused(n1_raft, old_files, ca)
+
+
+@pytest.mark.cluster
+def test_member_admin_refusals_and_replacing_the_leader(tmp_path, cluster_factory):
+    """The admin op refuses what it must, clearly; replacing the node that
+    leads moves leadership away first (a leader cannot remove itself)."""
+    from vault_raft.api import http as W
+    from vault_raft.node.admin import sign_request
+    cl = cluster_factory(3)
+    cl.transfer("n2")
+    assert cl.wait_leader(10) == "n2"
+    st = cl.status("n2")
+    by_node = {m["node"]: m["addr"] for m in st["members"]}
+    assert sorted(by_node) == ["n1", "n2", "n3"]
+    fp = "00" * 32
+    rem_n2 = {"change": "rem", "node": "n2", "addr": by_node["n2"], "cert_sha256": fp}
+    code, out = cl.admin("n2", "member", rem_n2)
+    assert code == 409 and out["reason"] == "is_leader", out
+    code, out = cl.admin("n1", "member", rem_n2)
+    assert code == 409 and out["reason"] == "not_leader", out
+    code, out = cl.admin("n2", "member", dict(rem_n2, node="n3"))
+    assert code == 409 and out["reason"] == "not_member", out
+    code, out = cl.admin("n2", "member", dict(rem_n2, change="add", addr=by_node["n3"]))
+    assert code == 409 and out["reason"] == "member", out
+    code, out = cl.admin("n2", "member", dict(rem_n2, cert_sha256="xyz"))
+    assert code == 400, out
+    code, out = cl.admin("n2", "member", dict(rem_n2, addr="127.0.0.1:99999"))
+    assert code == 400, out
+    # signed with another key: refused before anything is looked at
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    body = sign_request(Ed25519PrivateKey.generate(), cl.fleet.fleet_id, "n2", "member",
+                        rem_n2)
+    code, out = W.call(cl.api["n2"], "POST", "/v1/admin", body, channel=cl.channel)
+    assert code == 401, out
+    assert len(cl.status("n1")["members"]) == 3  # nothing changed
+
+    # replace the leader at another port of the same host
+    base = free_base_port(1)
+    old_files = (os.path.join(cl.dir, "n2", "tls.key"), os.path.join(cl.dir, "n2", "tls.crt"))
+    keep = (str(tmp_path / "old.key"), str(tmp_path / "old.crt"))
+    for src, dst in zip(old_files, keep):
+        open(dst, "wb").write(open(src, "rb").read())
+    r = vault_cli("fleet", "replace", "--dir", cl.dir, "--node", "n2", "--host", "127.0.0.1",
+                  "--raft-port", str(base + 1), "--api-port", str(base + 2), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "leadership moved from n2" in r.stderr, r.stderr
+    new = LocalCluster(cl.dir)
+    new.wait_healthy(timeout=30)
+    members = {m["node"]: m["addr"] for m in new.status("n1")["members"]}
+    assert members["n2"] == f"127.0.0.1:{base + 1}"
+    n3_raft = json.load(open(os.path.join(cl.dir, "n3", "node.json")))["raft_addr"]
+    assert _handshake_refused(n3_raft, keep, os.path.join(cl.dir, "ca.crt"))
+    # replaced again at the same address (the disk died again): only the revocation
+    # tells the certificate it had from the new one
+    second = (str(tmp_path / "second.key"), str(tmp_path / "second.crt"))
+    for src, dst in zip(old_files, second):
+        open(dst, "wb").write(open(src, "rb").read())
+    assert not _handshake_refused(n3_raft, second, os.path.join(cl.dir, "ca.crt"))
+    r = vault_cli("fleet", "replace", "--dir", cl.dir, "--node", "n2", "--host", "127.0.0.1",
+                  "--raft-port", str(base + 1), "--api-port", str(base + 2), timeout=120)
+    assert r.returncode == 0, r.stderr
+    new.wait_healthy(timeout=30)
+    members = {m["node"]: m["addr"] for m in new.status("n3")["members"]}
+    assert members["n2"] == f"127.0.0.1:{base + 1}"
+    assert _handshake_refused(n3_raft, second, os.path.join(cl.dir, "ca.crt"))
+    assert _handshake_refused(n3_raft, keep, os.path.join(cl.dir, "ca.crt"))

@@ -211,21 +211,35 @@ OPENAPI = {
             "Operator operations signed with the fleet admin key: status (with details: "
             "records, journal, request, connection and open-file statistics), transfer "
             "(leadership to args.to or the best follower), compact (snapshot and compact "
-            "the journal now)",
-            _body({"op": {"type": "string", "enum": ["status", "transfer", "compact"]},
+            "the journal now), member (the leader commits one Raft membership change: "
+            "rem revokes the certificate cert_sha256 names, add pins it)",
+            _body({"op": {"type": "string",
+                          "enum": ["status", "transfer", "compact", "member"]},
                    "args": _obj({"to": {"type": "string", "description": "transfer: a node "
-                                                                          "id"}}),
+                                                                          "id"},
+                                 "change": {"type": "string", "enum": ["add", "rem"],
+                                            "description": "member"},
+                                 "node": {"type": "string", "description": "member: node id"},
+                                 "addr": {"type": "string",
+                                          "description": "member: Raft address host:port"},
+                                 "cert_sha256": {"type": "string",
+                                                 "pattern": "^[0-9a-f]{64}$",
+                                                 "description": "member: SHA-256 of the "
+                                                 "certificate's DER (revoked by rem, pinned "
+                                                 "by add)"}}),
                    "ts": _int(0, _U63, "the signer's clock (Unix ms), within 30 s of the "
                                        "node's"),
                    "nonce": _bin(16), "sig": _bin(64, 64, "Ed25519 by the fleet admin key")},
                   ["op", "args", "ts", "nonce", "sig"]),
-            {"200": _resp("done: status details, {transferred, leader} or {compacting}",
+            {"200": _resp("done: status details, {transferred, leader}, {compacting} or "
+                          "{changed, members}",
                           {"type": "object"})},
-            401, 409, s400="malformed, or transfer to a node that is not another of this "
-                           "fleet's",
+            401, 409, s400="malformed, transfer to a node that is not another of this "
+                           "fleet's, or a malformed membership change",
             s401="forged, stale, replayed or for another node",
             s409="transfer refused (this node must lead; the target must be connected and "
-                 "caught up)"),
+                 "caught up), or membership change refused (not the leader, removing "
+                 "itself, not a member, already a member, another change pending)"),
         "/v1/trust": _get(
             "The published fleet bundle with witness proofs (clients verify all)",
             {"200": _resp("signed bundle", _obj({
