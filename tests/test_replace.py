@@ -121,7 +121,7 @@ def test_replacing_a_node_under_a_load_of_guesses(tmp_path, witness, cluster_fac
             if got:
                 done = a.complete(user, *got)
                 if done and a.rng.random() > 0.6:
-                    a.write(user, done[0], done[1], os.urandom(16))
+                    a.write(user, done, os.urandom(16))
             stop.wait(a.rng.uniform(0.01, 0.05))
 
     def attacker(k):
