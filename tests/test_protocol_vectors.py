@@ -28,6 +28,7 @@ from vault_raft.crypto import seal as S
 from vault_raft.fleet import tenants as T
 from vault_raft.fleet.config import FleetInfo, opaque_context
 from vault_raft.fleet.keystore import FileKeystore
+from vault_raft.fleet.tenant_gate import Gate
 from vault_raft.ops import protocol_vectors as V
 from vault_raft.trust import bundle as B
 from vault_raft.trust import deployment as D
@@ -180,12 +181,12 @@ def test_a_node_accepts_the_tenant_token(tmp_path, vec):
     fid = vec["fleet"]["fleet_id"]
     tl = T.TenantList(fid, (T.Tenant(tt["tenant"], (h(tt["public_key"]),)),), (), 1)
     (tmp_path / T.TENANTS_FILE).write_bytes(tl.signed(admin))
-    gate = T.Gate(str(tmp_path), fid, admin.public_key().public_bytes_raw(),
+    gate = Gate(str(tmp_path), fid, admin.public_key().public_bytes_raw(),
                   clock=lambda: tt["valid_at"])
     assert gate.authorize(tt["jwt"], tt["user"].encode()).id == tt["tenant"]
     with pytest.raises(T.Unauthorized):
         gate.authorize(tt["jwt"], b"mallory")
-    late = T.Gate(str(tmp_path), fid, admin.public_key().public_bytes_raw(),
+    late = Gate(str(tmp_path), fid, admin.public_key().public_bytes_raw(),
                   clock=lambda: tt["claims"]["exp"])
     with pytest.raises(T.Unauthorized):
         late.authorize(tt["jwt"], tt["user"].encode())

@@ -20,6 +20,7 @@ from vault_raft import client as C
 from vault_raft.api.channel import connection
 from vault_raft.fleet import tenants as T
 from vault_raft.fleet.keystore import load_signing_key
+from vault_raft.fleet.tenant_gate import Gate
 
 FLEET = "f1eet"
 
@@ -43,7 +44,7 @@ def gate(tmp_path):
     tl = T.TenantList(FLEET, (T.Tenant("acme", (acme.public_key().public_bytes_raw(),)),),
                       ("ns",), 1)
     (tmp_path / T.TENANTS_FILE).write_bytes(tl.signed(admin))
-    g = T.Gate(str(tmp_path), FLEET, admin.public_key().public_bytes_raw())
+    g = Gate(str(tmp_path), FLEET, admin.public_key().public_bytes_raw())
     return g, Issuer(acme, FLEET)
 
 
@@ -121,7 +122,7 @@ def test_fuzzed_tokens_are_refused_cleanly(tmp_path_factory, token):
     d = tmp_path_factory.mktemp("g")
     tl = T.TenantList(FLEET, (T.Tenant("acme", (acme.public_key().public_bytes_raw(),)),), (), 1)
     (d / T.TENANTS_FILE).write_bytes(tl.signed(admin))
-    g = T.Gate(str(d), FLEET, admin.public_key().public_bytes_raw())
+    g = Gate(str(d), FLEET, admin.public_key().public_bytes_raw())
     with pytest.raises(T.Unauthorized):
         g.authorize(token, b"alice")
 
@@ -131,13 +132,13 @@ def test_a_tenant_list_must_be_signed_by_the_admin_key(tmp_path):
     tl = T.TenantList(FLEET, (), (), 1)
     pk = admin.public_key().public_bytes_raw()
     with pytest.raises(T.TenantError, match="no tenant list"):  # fails closed without one
-        T.Gate(str(tmp_path), FLEET, pk).check_ready()
+        Gate(str(tmp_path), FLEET, pk).check_ready()
     (tmp_path / T.TENANTS_FILE).write_bytes(tl.signed(other))
     with pytest.raises(T.TenantError, match="admin key"):
-        T.Gate(str(tmp_path), FLEET, pk).check_ready()
+        Gate(str(tmp_path), FLEET, pk).check_ready()
     (tmp_path / T.TENANTS_FILE).write_bytes(tl.signed(admin))
     with pytest.raises(T.TenantError, match="is for fleet"):
-        T.Gate(str(tmp_path), "other-fleet", pk).check_ready()
+        Gate(str(tmp_path), "other-fleet", pk).check_ready()
 
 
 def test_an_older_list_cannot_replace_a_newer_one_and_a_bad_one_keeps_the_good(tmp_path):
@@ -149,7 +150,7 @@ def test_an_older_list_cannot_replace_a_newer_one_and_a_bad_one_keeps_the_good(t
                             (), created).signed(admin)
     path = tmp_path / T.TENANTS_FILE
     path.write_bytes(listing(old_key, 100))
-    g = T.Gate(str(tmp_path), FLEET, pk)
+    g = Gate(str(tmp_path), FLEET, pk)
     old_token = T.mint("acme", old_key, b"alice", FLEET)
     assert g.authorize(old_token, b"alice").id == "acme"
     path.write_bytes(listing(new_key, 200))  # the leaked old key is rotated out
@@ -160,7 +161,7 @@ def test_an_older_list_cannot_replace_a_newer_one_and_a_bad_one_keeps_the_good(t
         g.authorize(old_token, b"alice")
     # nor after a restart: the newest date is remembered, and no list is served (503)
     with pytest.raises(T.TenantError, match="older"):
-        T.Gate(str(tmp_path), FLEET, pk).authorize(old_token, b"alice")
+        Gate(str(tmp_path), FLEET, pk).authorize(old_token, b"alice")
     path.write_bytes(b"half a file")  # a bad copy: the good list stays in force
     assert g.authorize(T.mint("acme", new_key, b"alice", FLEET), b"alice").id == "acme"
 

@@ -34,7 +34,8 @@ from vault_raft.crypto import opaque
 from vault_raft.crypto.ksf import IDENTITY_KSF
 from vault_raft.fleet.config import FleetInfo, NodeConfig
 from vault_raft.fleet.create import init_fleet
-from vault_raft.fleet.tenants import Gate, local_token_source
+from vault_raft.fleet.tenant_gate import Gate
+from vault_raft.fleet.tenants import local_token_source
 from vault_raft.ops.cluster import LocalCluster, free_base_port, wait_until
 from vault_raft.raft.snapshots import snapshot_bytes
 from vault_raft.storage.files import atomic_write

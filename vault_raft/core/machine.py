@@ -56,6 +56,10 @@ identifier is its user id (the key the old ``enroll/start`` evaluated for
 anyone).  Nodes propose only version 2, and once a version 2 command has
 been applied a version 1 command is refused (a node of the old version left
 in the fleet cannot add records without tickets).
+
+Why one module: rule 1.  Every decision about a guess is read here, top to
+bottom, next to the transition table; the names the other layers share (the
+statuses and result codes) are in :mod:`vault_raft.core.results`.
 """
 
 from __future__ import annotations

@@ -38,14 +38,15 @@ from vault_raft.crypto.errors import OpaqueError, SealError
 from vault_raft.fleet import tenants as T
 from vault_raft.fleet.config import NodeConfig, opaque_context
 from vault_raft.fleet.keystore import Keystore
-from vault_raft.node.admin import AdminAuthError, AdminVerifier
+from vault_raft.fleet.tenant_gate import Gate
 from vault_raft.node import membership as membership_admin
+from vault_raft.node.admin import AdminAuthError, AdminVerifier
 from vault_raft.node.bridge import commit, raft_call
 from vault_raft.node.httpguard import ApiServer
 from vault_raft.node.metrics import NodeMetrics
+from vault_raft.node.replica import VaultReplica
 from vault_raft.node.validate import ApiError, binary, is_integer, now_ms, user_id
 from vault_raft.raft import _pysyncobj as pso
-from vault_raft.node.replica import VaultReplica
 from vault_raft.raft.replica import FAIL_NAMES
 
 log = logging.getLogger("vault_raft.node.vault_service")
@@ -68,7 +69,7 @@ class VaultService:
         self.fake_attempts_left = cfg.default_max_attempts - 1
         self.peer_ids = dict(cfg.peer_ids)
         self.admin_auth = AdminVerifier(cfg.admin_key, keystore.fleet_id, cfg.node_id)
-        self.gate = T.Gate(cfg.dir, keystore.fleet_id, cfg.admin_key,
+        self.gate = Gate(cfg.dir, keystore.fleet_id, cfg.admin_key,
                            required=cfg.tenants != "off")
         if not self.gate.enforced:
             log.warning("tenant tokens are not checked on this node (%s): anyone who reaches "

@@ -22,6 +22,11 @@ that the bundle is not older than one it already accepted (no replay), and that
 a recent tree head names it as its namespace's newest (no superseded bundle,
 even for a client with no saved state).  Only then may the client send
 anything derived from a recovery code.
+
+Why one module: the encoding and the verification of one format.  The checks
+above depend on each other's order (a signature before the statement it
+covers, inclusion before freshness), and the byte layout they verify is built
+a few lines away; splitting them would make that order harder to audit.
 """
 
 from __future__ import annotations
