@@ -33,10 +33,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
+from vault_raft.errors import VaultRaftError
+
 MAX_CA_DER = 4096  # a fleet CA certificate (Ed25519) is about 380 bytes
 
 
-class ChannelError(ConnectionError):
+class ChannelError(VaultRaftError, ConnectionError):
     """The TLS channel could not be set up (handshake failed or timed out):
     nothing was sent, so the request is safe to try elsewhere."""
 

@@ -19,6 +19,7 @@ import urllib.parse
 
 from vault_raft.api import binding as P
 from vault_raft.api.channel import Channel, ChannelError, connection
+from vault_raft.errors import VaultRaftError
 
 TIME_HEADER = P.TIME_HEADER
 
@@ -30,7 +31,7 @@ _MAX_HEAD = 64 * 1024
 _MAX_BODY = 64 * 1024 * 1024
 
 
-class WireError(Exception):
+class WireError(VaultRaftError):
     """The peer answered with something that is not a msgpack map (``status``:
     the reply's HTTP status; None for a malformed URL)."""
 
@@ -114,7 +115,7 @@ def call(url: str, method: str, path: str, body: dict | None = None,
 
 # ------------------------------------------------------- kept-alive connection
 
-class HttpError(OSError):
+class HttpError(VaultRaftError, OSError):
     """A malformed or unexpected answer on the wire (the connection is dropped)."""
 
 

@@ -27,11 +27,12 @@ import subprocess
 import time
 
 from vault_raft.api.http import Connection
+from vault_raft.errors import VaultRaftError
 
 ETCD_PACKAGE = "etcd-server=3.4.23-4+b4"
 
 
-class EtcdUnavailable(Exception):
+class EtcdUnavailable(VaultRaftError):
     pass
 
 

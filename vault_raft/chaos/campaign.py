@@ -29,6 +29,7 @@ from vault_raft.chaos.proxy import ProxyNet
 from vault_raft.chaos.skewclock import set_offset
 from vault_raft.core.results import Code
 from vault_raft.crypto.errors import OpaqueError
+from vault_raft.errors import VaultRaftError
 from vault_raft.fleet.config import FleetInfo
 from vault_raft.fleet.create import init_fleet
 from vault_raft.fleet.tenants import local_token_source
@@ -59,7 +60,7 @@ class CampaignConfig:
 
 # --------------------------------------------------------------- the client
 
-class _Unsent(Exception):
+class _Unsent(VaultRaftError):
     """The request never left: certainly no effect."""
 
 

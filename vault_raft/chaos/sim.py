@@ -39,6 +39,7 @@ from pysyncobj.transport import Transport
 from vault_raft.chaos.history import History
 from vault_raft.core import machine as M
 from vault_raft.core.results import Code
+from vault_raft.errors import VaultRaftError
 from vault_raft.node.replica import VaultReplica
 from vault_raft.raft import _pysyncobj as pso
 from vault_raft.raft.settings import RaftSettings
@@ -307,7 +308,7 @@ def make_transport(net: SimNet):
 
 # --------------------------------------------------------------- the sim
 
-class SafetyViolation(AssertionError):
+class SafetyViolation(VaultRaftError, AssertionError):
     pass
 
 

@@ -4,24 +4,21 @@ from __future__ import annotations
 
 import json
 import os
-import sys
+
+from vault_raft.errors import UsageError
 
 WORKLOADS_FILE = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
     "bench", "workloads.json")
 
 
-class _Usage(Exception):
-    pass
-
-
 def _ints(text: str, what: str, lo: int, hi: int) -> tuple[int, ...]:
     try:
         vals = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise _Usage(f"{what} must be comma-separated integers") from None
+        raise UsageError(f"{what} must be comma-separated integers") from None
     if not vals or any(not lo <= v <= hi for v in vals):
-        raise _Usage(f"{what} values must be in {lo}..{hi}")
+        raise UsageError(f"{what} values must be in {lo}..{hi}")
     return vals
 
 
@@ -59,35 +56,26 @@ def run(a) -> int:
         with open(a.workloads_file) as f:
             defs = json.load(f)
     except (OSError, ValueError) as exc:
-        print(f"vault-raft bench: cannot read workload definitions {a.workloads_file}: {exc}",
-              file=sys.stderr)
-        return 2
+        raise UsageError(f"bench: cannot read workload definitions {a.workloads_file}: "
+                         f"{exc}") from None
     workloads = tuple(w for w in a.workload.split(",") if w)
     unknown = [w for w in workloads if w not in defs.get("vault", {})]
     if unknown or not workloads:
-        print(f"vault-raft bench: unknown workload(s) {unknown}; known: "
-              f"{', '.join(defs.get('vault', {}))}", file=sys.stderr)
-        return 2
+        raise UsageError(f"bench: unknown workload(s) {unknown}; known: "
+                         f"{', '.join(defs.get('vault', {}))}")
     compare = () if a.compare == "none" else tuple(c for c in a.compare.split(",") if c)
     if any(c not in ("etcd", "pysyncobj", "floor", "channel", "mark") for c in compare):
-        print("vault-raft bench: --compare takes etcd, pysyncobj, floor, channel, mark or none",
-              file=sys.stderr)
-        return 2
+        raise UsageError("bench: --compare takes etcd, pysyncobj, floor, channel, mark or none")
     if not 3 <= a.nodes <= 9 or a.duration <= 0 or a.samples < 10:
-        print("vault-raft bench: --nodes 3..9, --duration > 0, --samples >= 10", file=sys.stderr)
-        return 2
-    try:
-        cfg = Config(out=a.out, nodes=a.nodes, duration=a.duration,
-                     concurrency=_ints(a.concurrency, "--concurrency", 1, 256),
-                     compare=compare,
-                     sizes=() if a.sizes == "none" else _ints(a.sizes, "--sizes", 3, 9),
-                     growth=() if a.growth == "none" else _ints(a.growth, "--growth", 100,
-                                                                5_000_000),
-                     samples=a.samples, workloads=workloads, quiet=a.quiet,
-                     target_rate=max(0.0, a.target_rate))
-    except _Usage as exc:
-        print(f"vault-raft bench: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError("bench: --nodes 3..9, --duration > 0, --samples >= 10")
+    cfg = Config(out=a.out, nodes=a.nodes, duration=a.duration,
+                 concurrency=_ints(a.concurrency, "--concurrency", 1, 256),
+                 compare=compare,
+                 sizes=() if a.sizes == "none" else _ints(a.sizes, "--sizes", 3, 9),
+                 growth=() if a.growth == "none" else _ints(a.growth, "--growth", 100,
+                                                            5_000_000),
+                 samples=a.samples, workloads=workloads, quiet=a.quiet,
+                 target_rate=max(0.0, a.target_rate))
     res = run_bench(cfg)
     res["workload_definitions"] = defs
     os.makedirs(a.out, exist_ok=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+from vault_raft.errors import UsageError
 
 
 def register(sub) -> None:
@@ -27,12 +27,9 @@ def run(a) -> int:
     kinds = () if a.nemesis == "none" else tuple(k for k in a.nemesis.split(",") if k)
     bad = [k for k in kinds if k not in NEMESES]
     if bad:
-        print(f"vault-raft chaos: unknown nemesis {bad}; choose from {', '.join(NEMESES)}",
-              file=sys.stderr)
-        return 2
+        raise UsageError(f"chaos: unknown nemesis {bad}; choose from {', '.join(NEMESES)}")
     if not 3 <= a.nodes <= 9 or a.duration < 5 or a.owners < 1 or a.attackers < 0:
-        print("vault-raft chaos: --nodes 3..9, --duration >= 5, --owners >= 1", file=sys.stderr)
-        return 2
+        raise UsageError("chaos: --nodes 3..9, --duration >= 5, --owners >= 1")
     res = run_campaign(CampaignConfig(out=a.out, nodes=a.nodes, duration=a.duration,
                                       nemesis=kinds, seed=a.seed, owners=a.owners,
                                       attackers=a.attackers, quiet=a.quiet,

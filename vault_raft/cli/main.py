@@ -32,6 +32,7 @@ import sys
 from vault_raft import client as C
 from vault_raft import limits
 from vault_raft.cli.trust import TrustCommandError
+from vault_raft.errors import UsageError
 from vault_raft.fleet import tenants as T
 from vault_raft.fleet.config import ConfigError, FleetInfo
 from vault_raft.fleet.create import init_fleet, load_spec
@@ -46,10 +47,6 @@ from vault_raft.trust.bundle import TrustError
 from vault_raft.trust.witness import WitnessLogCorrupt
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_WRONG, EXIT_NORECORD, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4, 5
-
-
-class UsageError(Exception):
-    pass
 
 
 # ------------------------------------------------------------ secrets input

@@ -8,10 +8,11 @@ import hashlib
 import os
 import sys
 
+from vault_raft.errors import VaultRaftError
 from vault_raft.trust import bundle as B
 
 
-class TrustCommandError(Exception):
+class TrustCommandError(VaultRaftError):
     """A trust command could not do its job (message says why); exit 1."""
 
 

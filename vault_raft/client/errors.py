@@ -7,21 +7,31 @@
 
 from __future__ import annotations
 
+from vault_raft.errors import (
+    EXIT_ERROR,
+    EXIT_NO_RECORD,
+    EXIT_UNAUTHORIZED,
+    EXIT_UNAVAILABLE,
+    EXIT_UNTRUSTED,
+    EXIT_USAGE,
+    EXIT_WRONG_CODE,
+    VaultRaftError,
+)
 from vault_raft.trust import bundle as B
 
 
-class VaultError(Exception):
-    exit_code = 1
+class VaultError(VaultRaftError):
+    """Base of the client's errors."""
 
 
 class InvalidInput(VaultError):
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 class WrongCode(VaultError):
     """The recovery code was wrong (or the user is not enrolled: by design
     the two cannot be told apart).  ``attempts_left`` says how many remain."""
-    exit_code = 3
+    exit_code = EXIT_WRONG_CODE
 
     def __init__(self, attempts_left: int):
         super().__init__(f"wrong recovery code; {attempts_left} attempt"
@@ -30,11 +40,11 @@ class WrongCode(VaultError):
 
 
 class NoRecord(VaultError):
-    exit_code = 4
+    exit_code = EXIT_NO_RECORD
 
 
 class Unavailable(VaultError):
-    exit_code = 5
+    exit_code = EXIT_UNAVAILABLE
 
 
 class ClockSkew(Unavailable):
@@ -43,17 +53,17 @@ class ClockSkew(Unavailable):
 
 
 class AlreadyEnrolled(VaultError):
-    exit_code = 1
+    exit_code = EXIT_ERROR
 
 
 class ServerError(VaultError):
-    exit_code = 1
+    exit_code = EXIT_ERROR
 
 
 class NotAuthorized(VaultError):
     """The fleet refused the tenant token (missing, expired, for another user
     or fleet); nothing was proposed."""
-    exit_code = 7
+    exit_code = EXIT_UNAUTHORIZED
 
 
 class Untrusted(VaultError):
@@ -61,7 +71,7 @@ class Untrusted(VaultError):
     node through the channel key the fleet pins; nothing derived from the
     recovery code was sent.  ``reason`` is the specific
     :class:`~vault_raft.trust.bundle.TrustError` subclass."""
-    exit_code = 6
+    exit_code = EXIT_UNTRUSTED
 
     def __init__(self, message: str, reason: type = B.TrustError):
         super().__init__(message)

@@ -74,6 +74,7 @@ import msgpack
 from vault_raft import limits
 from vault_raft.core import results as R
 from vault_raft.core.results import Code
+from vault_raft.errors import VaultRaftError
 
 COMMAND_VERSION = 2
 SNAPSHOT_VERSION = 2
@@ -158,7 +159,7 @@ class Record:
         return r
 
 
-class BadCommand(Exception):
+class BadCommand(VaultRaftError):
     """Internal: the command is malformed (never escapes ``apply``)."""
 
 

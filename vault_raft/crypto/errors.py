@@ -7,8 +7,10 @@ one of these.  Nothing returns partial output, and no lower-level exception
 
 from __future__ import annotations
 
+from vault_raft.errors import VaultRaftError
 
-class CryptoError(Exception):
+
+class CryptoError(VaultRaftError):
     """Base class of every error raised by :mod:`vault_raft.crypto`."""
 
 

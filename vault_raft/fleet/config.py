@@ -36,6 +36,7 @@ from vault_raft import limits
 from vault_raft.api.channel import ca_der_from_pem, check_ca, server_context
 from vault_raft.crypto.errors import OpaqueError
 from vault_raft.crypto.ksf import KSF
+from vault_raft.errors import EXIT_USAGE, VaultRaftError
 from vault_raft.trust.bundle import FleetEntry
 
 FLEET_VERSION = 1
@@ -44,8 +45,10 @@ STATEMENTS_FILE = "node-statements.bin"  # each node's signed key statement (dep
 MAX_NODES = 9
 
 
-class ConfigError(Exception):
+class ConfigError(VaultRaftError):
     """A fleet or node config is missing or invalid (message says which and why)."""
+
+    exit_code = EXIT_USAGE
 
 
 def opaque_context(fleet_id: str) -> bytes:

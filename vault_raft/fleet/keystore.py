@@ -33,14 +33,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from vault_raft.crypto import seal as S
 from vault_raft.crypto.errors import CryptoError, SealError
 from vault_raft.crypto.opaque import ServerSetup
+from vault_raft.errors import EXIT_USAGE, VaultRaftError
 from vault_raft.storage.files import atomic_write
 from vault_raft.trust.deployment import KEY_STATEMENT_V
 
 KEYSTORE_VERSION = 1
 
 
-class KeystoreError(Exception):
+class KeystoreError(VaultRaftError):
     """The keystore file is missing, unreadable, too permissive or malformed."""
+
+    exit_code = EXIT_USAGE
 
 
 def _secret_ad(user: bytes, version: bytes) -> bytes:

@@ -29,6 +29,7 @@ from typing import Callable
 import msgpack
 
 from vault_raft.api import http as wire
+from vault_raft.errors import VaultRaftError
 from vault_raft.fleet.config import STATEMENTS_FILE, ConfigError, FleetInfo
 from vault_raft.fleet.keystore import load_signing_key, new_signing_key_file
 from vault_raft.storage.files import atomic_write
@@ -44,7 +45,7 @@ DEPLOYMENT_FILE = "deployment.bin"
 CLIENT_VERSION = 1
 
 
-class OperatorError(Exception):
+class OperatorError(VaultRaftError):
     """Publishing failed (the message says where and whether to retry)."""
 
 

@@ -50,6 +50,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from vault_raft import limits
+from vault_raft.errors import EXIT_UNAUTHORIZED, VaultRaftError
 
 log = logging.getLogger("vault_raft.fleet.tenants")
 
@@ -66,15 +67,17 @@ DEFAULT_LIMITS = {"tenant_rate": 2000.0, "tenant_burst": 4000.0,
                   "user_rate": 10.0, "user_burst": 30.0}
 
 
-class TenantError(Exception):
+class TenantError(VaultRaftError):
     """The tenant list is missing, malformed, or not signed by the fleet admin key."""
 
 
-class Unauthorized(Exception):
+class Unauthorized(VaultRaftError):
     """A token was refused; the message says why (one line, no secrets)."""
 
+    exit_code = EXIT_UNAUTHORIZED
 
-class RateLimited(Exception):
+
+class RateLimited(VaultRaftError):
     def __init__(self, message: str, retry_after: float):
         super().__init__(message)
         self.retry_after = retry_after

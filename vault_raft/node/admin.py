@@ -25,12 +25,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from vault_raft.errors import VaultRaftError
+
 ADMIN_V = "vault-raft admin v1"
 SKEW_MS = 30_000
 OPS = ("status", "transfer", "compact", "member")  # member: node.membership
 
 
-class AdminAuthError(Exception):
+class AdminAuthError(VaultRaftError):
     """The admin request is not authentic, fresh and unused (message says which)."""
 
 

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from vault_raft.api import binding as P
+from vault_raft.errors import VaultRaftError
 from vault_raft.fleet.operator import (
     TRUST_FILE,
     OperatorError,
@@ -65,7 +66,7 @@ MAX_PAGE_BYTES = 1 << 20  # a page of 512 statements is ~60 KiB
 CONSISTENCY_CACHE = 256  # consistency proofs kept per head (one per ``since`` asked)
 
 
-class NoBundle(Exception):
+class NoBundle(VaultRaftError):
     """Nothing was published to this node yet (or its trust file is unusable)."""
 
 

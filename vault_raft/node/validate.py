@@ -9,9 +9,10 @@ import time
 from typing import Any
 
 from vault_raft.api import binding as P
+from vault_raft.errors import VaultRaftError
 
 
-class ApiError(Exception):
+class ApiError(VaultRaftError):
     """A refusal: answered ``{"error": code, "message": message, **extra}``
     with ``status`` (``code`` defaults to the status's, protocol.ERRORS).
     ``close``: the connection is closed after the reply."""

@@ -20,13 +20,14 @@ from collections.abc import Callable, Iterable
 
 from vault_raft.api import channel as CH
 from vault_raft.api import http as wire
+from vault_raft.errors import VaultRaftError
 from vault_raft.fleet.config import ADMIN_KEY_FILE, FleetInfo
 from vault_raft.fleet.create import port_free
 from vault_raft.fleet.keystore import load_signing_key
 from vault_raft.node.admin import sign_request
 
 
-class ClusterError(Exception):
+class ClusterError(VaultRaftError):
     pass
 
 

@@ -34,6 +34,7 @@ import signal
 import subprocess
 import time
 
+from vault_raft.errors import VaultRaftError
 from vault_raft.fleet.create import init_fleet
 
 NS_PREFIX = "vault-raft-"
@@ -42,7 +43,7 @@ LOCK_FILE = "/tmp/vault-raft-netns.lock"  # choosing a subnet and claiming it is
 _NS_NAME = re.compile(r"^vault-raft-(\d+)-([0-9a-f]{6})-n\d+$")
 
 
-class NetnsError(Exception):
+class NetnsError(VaultRaftError):
     """A namespace or link could not be made (the message has ip's error)."""
 
 

@@ -37,6 +37,7 @@ import time
 from aiohttp import web
 
 from vault_raft.api import binding as P
+from vault_raft.errors import VaultRaftError
 from vault_raft.fleet.keystore import load_signing_key, new_signing_key_file
 from vault_raft.node.replies import reply
 from vault_raft.node.serving import SiteServer, serve_until_signal
@@ -56,7 +57,7 @@ log = logging.getLogger("vault_raft.witness")
 PAGE = 512
 
 
-class WitnessConfigError(Exception):
+class WitnessConfigError(VaultRaftError):
     pass
 
 

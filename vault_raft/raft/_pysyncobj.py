@@ -36,13 +36,15 @@ import pysyncobj.syncobj as _so
 import pysyncobj.transport as _tr
 from pysyncobj.version import VERSION
 
+from vault_raft.errors import VaultRaftError
+
 SUPPORTED_VERSION = "0.3.17"
 
 _LEADER = 2  # pysyncobj's _RAFT_STATE.LEADER
 ROLES = {0: "follower", 1: "candidate", 2: "leader"}
 
 
-class PysyncobjMismatch(ImportError):
+class PysyncobjMismatch(VaultRaftError, ImportError):
     """The installed pysyncobj is not the one the replica's hooks were written for."""
 
 

@@ -32,6 +32,7 @@ import struct
 
 import msgpack
 
+from vault_raft.errors import VaultRaftError
 from vault_raft.raft import membership as _members
 
 MAX_FRAME = 1 << 20  # 1 MiB: an append batch (64 KiB) or a snapshot chunk, with room
@@ -42,7 +43,7 @@ _REGULAR, _NO_OP = 0, 1
 PING = {"type": "_ping"}  # transport keepalive; never reaches pysyncobj
 
 
-class FrameError(Exception):
+class FrameError(VaultRaftError):
     """A frame that breaks the wire format; the connection is dropped."""
 
 

@@ -39,6 +39,8 @@ import re
 import threading
 from dataclasses import dataclass
 
+from vault_raft.errors import VaultRaftError
+
 MEMBERSHIP = 2  # pysyncobj's _COMMAND_TYPE.MEMBERSHIP
 KINDS = ("add", "rem")
 _ADDR = re.compile(r"^[A-Za-z0-9.\-]{1,200}:[0-9]{1,5}$")
@@ -46,7 +48,7 @@ _NODE_ID = re.compile(r"^[A-Za-z0-9_\-]{1,32}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class MembershipError(ValueError):
+class MembershipError(VaultRaftError, ValueError):
     """Not a membership entry of ours (message says why)."""
 
 

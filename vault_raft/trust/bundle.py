@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from vault_raft.errors import EXIT_UNTRUSTED, VaultRaftError
 from vault_raft.storage.files import atomic_write
 from vault_raft.trust import merkle
 
@@ -58,8 +59,10 @@ MAX_NAMESPACE = 128  # bytes of UTF-8
 MAX_HEAD_AGE = 6 * 3600  # default: how old a tree head a client accepts (client.json)
 
 
-class TrustError(Exception):
+class TrustError(VaultRaftError):
     """The fleet could not be authenticated; nothing may be sent to it."""
+
+    exit_code = EXIT_UNTRUSTED
 
 
 class BundleMalformed(TrustError):

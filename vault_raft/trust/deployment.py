@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from vault_raft.errors import VaultRaftError
 from vault_raft.trust.bundle import FleetEntry
 
 KEY_STATEMENT_V = "vault-raft node keys v1"  # what a node's keystore signs
@@ -30,7 +31,7 @@ RECORD_V = "vault-raft deployment v1"
 MAX_NODES = 64
 
 
-class DeploymentError(Exception):
+class DeploymentError(VaultRaftError):
     """The deployment record does not prove what it should (message says what)."""
 
 

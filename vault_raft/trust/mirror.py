@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from vault_raft.errors import VaultRaftError
 from vault_raft.trust import bundle as B
 from vault_raft.trust import merkle
 
@@ -27,7 +28,7 @@ PageFetcher = Callable[[int], dict]
 MAX_ENTRIES = 1 << 20  # ~64 MiB of hashes: a log this long is years of rate-limited publishing
 
 
-class MirrorFull(Exception):
+class MirrorFull(VaultRaftError):
     """The witness's log outgrew the bound this copy was given."""
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from vault_raft.errors import VaultRaftError
 from vault_raft.storage.files import atomic_write, fsync_dir
 from vault_raft.trust import bundle as B
 from vault_raft.trust import merkle
@@ -39,7 +40,7 @@ from vault_raft.trust import merkle
 _REC = struct.Struct("<II")  # length, crc32
 
 
-class WitnessRefused(Exception):
+class WitnessRefused(VaultRaftError):
     """The bundle breaks a co-signing rule (the message says which)."""
 
 
@@ -57,11 +58,11 @@ class RateLimited(WitnessRefused):
         self.retry_after = retry_after
 
 
-class WitnessLogCorrupt(Exception):
+class WitnessLogCorrupt(VaultRaftError):
     pass
 
 
-class RegistryError(Exception):
+class RegistryError(VaultRaftError):
     """``operators.json`` is unreadable (the message says why)."""
 
 
