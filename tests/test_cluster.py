@@ -14,7 +14,7 @@ from hostile import settled_commit_index
 
 from vault_raft import client as C
 from vault_raft.ops.cluster import wait_until
-from vault_raft.storage.journal import list_segments
+from vault_raft.storage.segments import list_segments
 
 pytestmark = pytest.mark.cluster
 

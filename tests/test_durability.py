@@ -26,7 +26,10 @@ from vault_raft.core.machine import CRED_ID_LEN, NONCE_LEN, encode_command
 from vault_raft.node.replica import VaultReplica
 from vault_raft.ops.cluster import wait_until
 from vault_raft.raft.settings import RaftSettings
+from vault_raft.storage import durability as DU
 from vault_raft.storage import journal as J
+from vault_raft.storage import segments as SG
+from vault_raft.storage.errors import JournalCorrupt, StorageFailed
 
 
 class Recorder:
@@ -171,7 +174,7 @@ def test_torn_tail_is_recovered(tmp_path):
     _fill(path, 10)
     size = os.path.getsize(path)
     with open(path, "ab") as f:  # a record cut short by a crash
-        f.write(J._encode(b"cmd11-long-command", 11, 1)[:13])
+        f.write(SG.encode_record(b"cmd11-long-command", 11, 1)[:13])
     j = J.DurableJournal(path)
     assert len(j) == 10 and j[-1] == (b"cmd10", 10, 1)
     assert os.path.getsize(path) == size
@@ -183,7 +186,7 @@ def test_torn_tail_is_recovered(tmp_path):
 def test_torn_tail_with_bad_checksum_and_zero_fill(tmp_path):
     path = str(tmp_path / "j")
     _fill(path, 5)
-    rec = bytearray(J._encode(b"cmd6", 6, 1))
+    rec = bytearray(SG.encode_record(b"cmd6", 6, 1))
     rec[-1] ^= 0xFF  # last record's body damaged: never synced, never acked
     with open(path, "ab") as f:
         f.write(bytes(rec) + b"\0" * 64)
@@ -194,9 +197,9 @@ def test_damage_in_the_middle_is_fatal(tmp_path):
     path = str(tmp_path / "j")
     _fill(path, 10)
     data = bytearray(open(path, "rb").read())
-    data[len(J.HEADER) + 30] ^= 0x01  # inside the first record
+    data[len(SG.HEADER) + 30] ^= 0x01  # inside the first record
     open(path, "wb").write(bytes(data))
-    with pytest.raises(J.JournalCorrupt):
+    with pytest.raises(JournalCorrupt):
         J.DurableJournal(path)
 
 
@@ -227,7 +230,7 @@ def test_meta_is_checksummed_and_restored_from_the_mark(tmp_path):
     os.unlink(path + ".meta")
     os.unlink(path + ".mark")
     j = J.DurableJournal(path)
-    assert (j.getCurrentTerm(), j.getVotedForNodeId()) == (7, J.LOST_VOTE)
+    assert (j.getCurrentTerm(), j.getVotedForNodeId()) == (7, DU.LOST_VOTE)
 
 
 def test_a_log_shorter_than_the_mark_recovers_before_it_trusts_itself(tmp_path):
@@ -252,8 +255,8 @@ def test_a_deleted_middle_segment_is_named(tmp_path, monkeypatch):
     _small_segments(monkeypatch)
     path = str(tmp_path / "j")
     _fill(path, 60)
-    os.unlink(J.segment_path(path, 2))
-    with pytest.raises(J.JournalCorrupt, match=r"j\.00000002 is missing"):
+    os.unlink(SG.segment_path(path, 2))
+    with pytest.raises(JournalCorrupt, match=r"j\.00000002 is missing"):
         J.DurableJournal(path)
 
 
@@ -261,8 +264,8 @@ def test_a_deleted_last_segment_is_noticed(tmp_path, monkeypatch):
     _small_segments(monkeypatch)
     path = str(tmp_path / "j")
     _fill(path, 60)
-    last = J.list_segments(path)[-1]
-    os.unlink(J.segment_path(path, last))
+    last = SG.list_segments(path)[-1]
+    os.unlink(SG.segment_path(path, last))
     j = J.DurableJournal(path, snapshot_last=None)
     assert j.recovery["need"] == 60 and j[-1][1] < 60
 
@@ -307,7 +310,7 @@ def test_a_storage_failure_is_reported_once_and_nothing_after_the_last_sync_is_k
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(os, "fdatasync", full)
     for _ in range(3):
-        with pytest.raises(J.StorageFailed):
+        with pytest.raises(StorageFailed):
             j.sync()
     assert len(failures) == 1 and failures[0].errno == 28
     monkeypatch.setattr(os, "fdatasync", real)
@@ -353,7 +356,7 @@ def test_segments_roll_and_compaction_deletes_whole_segments(tmp_path, monkeypat
     j.deleteEntriesTo(40)  # entries 1..40 are in a snapshot
     assert j[0][1] == 41
     j._destroy()  # waits for the helper thread's deletions
-    left = J.list_segments(path)
+    left = SG.list_segments(path)
     assert 0 not in left and len(left) < len(segs)
     k = J.DurableJournal(path)
     first = k[0][1]
@@ -375,7 +378,7 @@ def test_the_next_segment_is_made_ahead_of_time(tmp_path, monkeypatch):
         i += 1
         j.add(f"command-{i:04d}".encode(), i, 1)
     j._spare.result()
-    assert os.path.exists(J.segment_path(path, 1)) and len(j.segments) == 1
+    assert os.path.exists(SG.segment_path(path, 1)) and len(j.segments) == 1
 
     def no_create(*a):
         raise AssertionError("segment created at the roll")
@@ -383,10 +386,10 @@ def test_the_next_segment_is_made_ahead_of_time(tmp_path, monkeypatch):
     while len(j.segments) == 1:
         i += 1
         j.add(f"command-{i:04d}".encode(), i, 1)
-    assert j.segments[1] == J.segment_path(path, 1)
+    assert j.segments[1] == SG.segment_path(path, 1)
     monkeypatch.undo()
     j._destroy()  # the spare made for segment 2, if any, is removed
-    assert J.list_segments(path) == [0, 1]
+    assert SG.list_segments(path) == [0, 1]
     assert [e[1] for e in J.DurableJournal(path)] == list(range(1, i + 1))
 
 
@@ -400,9 +403,9 @@ def test_truncation_into_a_sealed_segment_drops_later_segments(tmp_path, monkeyp
     assert [e[1] for e in j] == list(range(1, 13))
     j.sync()
     copy = str(tmp_path / "crash")
-    for seq in J.list_segments(path):  # a crash image: no close, no trim
-        with open(J.segment_path(path, seq), "rb") as src, \
-                open(J.segment_path(copy, seq), "wb") as dst:
+    for seq in SG.list_segments(path):  # a crash image: no close, no trim
+        with open(SG.segment_path(path, seq), "rb") as src, \
+                open(SG.segment_path(copy, seq), "wb") as dst:
             dst.write(src.read())
     k = J.DurableJournal(copy)
     assert [e[1] for e in k] == list(range(1, 13)) and k[-1] == (b"conflict", 12, 2)
@@ -413,9 +416,9 @@ def test_torn_tail_of_the_last_segment_is_recovered(tmp_path, monkeypatch):
     _small_segments(monkeypatch)
     path = str(tmp_path / "j")
     _fill(path, 40)
-    last = J.segment_path(path, J.list_segments(path)[-1])
+    last = SG.segment_path(path, SG.list_segments(path)[-1])
     with open(last, "ab") as f:
-        f.write(J._encode(b"command-41-long", 41, 1)[:15])
+        f.write(SG.encode_record(b"command-41-long", 41, 1)[:15])
     j = J.DurableJournal(path)
     assert [e[1] for e in j] == list(range(1, 41))
     j._destroy()
@@ -432,7 +435,7 @@ def test_a_crash_right_after_a_roll_leaves_an_empty_last_segment(tmp_path, monke
     j.sync()
     last = j.segments[-1]
     with open(last, "r+b") as f:  # the crash: the new segment's first record never landed
-        f.truncate(len(J.HEADER))
+        f.truncate(len(SG.HEADER))
     k = J.DurableJournal(path)  # (the segment made ahead of time may be there too: empty)
     assert [e[1] for e in k] == list(range(1, n)) and len(k.segments) >= 2
     k.add(b"again", n, 1)  # appends go on in an empty segment
@@ -465,11 +468,11 @@ def test_damage_in_a_sealed_segment_is_fatal(tmp_path, monkeypatch):
     _small_segments(monkeypatch)
     path = str(tmp_path / "j")
     _fill(path, 40)
-    first = J.segment_path(path, 0)
+    first = SG.segment_path(path, 0)
     data = bytearray(open(first, "rb").read())
     data[-3] ^= 0x01  # the last record of a sealed segment; later segments are intact
     open(first, "wb").write(bytes(data))
-    with pytest.raises(J.JournalCorrupt):
+    with pytest.raises(JournalCorrupt):
         J.DurableJournal(path)
 
 
@@ -477,9 +480,9 @@ def test_a_missing_segment_is_fatal(tmp_path, monkeypatch):
     _small_segments(monkeypatch)
     path = str(tmp_path / "j")
     _fill(path, 60)
-    seqs = J.list_segments(path)
-    os.unlink(J.segment_path(path, seqs[1]))  # a gap in the log
-    with pytest.raises(J.JournalCorrupt):
+    seqs = SG.list_segments(path)
+    os.unlink(SG.segment_path(path, seqs[1]))  # a gap in the log
+    with pytest.raises(JournalCorrupt):
         J.DurableJournal(path)
 
 
@@ -534,7 +537,7 @@ def test_torn_record_inside_the_reserve_is_dropped(tmp_path):
     _crash_image(j, path, copy)
     with open(copy, "r+b") as f:  # half of record 11 reached the disk
         f.seek(j._end)
-        f.write(J._encode(b"cmd11-long-command", 11, 1)[:20])
+        f.write(SG.encode_record(b"cmd11-long-command", 11, 1)[:20])
     k = J.DurableJournal(copy)
     assert len(k) == 10 and k[-1] == (b"cmd10", 10, 1)
     k.add(b"cmd11", 11, 1)
@@ -632,10 +635,10 @@ def test_compaction_deletes_segments_and_a_restart_keeps_every_entry(tmp_path):
         _wait_leader(rep)
         _enroll_all(rep, [f"u{k}" for k in range(60)])
         journal = os.path.join(data, "raft.journal")
-        before_files = J.list_segments(journal)
+        before_files = SG.list_segments(journal)
         assert len(before_files) >= 4
         rep.compact_now()
-        wait_until(lambda: J.list_segments(journal)[0] != before_files[0], 20,
+        wait_until(lambda: SG.list_segments(journal)[0] != before_files[0], 20,
                    what="a segment deleted")
         _enroll_all(rep, [f"v{k}" for k in range(10)])  # entries after the snapshot
     finally:
@@ -729,6 +732,6 @@ def test_a_failed_spare_segment_is_made_at_the_roll(tmp_path, monkeypatch):
     while len(j.segments) == 1:
         i += 1
         j.add(f"command-{i:04d}".encode(), i, 1)
-    assert calls[:2] == [1, 1] and j.segments[1] == J.segment_path(path, 1)
+    assert calls[:2] == [1, 1] and j.segments[1] == SG.segment_path(path, 1)
     j._destroy()
     assert [e[1] for e in J.DurableJournal(path)] == list(range(1, i + 1))

@@ -22,7 +22,7 @@ from vault_raft.chaos.disk import cut_at, records
 from vault_raft.crypto.ksf import IDENTITY_KSF
 from vault_raft.ops.cluster import LocalCluster, wait_until
 from vault_raft.raft.snapshots import read_snapshot
-from vault_raft.storage import journal as J
+from vault_raft.storage import segments as SG
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 pytestmark = pytest.mark.cluster
@@ -154,8 +154,8 @@ def test_deleted_last_segment_snapshot_and_term_file_are_recovered(cluster_facto
     cl.stop(["n1"])
     os.unlink(os.path.join(data, "snapshot.bin"))  # the journal now starts after a gap
     os.unlink(os.path.join(data, "raft.journal.meta"))  # and the term/vote file is gone
-    segs = J.list_segments(os.path.join(data, "raft.journal"))
-    os.unlink(J.segment_path(os.path.join(data, "raft.journal"), segs[-1]))
+    segs = SG.list_segments(os.path.join(data, "raft.journal"))
+    os.unlink(SG.segment_path(os.path.join(data, "raft.journal"), segs[-1]))
     cl.start(["n1"])
     _wait_recovered(cl, "n1")
     log = open(os.path.join(cl.node_dir("n1"), "node.log")).read()
@@ -165,7 +165,7 @@ def test_deleted_last_segment_snapshot_and_term_file_are_recovered(cluster_facto
     # another node loses its first segment while the snapshot still needs it: a gap
     cl.stop(["n2"])
     j2 = _journal(cl, "n2")
-    first = J.segment_path(j2, J.list_segments(j2)[0])
+    first = SG.segment_path(j2, SG.list_segments(j2)[0])
     covered = read_snapshot(os.path.join(cl.node_dir("n2"), "data", "snapshot.bin"))
     needed = records(first)[-1][2] > covered["entries"][0][1]  # entries past the snapshot?
     os.unlink(first)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import random
 
-from vault_raft.storage import journal as J
+from vault_raft.storage import segments as SG
 
 KINDS = ("cut", "flip", "last-segment", "meta", "snapshot")
 
@@ -30,9 +30,9 @@ def journal_path(node_dir: str) -> str:
 def records(path: str) -> list[tuple[int, int, int]]:
     """(offset, length, index) of each intact record in one segment file."""
     data = open(path, "rb").read()
-    out, off = [], len(J.HEADER)
-    while off + J._REC.size <= len(data):
-        length, _, idx, _ = J._REC.unpack_from(data, off)
+    out, off = [], len(SG.HEADER)
+    while off + SG.REC.size <= len(data):
+        length, _, idx, _ = SG.REC.unpack_from(data, off)
         if length < 16 or off + 8 + length > len(data):
             break
         out.append((off, 8 + length, idx))
@@ -42,7 +42,7 @@ def records(path: str) -> list[tuple[int, int, int]]:
 
 def _last_segment(node_dir: str) -> str:
     path = journal_path(node_dir)
-    return J.segment_path(path, J.list_segments(path)[-1])
+    return SG.segment_path(path, SG.list_segments(path)[-1])
 
 
 def cut_at(node_dir: str, idx: int | None = None) -> str:
@@ -64,10 +64,10 @@ def damage(node_dir: str, kind: str, rng: random.Random) -> str:
     data = os.path.join(node_dir, "data")
     path = journal_path(node_dir)
     if kind == "last-segment":
-        seqs = J.list_segments(path)
+        seqs = SG.list_segments(path)
         if len(seqs) > 1:
-            os.unlink(J.segment_path(path, seqs[-1]))
-            return f"deleted {os.path.basename(J.segment_path(path, seqs[-1]))}"
+            os.unlink(SG.segment_path(path, seqs[-1]))
+            return f"deleted {os.path.basename(SG.segment_path(path, seqs[-1]))}"
         kind = "cut"
     if kind == "snapshot":
         snap = os.path.join(data, "snapshot.bin")

@@ -43,7 +43,7 @@ from vault_raft.errors import VaultRaftError
 from vault_raft.node.replica import VaultReplica
 from vault_raft.raft import _pysyncobj as pso
 from vault_raft.raft.settings import RaftSettings
-from vault_raft.storage.journal import assess_loss, raft_add_position, restore_term
+from vault_raft.storage.durability import assess_loss, raft_add_position, restore_term
 
 SIM_SETTINGS = dict(election_min=0.4, election_max=1.0, heartbeat=0.05, leader_fallback=1.0,
                     connection_timeout=1.5, reconnect=0.3, compaction_min_entries=40,

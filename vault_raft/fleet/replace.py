@@ -36,7 +36,7 @@ from vault_raft.fleet.create import check_bind, check_host
 from vault_raft.fleet.keystore import FileKeystore
 from vault_raft.raft.membership import cert_sha256
 from vault_raft.raft.pki import issue_node_cert
-from vault_raft.storage.journal import atomic_write
+from vault_raft.storage.files import atomic_write
 
 #: copied from the old node's directory as they are (fleet-wide, not the node's own)
 SHARED_FILES = ("ca.crt", "tenants.bin", "trust.bin")

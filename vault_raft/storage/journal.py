@@ -6,17 +6,19 @@ journal replaces it (see :mod:`vault_raft.raft.replica`) and keeps etcd's rule:
 * :meth:`add` / :meth:`deleteEntriesFrom` only *write* (no sync): appends are
   cheap and batch naturally;
 * :meth:`sync` makes everything written so far durable with one
-  ``fdatasync``; the replica's transport calls it before *every* outgoing
-  message, so no node ever acknowledges, votes or replicates an entry that
-  is not on its disk (group commit: one sync per send round, no sync when
-  nothing changed);
+  ``fdatasync``; the replica calls it before every message that depends on
+  the log or the vote (acks, votes, vote requests), so no node acknowledges
+  or votes for an entry that is not on its disk, and the leader calls it
+  right after each append round and at the start of each tick, before it
+  counts its own copy toward a commit (group commit: one sync per round, no
+  sync when nothing changed);
 * :meth:`setCurrentTerm` (term and vote) is written and fsynced, file and
   directory, before it returns -- pysyncobj sends the vote afterwards;
 * the commit index is advisory (Raft does not need it durable; a stale one
   is only lower): it is written in place once a second, with a checksum and
   without a sync, to its own file.
 
-**The durability mark** (``path.mark``): what this node has made durable
+**The durability mark** (``path.mark``, :mod:`.durability`): what this node has made durable
 and may have acknowledged -- the last synced entry (index and term) and the
 term and vote -- in two checksummed slots written alternately in place and
 synced right after each journal sync and each term change.  A second copy
@@ -38,25 +40,19 @@ the term/vote file is reported once to :attr:`DurableJournal.on_failure`
 cache may hold data that never reaches the disk, so nothing written after
 the last good sync is trusted, see ``truncate_after``).
 
-**Segments.**  Like etcd's WAL, the log is a chain of segment files: ``path``
-(segment 0), then ``path.00000001``, ``path.00000002``, ...  Appends go to
-the last one; when it reaches :attr:`DurableJournal.SEGMENT_BYTES` it is
-trimmed and synced, and a new segment is started.  Log compaction then
-deletes whole segments on a helper thread (oldest first, each deletion made
-durable before the next) instead of rewriting the log on the Raft thread;
-the first segment may still hold entries the snapshot covers, and a restart
-drops them again when the snapshot is loaded.
-
-File format (each segment): an 8-byte header ``b"VRJ1\\0\\0\\0\\0"``, then
-records ``len:u32 crc32:u32 idx:u64 term:u64 command`` (little endian;
-``len`` counts idx+term+command, the CRC covers the same bytes).  Indexes
-run on without a gap from segment to segment.  On open, a torn tail --
-damage after which no intact record follows in the log (a partial last
+**Segments** (:mod:`.segments`, which gives the file format).  Appends go
+to the last segment; when it reaches :attr:`DurableJournal.SEGMENT_BYTES`
+it is trimmed and synced, and a new segment is started.  Log compaction
+then deletes whole segments on a helper thread (oldest first, each deletion
+made durable before the next) instead of rewriting the log on the Raft
+thread; the first segment may still hold entries the snapshot covers, and a
+restart drops them again when the snapshot is loaded.  On open, a torn tail
+-- damage after which no intact record follows in the log (a partial last
 record, a bad checksum, zero fill) -- is truncated away: it was never
 synced, hence never acknowledged.  Damage followed by an intact later record
 (or a gap between segments) is corruption of synced data:
-:class:`JournalCorrupt` is raised and the node refuses to start rather than
-forget acknowledged entries.
+:class:`~vault_raft.storage.errors.JournalCorrupt` is raised and the node
+refuses to start rather than forget acknowledged entries.
 """
 
 from __future__ import annotations
@@ -64,31 +60,39 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import struct
 import time
-import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-import msgpack
-
+from vault_raft.storage.durability import (
+    COMMIT,
+    LOST_VOTE,
+    MARK_SLOT,
+    META_ERRORS,
+    UNKNOWN,
+    assess_loss,
+    mark_slot,
+    pack_commit,
+    pack_meta,
+    parse_commit,
+    parse_mark,
+    parse_meta,
+    raft_add_position,
+    restore_term,
+)
 from vault_raft.storage.errors import JournalCorrupt, StorageFailed
 from vault_raft.storage.files import atomic_write, fsync_dir
+from vault_raft.storage.segments import (
+    HEADER,
+    Segment,
+    encode_record,
+    list_segments,
+    scan_records,
+    segment_path,
+    valid_record_after,
+)
 
 log = logging.getLogger("vault_raft.journal")
-
-HEADER = b"VRJ1\0\0\0\0"
-_REC = struct.Struct("<IIQQ")  # len, crc, idx, term
-_MAX_RECORD = 64 * 1024 * 1024
-_COMMIT = struct.Struct("<QI")  # commit index, crc32 of its 8 bytes
-
-
-_MARK_SLOT = 256
-_MARK_VERSION = 1
-#: The vote of a node that lost both its term/vote file and its mark: it may
-#: have voted in its log's last term, so it must not vote again in that term.
-LOST_VOTE = "?lost"
-_UNKNOWN = object()  # snapshot_last not given: the journal alone, no gap check
 
 
 _THREADS: dict[str, ThreadPoolExecutor] = {}
@@ -119,45 +123,6 @@ def _free(lists: list[list]) -> None:
         while items:
             del items[-2000:]
             time.sleep(0.0001)
-
-
-def segment_path(path: str, seq: int) -> str:
-    """File of segment ``seq`` of the journal at ``path``."""
-    return path if seq == 0 else f"{path}.{seq:08d}"
-
-
-def list_segments(path: str) -> list[int]:
-    """Sequence numbers of the segment files present, oldest first."""
-    folder, base = os.path.split(os.path.abspath(path))
-    seqs = []
-    for name in os.listdir(folder):
-        if name == base:
-            seqs.append(0)
-        elif name.startswith(base + ".") and len(name) >= len(base) + 9 \
-                and name[len(base) + 1:].isdigit():
-            seqs.append(int(name[len(base) + 1:]))
-    return sorted(seqs)
-
-
-def _encode(command: bytes, idx: int, term: int) -> bytes:
-    body = struct.pack("<QQ", idx, term) + command
-    return struct.pack("<II", len(body), zlib.crc32(body)) + body
-
-
-def raft_add_position(entries: list, idx: int, term: int) -> tuple[str, int]:
-    """Raft's AppendEntries rule for one incoming entry (receiver step 3-4).
-
-    Returns ("skip", pos) if the log already holds this entry (same index and
-    term: by the log matching property, the same entry), ("cut", pos) if the
-    entry at that index conflicts (different term: drop it and all after it,
-    then append), or ("append", len) otherwise.
-    """
-    if entries:
-        first, last = entries[0][1], entries[-1][1]
-        if first <= idx <= last:
-            pos = idx - first
-            return ("skip", pos) if entries[pos][2] == term else ("cut", pos)
-    return "append", len(entries)
 
 
 class DurableJournal:
@@ -191,7 +156,7 @@ class DurableJournal:
     SEGMENT_BYTES = 16 * 1024 * 1024
 
     def __init__(self, path: str, trace: Callable[..., None] | None = None,
-                 segment_bytes: int | None = None, snapshot_last=_UNKNOWN,
+                 segment_bytes: int | None = None, snapshot_last=UNKNOWN,
                  truncate_after: int | None = None, durability_mark: bool = True):
         """``snapshot_last``: the (index, term) of the last entry the node's
         snapshot covers, or None if it has none (the replica passes it; the
@@ -216,7 +181,7 @@ class DurableJournal:
         self.failed: OSError | None = None
         self._entries: list[tuple[bytes, int, int]] = []
         self._offsets: list[int] = []  # each entry's offset in its segment
-        self._segs: list[_Segment] = []  # oldest first; appends go to the last
+        self._segs: list[Segment] = []  # oldest first; appends go to the last
         self._dirty = False
         self._synced_idx = 0
         self._mark_fd = -1
@@ -241,7 +206,7 @@ class DurableJournal:
         self._check_lost(mark, snapshot_last)
         self._restore_term(mark, snapshot_last)
         end = self._entries[-1][1] if self._entries else 0
-        if snapshot_last not in (_UNKNOWN, None):
+        if snapshot_last not in (UNKNOWN, None):
             end = max(end, snapshot_last[0])
         end = max(end, 1)  # (pysyncobj's first entry, the same on every node)
         if self._commit > end:  # a commit index is only ever as good as the log under it
@@ -261,20 +226,14 @@ class DurableJournal:
             self._meta_state = "missing"
             return {}
         try:
-            if len(raw) < 4 or zlib.crc32(raw[4:]) != struct.unpack("<I", raw[:4])[0]:
-                raise ValueError("checksum mismatch")
-            meta = msgpack.unpackb(raw[4:], raw=False)
-            if not isinstance(meta, dict) or not isinstance(meta.get("term", 0), int):
-                raise ValueError("not a term/vote map")
-            return meta
-        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+            return parse_meta(raw)
+        except META_ERRORS as exc:
             log.warning("journal %s: term/vote file damaged (%s)", self.meta_path, exc)
             self._meta_state = "damaged"
             return {}
 
     def _store_meta(self) -> None:
-        body = msgpack.packb(self._meta, use_bin_type=True)
-        self._io(atomic_write, self.meta_path, struct.pack("<I", zlib.crc32(body)) + body)
+        self._io(atomic_write, self.meta_path, pack_meta(self._meta))
         self._meta_dirty = False
 
     # -------------------------------------------------- durability mark
@@ -282,25 +241,10 @@ class DurableJournal:
         """The newest intact slot of the mark, or None."""
         try:
             with open(self.mark_path, "rb") as f:
-                raw = f.read(2 * _MARK_SLOT)
+                raw = f.read(2 * MARK_SLOT)
         except FileNotFoundError:
             return None
-        best = None
-        for off in (0, _MARK_SLOT):
-            slot = raw[off:off + _MARK_SLOT]
-            if len(slot) < 8:
-                continue
-            length, crc = struct.unpack_from("<II", slot)
-            body = slot[8:8 + length]
-            if length > _MARK_SLOT - 8 or len(body) != length or zlib.crc32(body) != crc:
-                continue
-            try:
-                v, seq, term, vote, high, high_term = msgpack.unpackb(body, raw=False)
-            except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError):
-                continue
-            if v == _MARK_VERSION and (best is None or seq > best["seq"]):
-                best = {"seq": seq, "term": term, "vote": vote, "high": high,
-                        "high_term": high_term}
+        best = parse_mark(raw)
         if best is None:
             log.warning("journal %s: durability mark unreadable; trusting the log as it is",
                         self.mark_path)
@@ -329,11 +273,8 @@ class DurableJournal:
             self._mark_fd = self._io(os.open, self.mark_path, os.O_RDWR | os.O_CREAT, 0o600)
             self._io(fsync_dir, self.mark_path)
         self._mark_seq += 1
-        body = msgpack.packb([_MARK_VERSION, self._mark_seq, state[2], state[3], *high],
-                             use_bin_type=True)
-        rec = struct.pack("<II", len(body), zlib.crc32(body)) + body
-        self._io(os.pwrite, self._mark_fd, rec.ljust(_MARK_SLOT, b"\0"),
-                 (self._mark_seq % 2) * _MARK_SLOT)
+        slot, offset = mark_slot(self._mark_seq, state[2], state[3], *high)
+        self._io(os.pwrite, self._mark_fd, slot, offset)
         self._mark_written = state
         return True
 
@@ -371,7 +312,7 @@ class DurableJournal:
         lost) the log's last term with an unknown vote."""
         meta = self._meta if "term" in self._meta else None
         last_term = max([e[2] for e in self._entries[-1:]]
-                        + [snapshot_last[1] if snapshot_last not in (_UNKNOWN, None) else 0])
+                        + [snapshot_last[1] if snapshot_last not in (UNKNOWN, None) else 0])
         new = restore_term(meta, mark, last_term)
         if new is None:
             return
@@ -404,13 +345,12 @@ class DurableJournal:
         legacy = self._meta.pop("commit", 1)
         try:
             with open(self.commit_path, "rb") as f:
-                raw = f.read(_COMMIT.size)
+                raw = f.read(COMMIT.size)
         except FileNotFoundError:
             return legacy
-        if len(raw) == _COMMIT.size:
-            value, crc = _COMMIT.unpack(raw)
-            if zlib.crc32(raw[:8]) == crc:
-                return value
+        value = parse_commit(raw)
+        if value is not None:
+            return value
         # Torn by a crash (it is written without a sync): any lower value is
         # safe, the entries are applied again as the leader confirms them.
         log.warning("%s: unreadable commit index, starting from %d", self.commit_path, legacy)
@@ -420,78 +360,15 @@ class DurableJournal:
         if self._commit_fd < 0:
             self._commit_fd = self._io(os.open, self.commit_path, os.O_WRONLY | os.O_CREAT,
                                        0o600)
-        value = struct.pack("<Q", self._commit)
-        self._io(os.pwrite, self._commit_fd, value + struct.pack("<I", zlib.crc32(value)), 0)
+        self._io(os.pwrite, self._commit_fd, pack_commit(self._commit), 0)
         self._commit_dirty = False
 
     def _open(self) -> None:
-        seqs = list_segments(self.path)
-        if not seqs:
-            atomic_write(self.path, HEADER)
-            seqs = [0]
-        for a, b in zip(seqs, seqs[1:]):  # compaction deletes from the front only
-            if b != a + 1:
-                raise JournalCorrupt(
-                    f"{segment_path(self.path, a + 1)} is missing (between "
-                    f"{os.path.basename(segment_path(self.path, a))} and "
-                    f"{os.path.basename(segment_path(self.path, b))}); refusing to start "
-                    "(acknowledged entries were in it)")
-        prev_idx = None
-        images = []
-        damage = None  # (segment position, offset): where the intact log ends
-        for k, seq in enumerate(seqs):
-            seg = _Segment(seq, segment_path(self.path, seq))
-            with open(seg.path, "rb") as f:
-                data = f.read()
-            if data[:len(HEADER)] != HEADER:
-                raise JournalCorrupt(f"{seg.path}: bad header")
-            images.append(data)
-            if damage is not None:
-                continue
-            self._segs.append(seg)
-            off = good_end = len(HEADER)
-            while off < len(data):
-                if len(data) - off < _REC.size:
-                    break  # torn header of the last record
-                length, crc, idx, term = _REC.unpack_from(data, off)
-                end = off + 8 + length
-                if length < 16 or length > _MAX_RECORD or end > len(data):
-                    break
-                body = data[off + 8:end]
-                if zlib.crc32(body) != crc or (prev_idx is not None and idx != prev_idx + 1):
-                    break
-                self._entries.append((body[16:], idx, term))
-                self._offsets.append(off)
-                if seg.first is None:
-                    seg.first = idx
-                prev_idx = idx
-                off = good_end = end
-            seg.end = good_end
-            if good_end < len(data.rstrip(b"\0")):  # a zero tail is reserved space
-                damage = (k, good_end)
+        seqs = self._segment_seqs()
+        images, damage, prev_idx = self._read_segments(seqs)
         if damage is not None:
-            k, good_end = damage
-            later = [d[:len(d.rstrip(b"\0"))] for d in images[k:]]
-            starts = [good_end] + [len(HEADER)] * (len(later) - 1)
-            if any(self._valid_record_after(d, st - 1, (prev_idx or 0) + 1)
-                   for d, st in zip(later, starts)):
-                raise JournalCorrupt(
-                    f"{segment_path(self.path, seqs[k])}: damaged record at byte {good_end} "
-                    "followed by more data; refusing to start (acknowledged entries may be "
-                    "behind it)")
-            log.warning("journal %s: dropping torn tail of %d bytes at offset %d",
-                        self.path, len(images[k]) - good_end, good_end)
-            spath = segment_path(self.path, seqs[k])
-            with open(spath, "r+b") as f:
-                f.truncate(good_end)
-                os.fsync(f.fileno())
-            images[k] = images[k][:good_end]
-            for seq in seqs[k + 1:]:  # nothing intact in them: zero fill at most
-                os.unlink(segment_path(self.path, seq))
-            if seqs[k + 1:]:
-                fsync_dir(self.path)
-            del self._segs[k + 1:], images[k + 1:]
-        for seg, data in zip(self._segs, images):
+            self._drop_torn_tail(seqs, images, damage, prev_idx)
+        for seg, data in zip(self._segs, images, strict=False):
             seg.fd = os.open(seg.path, os.O_WRONLY)
             seg.alloc = len(data)
             # After a crash of the process alone, what was read above may be
@@ -500,20 +377,76 @@ class DurableJournal:
             os.fdatasync(seg.fd)
         self._synced_idx = self._entries[-1][1] if self._entries else 0
 
-    @staticmethod
-    def _valid_record_after(data: bytes, start: int, next_idx: int) -> bool:
-        """Is there an intact record (good CRC, index >= next_idx) past ``start``?
+    def _segment_seqs(self) -> list[int]:
+        """The segments on disk (a new journal gets segment 0); JournalCorrupt
+        if one is missing between two others."""
+        seqs = list_segments(self.path)
+        if not seqs:
+            atomic_write(self.path, HEADER)
+            seqs = [0]
+        for a, b in zip(seqs, seqs[1:], strict=False):  # compaction deletes from the front
+            if b != a + 1:
+                raise JournalCorrupt(
+                    f"{segment_path(self.path, a + 1)} is missing (between "
+                    f"{os.path.basename(segment_path(self.path, a))} and "
+                    f"{os.path.basename(segment_path(self.path, b))}); refusing to start "
+                    "(acknowledged entries were in it)")
+        return seqs
 
-        If so, the damage at ``start`` is not a torn tail but corruption of
-        data that was synced (and maybe acknowledged).  Only run on recovery.
-        """
-        for off in range(start + 1, len(data) - _REC.size + 1):
-            length, crc, idx, _ = _REC.unpack_from(data, off)
-            if idx < next_idx or length < 16 or off + 8 + length > len(data):
+    def _read_segments(self, seqs: list[int]):
+        """Read every segment, keeping the entries up to the first damage:
+        ``(images, damage, last index)``, ``damage`` being (segment position,
+        offset) where the intact log ends, or None."""
+        prev_idx = None
+        images = []
+        damage = None
+        for k, seq in enumerate(seqs):
+            seg = Segment(seq, segment_path(self.path, seq))
+            with open(seg.path, "rb") as f:
+                data = f.read()
+            if data[:len(HEADER)] != HEADER:
+                raise JournalCorrupt(f"{seg.path}: bad header")
+            images.append(data)
+            if damage is not None:
                 continue
-            if zlib.crc32(data[off + 8:off + 8 + length]) == crc:
-                return True
-        return False
+            self._segs.append(seg)
+            records, good_end = scan_records(data, prev_idx)
+            for command, idx, term, off in records:
+                self._entries.append((command, idx, term))
+                self._offsets.append(off)
+            if records:
+                seg.first = records[0][1]
+                prev_idx = records[-1][1]
+            seg.end = good_end
+            if good_end < len(data.rstrip(b"\0")):  # a zero tail is reserved space
+                damage = (k, good_end)
+        return images, damage, prev_idx
+
+    def _drop_torn_tail(self, seqs: list[int], images: list[bytes], damage: tuple[int, int],
+                        prev_idx: int | None) -> None:
+        """Truncate a torn tail away (and the empty segments after it), or
+        raise JournalCorrupt if an intact record follows the damage."""
+        k, good_end = damage
+        later = [d[:len(d.rstrip(b"\0"))] for d in images[k:]]
+        starts = [good_end] + [len(HEADER)] * (len(later) - 1)
+        if any(valid_record_after(d, st - 1, (prev_idx or 0) + 1)
+               for d, st in zip(later, starts, strict=False)):
+            raise JournalCorrupt(
+                f"{segment_path(self.path, seqs[k])}: damaged record at byte {good_end} "
+                "followed by more data; refusing to start (acknowledged entries may be "
+                "behind it)")
+        log.warning("journal %s: dropping torn tail of %d bytes at offset %d",
+                    self.path, len(images[k]) - good_end, good_end)
+        spath = segment_path(self.path, seqs[k])
+        with open(spath, "r+b") as f:
+            f.truncate(good_end)
+            os.fsync(f.fileno())
+        images[k] = images[k][:good_end]
+        for seq in seqs[k + 1:]:  # nothing intact in them: zero fill at most
+            os.unlink(segment_path(self.path, seq))
+        if seqs[k + 1:]:
+            fsync_dir(self.path)
+        del self._segs[k + 1:], images[k + 1:]
 
     def _segment_of(self, idx: int) -> int:
         """Position in ``_segs`` of the segment holding entry ``idx``."""
@@ -540,7 +473,7 @@ class DurableJournal:
                 return
             if action == "cut":
                 self._truncate(pos)
-        rec = _encode(bytes(command), idx, term)
+        rec = encode_record(bytes(command), idx, term)
         seg = self._segs[-1]
         if seg.first is not None and seg.end + len(rec) > self.SEGMENT_BYTES:
             seg = self._roll()
@@ -561,7 +494,7 @@ class DurableJournal:
         if self.trace:
             self.trace("append", idx, term)
 
-    def _reserve(self, seg: _Segment, need: int) -> None:
+    def _reserve(self, seg: Segment, need: int) -> None:
         """Grow the segment to hold ``need`` more bytes, plus the reserve."""
         size = seg.end + need
         if self.PREALLOCATE:
@@ -576,7 +509,7 @@ class DurableJournal:
                 self.PREALLOCATE = 0
         seg.alloc = max(seg.alloc, size)
 
-    def _roll(self) -> _Segment:
+    def _roll(self) -> Segment:
         """Seal the last segment (trimmed and synced: a torn tail can only be in
         the last segment) and start the next one."""
         old = self._segs[-1]
@@ -592,17 +525,17 @@ class DurableJournal:
             self.trace("segment", seg.seq)
         return seg
 
-    def _create_segment(self, seq: int) -> _Segment:
+    def _create_segment(self, seq: int) -> Segment:
         """A new, empty segment: created atomically (file and directory entry
         durable), its first space reserved.  The helper thread makes the next
         one ahead of time, once the last segment is half full (``_spare``)."""
-        seg = _Segment(seq, segment_path(self.path, seq))
+        seg = Segment(seq, segment_path(self.path, seq))
         atomic_write(seg.path, HEADER)
         seg.fd = os.open(seg.path, os.O_WRONLY)
         self._reserve(seg, 0)
         return seg
 
-    def _take_spare(self) -> _Segment | None:
+    def _take_spare(self) -> Segment | None:
         """The segment made ahead of time, if it was made (None if it failed:
         the caller makes one itself, and reports the error if it fails too)."""
         spare, self._spare = self._spare, None
@@ -656,7 +589,7 @@ class DurableJournal:
         """Index of the last entry known to be on disk."""
         return self._synced_idx
 
-    def _drop_segments(self, dead: list[_Segment]) -> None:
+    def _drop_segments(self, dead: list[Segment]) -> None:
         """Delete whole segments now, durably (truncation, clear, compaction)."""
         for s in dead:
             os.close(s.fd)
@@ -745,7 +678,7 @@ class DurableJournal:
         if self.trace:
             self.trace("compact", first)
 
-    def _retire(self, dead: list[_Segment]) -> None:
+    def _retire(self, dead: list[Segment]) -> None:
         """On the helper thread: closing a segment's last descriptor frees its
         blocks (with discard, synchronously: 11 ms for 50 MB here, more under
         load), so not on the Raft thread."""
@@ -823,54 +756,3 @@ class DurableJournal:
 
 def _raise(exc: OSError):
     raise exc
-
-
-# --------------------------------------------- what a node lost (pure rules)
-# Shared by DurableJournal and the simulation's in-memory journal.
-
-def assess_loss(first: tuple[int, int] | None, last: tuple[int, int] | None,
-                snapshot_last, mark: dict | None) -> dict | None:
-    """Compare a log (its ``first`` and ``last`` (index, term), None if empty)
-    and the snapshot's last entry with the durability mark.  None if nothing
-    acknowledged is missing; else ``{"need", "need_term", "gap", "end"}``:
-    entries up to ``need`` (of term ``need_term``) must come back from a
-    leader; ``gap`` is the (from, to) range missing before the log (whose
-    entries then cannot be applied), ``end`` where the usable log ends."""
-    high = (mark["high"], mark["high_term"]) if mark else (0, 0)
-    gap = None
-    snap_idx = snapshot_last[0] if snapshot_last not in (_UNKNOWN, None) else 0
-    if snapshot_last is not _UNKNOWN and first is not None and first[0] > snap_idx + 1:
-        gap = (snap_idx + 1, first[0] - 1)
-        high = max(high, last)
-    end = snap_idx if gap else max(last[0] if last else 0, snap_idx)
-    if gap is None and high[0] <= end:
-        return None
-    return {"need": high[0], "need_term": high[1], "gap": gap, "end": end}
-
-
-def restore_term(meta: dict | None, mark: dict | None, last_term: int) -> dict | None:
-    """Term and vote to use when they differ from ``meta`` (the term/vote
-    file's, None if lost): the mark's copy if it is ahead, or (both lost) the
-    log's last term with :data:`LOST_VOTE`; None to keep ``meta``."""
-    def rank(term, vote):
-        return (term, vote is not None)
-    if mark is not None and (mark["term"], mark["vote"]) != (0, None) and (
-            meta is None or rank(mark["term"], mark["vote"]) > rank(meta["term"],
-                                                                      meta.get("vote"))):
-        return {"term": mark["term"], "vote": mark["vote"]}
-    if meta is None and mark is None and last_term > 0:
-        return {"term": last_term, "vote": LOST_VOTE}
-    return None
-
-
-class _Segment:
-    """One segment file: its descriptor, first entry, end of records, size."""
-
-    __slots__ = ("seq", "path", "fd", "first", "end", "alloc")
-
-    def __init__(self, seq: int, path: str):
-        self.seq, self.path = seq, path
-        self.fd = -1
-        self.first: int | None = None  # index of its first entry
-        self.end = len(HEADER)  # end of its records
-        self.alloc = len(HEADER)  # file size: records plus reserved space
