@@ -47,3 +47,22 @@ class QuietLog:
 
     def warning(self, kind, msg, *args):
         return self.log(logging.WARNING, kind, msg, *args)
+
+
+class Throttled:
+    """One warning at most every ``every`` seconds; the next one logged says
+    how many were left out since (``more``, formatted with that count)."""
+
+    def __init__(self, logger: logging.Logger, every: float = 60.0,
+                 more: str = " ({} more since)", clock=time.monotonic):
+        self.logger, self.every, self.more, self.clock = logger, every, more, clock
+        self.last, self.skipped = -1e9, 0
+
+    def warn(self, msg: str, *args) -> None:
+        now = self.clock()
+        if now - self.last < self.every:
+            self.skipped += 1
+            return
+        more = self.more.format(self.skipped) if self.skipped else ""
+        self.logger.warning(msg + more, *args)
+        self.last, self.skipped = now, 0

@@ -51,6 +51,7 @@ from vault_raft.fleet.operator import (
     load_trust_file,
     trust_mirror,
 )
+from vault_raft.logs import Throttled
 from vault_raft.trust import bundle as B
 from vault_raft.trust.mirror import Head, LogMirror, MirrorFull
 
@@ -83,22 +84,6 @@ class _View:
     consistency: dict = field(default_factory=dict)  # since -> proof
 
 
-class _Throttled:
-    """A warning at most once a minute, with the number left out."""
-
-    def __init__(self, every: float = 60.0):
-        self.every, self.last, self.skipped = every, -1e9, 0
-
-    def warn(self, msg: str, *args) -> None:
-        now = time.monotonic()
-        if now - self.last < self.every:
-            self.skipped += 1
-            return
-        more = f" ({self.skipped} more since)" if self.skipped else ""
-        log.warning(msg + more, *args)
-        self.last, self.skipped = now, 0
-
-
 class TrustService:
     def __init__(self, node_dir: str):
         self.path = os.path.join(node_dir, TRUST_FILE)
@@ -115,8 +100,8 @@ class TrustService:
         self._last_fetch = -1e9
         self._superseded_since: float | None = None
         self._superseded_said = False
-        self._fetch_warn = _Throttled()
-        self._file_warn = _Throttled()
+        self._fetch_warn = Throttled(log)  # a warning at most once a minute
+        self._file_warn = Throttled(log)
         self.stats = {"fetches": 0, "fetch_failures": 0, "lag_wakeups": 0}
 
     # ------------------------------------------------------------- requests

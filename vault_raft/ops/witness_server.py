@@ -39,6 +39,7 @@ from aiohttp import web
 from vault_raft.api import binding as P
 from vault_raft.errors import VaultRaftError
 from vault_raft.fleet.keystore import load_signing_key, new_signing_key_file
+from vault_raft.logs import Throttled
 from vault_raft.node.replies import reply
 from vault_raft.node.serving import SiteServer, serve_until_signal
 from vault_raft.trust import bundle as B
@@ -134,7 +135,7 @@ def build_app(wl: WitnessLog) -> web.Application:
             # the fsync inside cosign blocks: keep it off the event loop
             st, wsig, idx = await asyncio.to_thread(wl.cosign, canon, sig, opk, int(time.time()))
         except NotRegistered as exc:
-            _refusals.note(request, exc)
+            _refusals.warn("refused a new namespace from %s: %s", request.remote, exc)
             return reply(403, {"error": "not_registered", "message": str(exc)})
         except TooLarge as exc:
             return reply(413, {"error": "too_large", "message": str(exc)})
@@ -187,24 +188,9 @@ def build_app(wl: WitnessLog) -> web.Application:
     return app
 
 
-class _Refusals:
-    """One log line per refused new namespace, at most one every 10 s (with the
-    count of those not logged): a flood of throwaway keys is seen, not echoed."""
-
-    def __init__(self, every: float = 10.0):
-        self.every, self.last, self.skipped = every, -1e9, 0
-
-    def note(self, request: web.Request, exc: Exception) -> None:
-        now = time.monotonic()
-        if now - self.last < self.every:
-            self.skipped += 1
-            return
-        more = f" (and {self.skipped} more refused since)" if self.skipped else ""
-        log.warning("refused a new namespace from %s: %s%s", request.remote, exc, more)
-        self.last, self.skipped = now, 0
-
-
-_refusals = _Refusals()
+# One log line per refused new namespace, at most one every 10 s (with the
+# count of those not logged): a flood of throwaway keys is seen, not echoed.
+_refusals = Throttled(log, 10.0, " (and {} more refused since)")
 
 
 async def _serve(wl: WitnessLog, host: str, port: int) -> None:
