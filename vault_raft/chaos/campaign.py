@@ -8,7 +8,6 @@ operation lands in a :class:`History`; the checkers judge it afterwards.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import random
@@ -18,24 +17,18 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from vault_raft.api import flows
-from vault_raft.api import http as wire
-from vault_raft.api.channel import ChannelError, for_fleet
+from vault_raft.chaos.actor import Actor
 from vault_raft.chaos.checker import Verdict, check_all
-from vault_raft.chaos.disk import KINDS as DISK_KINDS
-from vault_raft.chaos.disk import damage
-from vault_raft.chaos.history import History, Op
+from vault_raft.chaos.history import History
+from vault_raft.chaos.nemesis import NEMESES, Fault, Nemesis, partition_groups, schedule
 from vault_raft.chaos.proxy import ProxyNet
-from vault_raft.chaos.skewclock import set_offset
 from vault_raft.core.results import Code
-from vault_raft.crypto.errors import OpaqueError
-from vault_raft.errors import VaultRaftError
-from vault_raft.fleet.config import FleetInfo
 from vault_raft.fleet.create import init_fleet
 from vault_raft.fleet.tenants import local_token_source
 from vault_raft.ops.cluster import LocalCluster, free_base_port, wait_until
 
-NEMESES = ("partition", "kill", "pause", "slow", "lossy", "clock", "disk")
+__all__ = ["NEMESES", "Actor", "CampaignConfig", "CampaignResult", "Fault", "Nemesis",
+           "partition_groups", "run_campaign", "schedule", "timeline", "write_outputs"]
 
 
 @dataclass
@@ -57,304 +50,6 @@ class CampaignConfig:
     raft: dict = field(default_factory=dict)  # RaftSettings overrides for every node
     extra: dict = field(default_factory=dict)
 
-
-# --------------------------------------------------------------- the client
-
-class _Unsent(VaultRaftError):
-    """The request never left: certainly no effect."""
-
-
-class Actor:
-    """One client process of the history: picks a node per request, records outcomes."""
-
-    def __init__(self, name: str, fleet: FleetInfo, hist: History, rng: random.Random,
-                 urls: dict[str, str], timeout: float = 4.0, token=None):
-        self.name, self.fleet, self.hist, self.rng = name, fleet, hist, rng
-        self.urls = urls
-        self.timeout = timeout
-        self.channel = for_fleet(fleet)  # TLS 1.3 pinned to the fleet CA, as clients connect
-        self.token = token  # user -> the tenant token its requests carry
-
-    def _post(self, nid: str, path: str, body: dict) -> tuple[int, dict]:
-        body = dict(body, deadline_ms=int((time.time() + self.timeout) * 1000))
-        if self.token is not None and "user" in body:
-            body["auth"] = self.token(body["user"])
-        try:
-            return wire.call(self.urls[nid], "POST", path, body, self.timeout, self.channel)
-        except ChannelError as exc:  # TCP or the TLS handshake: a failure sent nothing
-            raise _Unsent(str(exc)) from None
-        except wire.WireError as exc:  # an answer that is not a msgpack map
-            if exc.status is None:  # (a malformed URL)
-                raise
-            return exc.status, {}
-
-    def call(self, op: Op, path: str, body: dict):
-        """POST and classify: returns (status, out) or records fail/info and returns None."""
-        try:
-            st, out = self._post(op.node, path, body)
-        except _Unsent:
-            self.hist.finish(op, "fail", dict(op.value or {}, error="unreachable"))
-            return None
-        except (OSError, http.client.HTTPException):
-            self.hist.finish(op, "info")
-            return None
-        if st == 503:
-            if out.get("proposed") is False:
-                self.hist.finish(op, "fail", dict(op.value or {}, error="unavailable"))
-            else:
-                self.hist.finish(op, "info")
-            return None
-        return st, out
-
-    def node(self) -> str:
-        return self.rng.choice(sorted(self.urls))
-
-    # -- operations
-    def enroll(self, user: str, code: bytes, secret: bytes, max_attempts: int) -> str:
-        """Returns 'ok', Code.EXISTS, or 'unknown'/'failed' (the outcome is not known,
-        or it failed)."""
-        reg = flows.Registration(self.fleet, user.encode(), code)
-        nid = self.node()
-        try:
-            st, out = self._post(nid, "/v1/enroll/start", reg.start_body())
-        except (OSError, http.client.HTTPException, _Unsent):
-            return "failed"
-        if st != 200:
-            return "failed"
-        reg.finish(out)
-        op = self.hist.invoke(self.name, "enroll", user, nid,
-                              {"max_attempts": max_attempts, "secret": secret.hex()})
-        r = self.call(op, "/v1/enroll/finish", reg.enroll_body(secret, max_attempts))
-        if r is None:
-            return "unknown" if op.outcome == "info" else "failed"
-        st, out = r
-        if st == 201:
-            self.hist.finish(op, "ok")
-            return "ok"
-        if st == 409:
-            self.hist.finish(op, "ok", dict(op.value, error=Code.EXISTS))
-            return Code.EXISTS
-        self.hist.finish(op, "fail", dict(op.value, error=out.get("error")))
-        return "failed"
-
-    def begin(self, user: str, code: bytes):
-        """A counted attempt. Returns (login, out) when a KE2 arrived, else None."""
-        login = flows.Login(self.fleet, user.encode(), code)
-        op = self.hist.invoke(self.name, "begin", user, self.node())
-        r = self.call(op, "/v1/recover/start", login.start_body())
-        if r is None:
-            return None
-        st, out = r
-        if st == 200:
-            self.hist.finish(op, "ok", {"attempts_left": out["attempts_left"]})
-            return login, out
-        if st == 410:
-            self.hist.finish(op, "ok", {"destroyed": True})
-            return None
-        self.hist.finish(op, "fail", {"error": out.get("error"), "status": st})
-        return None
-
-    def complete(self, user: str, login: flows.Login, out: dict, f: str = "complete"):
-        """The recovery's second half; returns ``login`` when the secret arrived."""
-        try:
-            login.finish(out)
-        except OpaqueError:
-            return None  # wrong code: the guess ended at KE2
-        op = self.hist.invoke(self.name, f, user, self.node())
-        r = self.call(op, "/v1/recover/finish", login.finish_body())
-        if r is None:
-            return None
-        st, res = r
-        if st == 200:
-            secret = login.open_release(res)
-            self.hist.finish(op, "ok", {"failed_attempts": res["failed_attempts"],
-                                        "secret": secret.hex()})
-            return login
-        if st == 410:
-            self.hist.finish(op, "ok", {"destroyed": True})
-            return None
-        self.hist.finish(op, "fail", {"error": res.get("error"), "status": st})
-        return None
-
-    def write(self, user: str, login: flows.Login, secret: bytes) -> None:
-        body = login.change_secret_body(secret)
-        op = self.hist.invoke(self.name, "write", user, self.node(), {"secret": secret.hex()})
-        r = self.call(op, "/v1/manage", body)
-        if r is None:
-            return
-        st, res = r
-        self.hist.finish(op, "ok" if st == 200 else "fail",
-                         None if st == 200 else dict(op.value, error=res.get("error")))
-
-
-# ------------------------------------------------------------------ nemesis
-
-@dataclass
-class Fault:
-    start: float
-    end: float
-    kind: str
-    params: dict
-
-
-def schedule(seed: int, duration: float, kinds: tuple[str, ...], nodes: list[str]) -> list[Fault]:
-    """The fault schedule: a pure function of the seed (targets like "leader" are
-    resolved when the fault starts)."""
-    rng = random.Random(seed)
-    out, t = [], 3.0
-    n = len(nodes)
-    while kinds and t < duration - 3.0:
-        length = rng.uniform(2.0, 6.0)
-        kind = rng.choice(kinds)
-        p: dict = {}
-        if kind == "partition":
-            shapes = ["halves", "isolate-leader", "isolate", "one-way"]
-            if n >= 5:
-                shapes += ["majority-ring", "bridge"]
-            p["shape"] = rng.choice(shapes)
-            order = nodes[:]
-            rng.shuffle(order)
-            p["order"] = order
-        elif kind in ("kill", "pause", "disk"):
-            p["target"] = rng.choice(["leader", "random"])
-            p["pick"] = rng.randrange(n)
-            if kind == "disk":  # the node is stopped and one file of its disk damaged
-                p["damage"] = rng.choice(DISK_KINDS)
-                p["seed"] = rng.randrange(1 << 30)
-        elif kind == "slow":
-            p["delay"] = round(rng.uniform(0.02, 0.15), 3)
-        elif kind == "lossy":
-            p["resets_per_s"] = round(rng.uniform(0.5, 3.0), 2)
-        elif kind == "clock":  # steps beyond the attempt lifetime (120 s) included
-            p["target"] = rng.choice(["leader", "random"])
-            p["pick"] = rng.randrange(n)
-            p["offset_s"] = round(rng.choice([-1, 1]) * rng.uniform(2.0, 200.0), 1)
-        end = min(t + length, duration - 1.0)
-        out.append(Fault(round(t, 3), round(end, 3), kind, p))
-        t = end + rng.uniform(1.5, 4.0)
-    return out
-
-
-def partition_groups(shape: str, order: list[str], leader: str | None) -> list[list[str]] | dict:
-    n = len(order)
-    if shape == "halves":
-        k = n // 2
-        return [order[:k], order[k:]]
-    if shape in ("isolate", "isolate-leader"):
-        x = leader if shape == "isolate-leader" and leader else order[0]
-        return [[x], [m for m in order if m != x]]
-    if shape == "majority-ring":  # each node sees its two ring neighbours: a majority of 5
-        return {"ring": order}
-    if shape == "bridge":  # two halves joined by one node that sees both
-        k = n // 2
-        return {"bridge": order[k], "left": order[:k], "right": order[k + 1:]}
-    if shape == "one-way":
-        return {"one_way": (order[0], order[1])}
-    raise ValueError(shape)
-
-
-class Nemesis:
-    def __init__(self, cluster: LocalCluster, net: ProxyNet, hist: History,
-                 plan: list[Fault], rng_seed: int):
-        self.cluster, self.net, self.hist, self.plan = cluster, net, hist, plan
-        self.current: str = "none"
-        self.injected: dict[str, int] = {}
-        self._rng = random.Random(rng_seed + 1)
-        self._down: list[str] = []
-        self._paused: list[str] = []
-        self._skewed: list[str] = []
-
-    def _target(self, p: dict) -> str:
-        ids = self.cluster.ids
-        if p.get("target") == "leader":
-            leader = self.cluster.leader()
-            if leader:
-                return leader
-        return ids[p.get("pick", 0) % len(ids)]
-
-    def start_fault(self, f: Fault) -> dict:
-        p = dict(f.params)
-        if f.kind == "partition":
-            g = partition_groups(p["shape"], p["order"], self.cluster.leader())
-            if isinstance(g, list):
-                self.net.partition(g)
-                p["groups"] = g
-            elif "ring" in g:
-                ring = g["ring"]
-                n = len(ring)
-                for i, x in enumerate(ring):
-                    for j, y in enumerate(ring):
-                        if i < j and (j - i) % n not in (1, n - 1):
-                            self.net.cut(x, y)
-                p["ring"] = ring
-            elif "bridge" in g:
-                for x in g["left"]:
-                    for y in g["right"]:
-                        self.net.cut(x, y)
-                p.update(g)
-            else:
-                src, dst = g["one_way"]
-                self.net.block(src, dst)
-                p["one_way"] = [src, dst]
-        elif f.kind == "kill":
-            t = self._target(p)
-            self.cluster.kill(t)
-            self._down.append(t)
-            p["node"] = t
-        elif f.kind == "disk":
-            t = self._target(p)
-            self.cluster.stop([t])
-            p["did"] = damage(self.cluster.node_dir(t), p["damage"], random.Random(p["seed"]))
-            self._down.append(t)
-            p["node"] = t
-        elif f.kind == "pause":
-            t = self._target(p)
-            self.cluster.pause(t)
-            self._paused.append(t)
-            p["node"] = t
-        elif f.kind == "slow":
-            self.net.slow(p["delay"])
-        elif f.kind == "lossy":
-            self.net.lossy(p["resets_per_s"])
-        elif f.kind == "clock":
-            t = self._target(p)
-            set_offset(self.cluster.node_dir(t), p["offset_s"])
-            self._skewed.append(t)
-            p["node"] = t
-        self.injected[f.kind] = self.injected.get(f.kind, 0) + 1
-        return p
-
-    def heal(self) -> None:
-        self.net.heal()
-        for t in self._skewed:
-            set_offset(self.cluster.node_dir(t), 0.0)
-        self._skewed = []
-        for t in self._paused:
-            self.cluster.resume(t)
-        self._paused = []
-        if self._down:
-            self.cluster.start(self._down)
-        self._down = []
-
-    def run(self, t0: float, stop: threading.Event) -> None:
-        for f in self.plan:
-            if stop.wait(max(0.0, t0 + f.start - time.monotonic())):
-                break
-            params = self.start_fault(f)
-            rec = self.hist.fault(f.kind, params)
-            self.current = f"{f.kind} {params.get('shape') or params.get('node') or ''}".strip()
-            end = t0 + f.end
-            while time.monotonic() < end and not stop.is_set():
-                if f.kind == "lossy":
-                    self.net.tick_resets(0.1)
-                time.sleep(0.1)
-            self.heal()
-            self.hist.end_fault(rec)
-            self.current = "none"
-        self.heal()
-
-
-# --------------------------------------------------------------------- run
 
 @dataclass
 class CampaignResult:
@@ -432,11 +127,11 @@ def run_campaign(cfg: CampaignConfig) -> CampaignResult:
         owners = [(f"owner-{i}", f"owner code {i}".encode()) for i in range(cfg.owners)]
         victims = [f"victim-{i}" for i in range(cfg.victims)]
         for user, code in owners:
-            wait_until(lambda: setup.enroll(user, code, os.urandom(16), 100)
+            wait_until(lambda user=user, code=code: setup.enroll(user, code, os.urandom(16), 100)
                        in ("ok", Code.EXISTS), 30, 0.2, f"enrolling {user}")
         for v in victims:
-            wait_until(lambda: setup.enroll(v, b"the victim's code", os.urandom(16),
-                                            cfg.victim_limit) in ("ok", Code.EXISTS),
+            wait_until(lambda v=v: setup.enroll(v, b"the victim's code", os.urandom(16),
+                                                cfg.victim_limit) in ("ok", Code.EXISTS),
                        30, 0.2, f"enrolling {v}")
             limits[v] = cfg.victim_limit
         say(f"enrolled {len(owners)} owners and {len(victims)} victims (limit "
