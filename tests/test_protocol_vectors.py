@@ -2,7 +2,7 @@
 
 * The generator, run again, writes the file byte for byte (the HPKE uploads,
   whose ephemeral keys ``cryptography`` draws itself, are kept while they still
-  open: see vault_raft/protocol_vectors.py).
+  open: see vault_raft/ops/protocol_vectors.py).
 * Without the file to keep them from, only the HPKE uploads and what carries
   them change: everything else is a function of the fixed inputs.
 * The production code accepts every vector: the nodes' keystore opens the
@@ -77,6 +77,11 @@ def test_the_command_line_checks_and_writes(tmp_path, vec):
     r = subprocess.run([sys.executable, "-m", "vault_raft.ops.protocol_vectors", "--check",
                         "--out", str(FILE)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "up to date" in r.stdout, r.stdout + r.stderr
+    # without --out: the repository's docs/vectors/ file, from any working directory
+    assert pathlib.Path(V.DEFAULT_PATH) == FILE
+    r = subprocess.run([sys.executable, "-m", "vault_raft.ops.protocol_vectors", "--check"],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 0 and f"{FILE}: up to date" in r.stdout, r.stdout + r.stderr
     copy = tmp_path / "v.json"
     copy.write_text(FILE.read_text().replace('"format": 1', '"format": 0'))
     r = subprocess.run([sys.executable, "-m", "vault_raft.ops.protocol_vectors", "--check",

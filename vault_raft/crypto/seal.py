@@ -51,7 +51,7 @@ def seal(key: bytes, plaintext: bytes, ad: bytes) -> bytes:
 
 def seal_with_nonce(key: bytes, plaintext: bytes, ad: bytes, nonce: bytes) -> bytes:
     """:func:`seal` with the nonce given: the deterministic seam the protocol's
-    conformance vectors are made with (``vault_raft/protocol_vectors.py``).
+    conformance vectors are made with (``vault_raft/ops/protocol_vectors.py``).
     Everything else calls :func:`seal`, which draws a fresh random nonce: a
     nonce must never be used twice under one key."""
     _check_key(key)

@@ -17,124 +17,48 @@ sealed anew, and the file changes).
 
 ``tests/test_protocol_vectors.py`` regenerates the file and compares it byte for
 byte; ``tests/independent/`` checks every vector with an implementation written
-from ``docs/protocol.md`` alone.
+from ``docs/protocol.md`` alone.  The fixed inputs are made in
+:mod:`vault_raft.ops.vector_inputs`, the trust vectors in
+:mod:`vault_raft.ops.vector_trust`.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import hashlib
 import json
 import os
 import sys
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from vault_raft.api import binding as P
 from vault_raft.crypto import _opaque_core as core
-from vault_raft.crypto import group
 from vault_raft.crypto import seal as S
-from vault_raft.crypto.errors import OpaqueError, SealError
+from vault_raft.crypto.errors import OpaqueError
 from vault_raft.crypto.ksf import DEFAULT_KSF
 from vault_raft.fleet import tenants as T
 from vault_raft.fleet.config import opaque_context
-from vault_raft.fleet.keystore import FileKeystore
-from vault_raft.raft.pki import ca_certificate
+from vault_raft.ops.vector_inputs import (
+    T0,
+    T0_MS,
+    channel_ca_der,
+    ed25519_key,
+    ed_priv,
+    ed_pub,
+    fixed,
+    fixed_scalar,
+    hexed,
+    kept_upload,
+)
+from vault_raft.ops.vector_trust import trust_vectors
 from vault_raft.storage.files import atomic_write
-from vault_raft.trust import bundle as B
-from vault_raft.trust import deployment as D
-from vault_raft.trust import merkle
 
 PROTOCOL = "vault-raft protocol v1"
 FORMAT = 1  # of this file
-DEFAULT_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                            "docs", "vectors", "protocol-v1.json")
-_SEED = b"vault-raft protocol v1 conformance vectors"
+# vault_raft/ops/ -> the repository, whose docs/vectors/ holds the file
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_PATH = os.path.join(_REPO, "docs", "vectors", "protocol-v1.json")
 
-# Fixed times: Unix seconds (T) and the node's clock in ms.
-T0 = 1_790_000_000
-T0_MS = T0 * 1000
-
-
-# ---------------------------------------------------------------- inputs
-
-def fixed(label: str, n: int) -> bytes:
-    """``n`` bytes named ``label``: SHA-512(seed || 0x00 || label || counter) blocks."""
-    out, i = b"", 0
-    while len(out) < n:
-        out += hashlib.sha512(_SEED + b"\0" + label.encode() + i.to_bytes(4, "big")).digest()
-        i += 1
-    return out[:n]
-
-
-def fixed_scalar(label: str) -> bytes:
-    """A non-zero ristretto255 scalar named ``label``."""
-    return group.hash_to_scalar(label.encode(), _SEED)
-
-
-def _ed25519(label: str) -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.from_private_bytes(fixed(label, 32))
-
-
-def _ed_pub(sk: Ed25519PrivateKey) -> bytes:
-    return sk.public_key().public_bytes_raw()
-
-
-def _ed_priv(sk: Ed25519PrivateKey) -> bytes:
-    return sk.private_bytes_raw()
-
-
-def _hex(x):
-    """Bytes as hex, recursively (lists, dicts); other values as they are."""
-    if isinstance(x, (bytes, bytearray)):
-        return bytes(x).hex()
-    if isinstance(x, (list, tuple)):
-        return [_hex(v) for v in x]
-    if isinstance(x, dict):
-        return {k: _hex(v) for k, v in x.items()}
-    return x
-
-
-def _get(previous: dict | None, *path):
-    node = previous
-    for p in path:
-        if not isinstance(node, dict) or p not in node:
-            return None
-        node = node[p]
-    return node
-
-
-def _upload(previous: dict | None, path: tuple, recipient_sk: bytes, recipient_pk: bytes,
-            info: bytes, plaintext: bytes) -> bytes:
-    """An HPKE upload: the previous file's, if it still opens to ``plaintext``
-    under ``info``; else a new one (``cryptography`` draws the ephemeral key)."""
-    prev = _get(previous, *path)
-    if isinstance(prev, dict) and prev.get("info") == info.hex() \
-            and prev.get("plaintext") == plaintext.hex() \
-            and prev.get("recipient_public_key") == recipient_pk.hex():
-        try:
-            ct = bytes.fromhex(prev["ciphertext"])
-            if S.hpke_open(recipient_sk, ct, info) == plaintext:
-                return ct
-        except (SealError, ValueError, TypeError, KeyError):
-            pass
-    return S.hpke_seal(recipient_pk, plaintext, info)
-
-
-def _channel_ca(fleet_id: str, sk: Ed25519PrivateKey) -> bytes:
-    """A fleet CA certificate (DER) in the profile ``fleet init`` makes
-    (``replica/tls.py``), with fixed key, serial and dates: Ed25519 signatures
-    are deterministic, so is the certificate."""
-    start = datetime.datetime.fromtimestamp(T0 - 30 * 86400, datetime.UTC)
-    cert = ca_certificate(fleet_id, sk, int.from_bytes(fixed("ca serial", 8), "big") >> 1,
-                          start)
-    return cert.public_bytes(serialization.Encoding.DER)
-
-
-# ------------------------------------------------------------- the vectors
 
 def build(previous: dict | None = None) -> dict:
     """The vectors (a JSON-ready dict).  ``previous``: the current file, whose
@@ -153,8 +77,8 @@ def build(previous: dict | None = None) -> dict:
     enroll_pk = enroll_sk_obj.public_key().public_bytes_raw()
     seal_key, token_key = fixed("seal key", 32), fixed("token key", 32)
     cluster_secret = fixed("cluster secret", 32).hex()
-    ca_sk = _ed25519("fleet CA key")
-    channel_ca = _channel_ca(fleet_id, ca_sk)
+    ca_sk = ed25519_key("fleet CA key")
+    channel_ca = channel_ca_der(fleet_id, ca_sk)
     endpoints = [f"https://n{i}.vault.example:7201" for i in (1, 2, 3)]
     max_attempts_default = 10
 
@@ -168,18 +92,18 @@ def build(previous: dict | None = None) -> dict:
 
     # ---- lp
     lp_cases = [[], [b""], [b"a"], [b"vault-raft", b"", b"\x00\x01"], [bytes(300)]]
-    lp = [{"parts": _hex(parts), "output": S.length_prefixed(*parts).hex()} for parts in lp_cases]
+    lp = [{"parts": hexed(parts), "output": S.length_prefixed(*parts).hex()} for parts in lp_cases]
 
     # ---- the tenant token the requests below carry
     tenant_id, user_text = "app", "alice"
     user = user_text.encode()
     record_key = tenant_id.encode() + b"\0" + user  # where the node keeps alice's record
-    tenant_sk = _ed25519("tenant key")
+    tenant_sk = ed25519_key("tenant key")
     jti = "dmVjdG9yLWp0aS0x"
     token = T.mint(tenant_id, tenant_sk, user, fleet_id, lifetime=300, now=T0, jti=jti)
     tenant_token = {
-        "tenant": tenant_id, "private_key": _ed_priv(tenant_sk).hex(),
-        "public_key": _ed_pub(tenant_sk).hex(), "user": user_text,
+        "tenant": tenant_id, "private_key": ed_priv(tenant_sk).hex(),
+        "public_key": ed_pub(tenant_sk).hex(), "user": user_text,
         "claims": {"iss": tenant_id, "sub": user_text, "aud": fleet_id, "iat": T0,
                    "exp": T0 + 300, "jti": jti},
         "jwt": token, "valid_at": T0 + 10,
@@ -204,7 +128,7 @@ def build(previous: dict | None = None) -> dict:
     ticket = ticket_seal(P.pack(["enroll", record_key, ticket_nonce, cred_id, ticket_seq,
                                  ticket_expires]), "ticket seal nonce")
     enroll_info = P.upload_info(fleet_id, user, b"enroll", ticket_nonce)
-    enroll_upload = _upload(previous, ("enroll", "upload"), enroll_sk, enroll_pk, enroll_info,
+    enroll_upload = kept_upload(previous, ("enroll", "upload"), enroll_sk, enroll_pk, enroll_info,
                             secret)
 
     # ---- recover with a wrong code (attempt 1 of 5), then the right one (attempt 2)
@@ -256,7 +180,7 @@ def build(previous: dict | None = None) -> dict:
     manage_key = S.session_subkey(session_key, P.MANAGE_KEY)
     new_secret = fixed("the new secret", 48)
     cs_info = P.upload_info(fleet_id, user, b"change_secret", recovery_token)
-    cs_upload = _upload(previous, ("manage", "change_secret_upload"), enroll_sk, enroll_pk,
+    cs_upload = kept_upload(previous, ("manage", "change_secret_upload"), enroll_sk, enroll_pk,
                         cs_info, new_secret)
     new_password = b"new recovery code 4711"
     cc = {"password": new_password, "blind_registration": fixed_scalar("new blind registration"),
@@ -282,80 +206,12 @@ def build(previous: dict | None = None) -> dict:
                        "message": msg.hex(), "proof": proof.hex()})
 
     # ---- trust: deployment record, bundles of epochs 1 and 2, the witness's log
-    operator_sk, witness_sk = _ed25519("operator key"), _ed25519("witness key")
-    node_statements = []
-    opaque_setup = oprf_seed + server_sk + server_pk
-    for i in (1, 2, 3):
-        ks = FileKeystore(fleet_id, opaque_setup, seal_key, token_key, enroll_sk, enroll_pk,
-                          cluster_secret, f"n{i}", fixed(f"node {i} identity key", 32))
-        node_statements.append(ks.key_statement(T0 - 30 * 86400 + i))
-    dep_record, dep_sig = D.assemble(fleet_id, node_statements, operator_sk)
-    entry = B.FleetEntry(fleet_id, "current", server_pk, enroll_pk, tuple(ksf_pairs),
-                         max_attempts_default, tuple(endpoints), D.digest(dep_record), channel_ca)
-    namespace = "example"
-    b1 = B.Bundle(namespace, 1, (entry,), T0 - 40 * 86400, T0 - 10 * 86400, bytes(32))
-    b2 = B.Bundle(namespace, 2, (entry,), T0 - 86400 - 300, T0 + 29 * 86400, b1.digest)
-    others = [B.Bundle("other", e, (entry,), T0 - 50 * 86400, T0 + 86400,
-                       fixed(f"other prev {e}", 32)) for e in (1, 2, 3)]
-    log_order = [(others[0], T0 - 45 * 86400), (b1, T0 - 40 * 86400 + 60),
-                 (others[1], T0 - 20 * 86400), (b2, T0 - 86400),
-                 (others[2], T0 - 3600)]
-    statements = [B.statement(b, ts) for b, ts in log_order]
-    leaves = [merkle.hash_leaf(st) for st in statements]
-    size, leaf_index, seen_size = len(leaves), 3, 2
-    root = merkle.root(leaves)
-    sth = B.tree_head(size, root, T0 - 60, namespace, b2.epoch, b2.digest)
-    signed = B.SignedBundle(
-        bundle=b2.canonical(), operator_sig=operator_sk.sign(b2.canonical()),
-        statement=statements[leaf_index], witness_sig=witness_sk.sign(statements[leaf_index]),
-        leaf_index=leaf_index, inclusion=merkle.inclusion_proof(leaves, leaf_index),
-        sth=sth, sth_sig=witness_sk.sign(sth),
-        consistency=merkle.consistency_proof(leaves, seen_size))
-    state_before = B.TrustState(seen_size, merkle.root(leaves[:seen_size]),
-                                {namespace: [1, b1.digest.hex()]})
-    state_after = B.TrustState(seen_size, state_before.tree_root, dict(state_before.epochs))
-    verified = B.verify(signed, _ed_pub(operator_sk), _ed_pub(witness_sk), state_after, T0,
-                        B.MAX_HEAD_AGE)
-    assert verified == b2
-    trust = {
-        "namespace": namespace,
-        "operator_key": {"private_key": _ed_priv(operator_sk).hex(),
-                         "public_key": _ed_pub(operator_sk).hex()},
-        "witness_key": {"private_key": _ed_priv(witness_sk).hex(),
-                        "public_key": _ed_pub(witness_sk).hex()},
-        "channel_ca": channel_ca.hex(),
-        "fleet_entry": {"fleet_id": fleet_id, "role": "current",
-                        "opaque_server_key": server_pk.hex(), "enroll_key": enroll_pk.hex(),
-                        "ksf": [[k, v] for k, v in ksf_pairs],
-                        "max_attempts": max_attempts_default, "endpoints": endpoints,
-                        "deployment": D.digest(dep_record).hex(), "channel_ca": channel_ca.hex()},
-        "bundle_epoch_1": {"bundle": b1.canonical().hex(), "digest": b1.digest.hex()},
-        "bundle": {"version": b2.version, "epoch": b2.epoch, "not_before": b2.not_before,
-                   "not_after": b2.not_after, "prev_hash": b2.prev_hash.hex(),
-                   "bundle": b2.canonical().hex(), "digest": b2.digest.hex(),
-                   "operator_sig": signed.operator_sig.hex()},
-        "log": [{"statement": st.hex(), "leaf_hash": lh.hex()}
-                for st, lh in zip(statements, leaves)],
-        "statement": {"timestamp": log_order[leaf_index][1],
-                      "statement": signed.statement.hex(),
-                      "witness_sig": signed.witness_sig.hex(), "leaf_index": leaf_index},
-        "tree_head": {"size": size, "root": root.hex(), "timestamp": T0 - 60,
-                      "sth": sth.hex(), "sth_sig": signed.sth_sig.hex()},
-        "inclusion": _hex(signed.inclusion),
-        "client_state_before": {"tree_size": seen_size, "tree_root": state_before.tree_root.hex(),
-                                "epochs": {namespace: [1, b1.digest.hex()]}},
-        "consistency": _hex(signed.consistency),
-        "client_state_after": {"tree_size": state_after.tree_size,
-                               "tree_root": state_after.tree_root.hex(),
-                               "epochs": state_after.epochs},
-        "verify_at": T0, "max_head_age": B.MAX_HEAD_AGE,
-        "trust_reply": P.pack(signed.to_wire()).hex(),
-        "deployment": {
-            "record": dep_record.hex(), "operator_sig": dep_sig.hex(),
-            "node_statements": [{"statement": st.hex(), "signature": sig.hex()}
-                                for st, sig in node_statements],
-            "reply": P.pack({"record": dep_record, "operator_sig": dep_sig}).hex()},
-    }
+    trust = trust_vectors(fleet_id=fleet_id, oprf_seed=oprf_seed, server_sk=server_sk,
+                          server_pk=server_pk, seal_key=seal_key, token_key=token_key,
+                          enroll_sk=enroll_sk, enroll_pk=enroll_pk,
+                          cluster_secret=cluster_secret, channel_ca=channel_ca,
+                          endpoints=endpoints, ksf_pairs=ksf_pairs,
+                          max_attempts_default=max_attempts_default)
 
     # ---- the messages as they travel (msgpack bodies; auth and deadline_ms included)
     deadline = T0_MS + 10_000
@@ -429,13 +285,13 @@ def build(previous: dict | None = None) -> dict:
                        "ciphertext": enroll_upload.hex()},
         },
         "recover_wrong": {
-            "password": wrong_password.hex(), "inputs": _hex(w_inputs),
+            "password": wrong_password.hex(), "inputs": hexed(w_inputs),
             "KE1": w_state.ke1.hex(), "KE2": w_ke2.hex(), "outcome": "wrong_code",
             "client_error": wrong_error, "token": wrong_token.hex(),
             "attempts_left": max_attempts - 1,
         },
         "recover_right": {
-            "password": password.hex(), "inputs": _hex(r_inputs),
+            "password": password.hex(), "inputs": hexed(r_inputs),
             "KE1": r_state.ke1.hex(), "KE2": r_ke2.hex(), "KE3": ke3.hex(),
             "session_key": session_key.hex(), "export_key": login_export.hex(),
             "token": recovery_token.hex(), "attempts_left": max_attempts - 2,
