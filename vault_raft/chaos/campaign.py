@@ -15,6 +15,7 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from vault_raft.chaos.actor import Actor
@@ -126,13 +127,14 @@ def run_campaign(cfg: CampaignConfig) -> CampaignResult:
                       token=token)
         owners = [(f"owner-{i}", f"owner code {i}".encode()) for i in range(cfg.owners)]
         victims = [f"victim-{i}" for i in range(cfg.victims)]
+
+        def enrolled(user: str, code: bytes, limit: int) -> Callable[[], bool]:
+            return lambda: setup.enroll(user, code, os.urandom(16), limit) in ("ok", Code.EXISTS)
         for user, code in owners:
-            wait_until(lambda user=user, code=code: setup.enroll(user, code, os.urandom(16), 100)
-                       in ("ok", Code.EXISTS), 30, 0.2, f"enrolling {user}")
+            wait_until(enrolled(user, code, 100), 30, 0.2, f"enrolling {user}")
         for v in victims:
-            wait_until(lambda v=v: setup.enroll(v, b"the victim's code", os.urandom(16),
-                                                cfg.victim_limit) in ("ok", Code.EXISTS),
-                       30, 0.2, f"enrolling {v}")
+            wait_until(enrolled(v, b"the victim's code", cfg.victim_limit), 30, 0.2,
+                       f"enrolling {v}")
             limits[v] = cfg.victim_limit
         say(f"enrolled {len(owners)} owners and {len(victims)} victims (limit "
             f"{cfg.victim_limit}); starting {cfg.owners + cfg.attackers} clients and the nemesis")
