@@ -15,13 +15,11 @@ nothing.  Any failure of the commit (timeout, leader change, discarded
 entry) is reported as 503 "unavailable": the attempt may still be counted
 later, never the reverse.
 
-This module is over 400 lines: it is the one class whose operations share
-the commit, the tenant gate, the tickets and the tokens.
+The operator's requests (status, admin) are :mod:`vault_raft.node.admin_requests`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import os
@@ -39,15 +37,13 @@ from vault_raft.fleet import tenants as T
 from vault_raft.fleet.config import NodeConfig, opaque_context
 from vault_raft.fleet.keystore import Keystore
 from vault_raft.fleet.tenant_gate import Gate
-from vault_raft.node import membership as membership_admin
-from vault_raft.node.admin import AdminAuthError, AdminVerifier
-from vault_raft.node.bridge import commit, raft_call
+from vault_raft.node import admin_requests
+from vault_raft.node.admin import AdminVerifier
+from vault_raft.node.bridge import commit
 from vault_raft.node.httpguard import ApiServer
 from vault_raft.node.metrics import NodeMetrics
 from vault_raft.node.replica import VaultReplica
 from vault_raft.node.validate import ApiError, binary, is_integer, now_ms, user_id
-from vault_raft.raft import _pysyncobj as pso
-from vault_raft.raft.replica import FAIL_NAMES
 
 log = logging.getLogger("vault_raft.node.vault_service")
 
@@ -318,7 +314,8 @@ class VaultService:
         except SealError:
             log.error("sealed secret of a record failed to open: wrong fleet seal key?")
             raise ApiError(500, "stored secret could not be opened") from None
-        box = S.seal(S.session_subkey(session_key, P.RELEASE_KEY), secret, P.release_ad(user, token))
+        box = S.seal(S.session_subkey(session_key, P.RELEASE_KEY), secret,
+                     P.release_ad(user, token))
         return {"secret_box": box, "failed_attempts": res["failed_attempts"],
                 "max_attempts": res["max_attempts"]}
 
@@ -361,85 +358,12 @@ class VaultService:
             raise ApiError(401, "no fresh successful recovery authorises this change")
         return {"done": res["code"]}
 
-    # ---------------------------------------------------------- status
+    # ------------------------------------------------- status and admin
     def status(self, detail: bool = False) -> dict:
         """Health for anyone; with ``detail`` (admin only) record counts,
-        journal and request statistics as well."""
-        st = self.replica.status()
-        leader = st.get("leader")
-        out = {
-            "node_id": self.cfg.node_id,
-            "fleet_id": self.ks.fleet_id,
-            "role": st.get("role"),
-            "term": st.get("term"),
-            "commit_index": st.get("commit_index"),
-            "last_applied": st.get("last_applied"),
-            "leader": membership_admin.node_name(self.replica, leader, self.peer_ids)
-            if leader else None,
-            "healthy": self.replica.can_serve(),
-        }
-        if detail:
-            out.update(records=st.get("records"), journal_syncs=st.get("journal_syncs"),
-                       synced_index=st.get("synced_index"), log_len=st.get("log_len"),
-                       log_start=st.get("log_start"),
-                       transport=self.cfg.transport, stats=dict(self.stats))
-            if self.nofile is not None:
-                out["open_files"] = dict(self.nofile, in_use=_open_files())
-            if self.http is not None:
-                out["api"] = dict(self.http.stats(), limits=self.http.limits.to_dict())
-            out["members"] = membership_admin.members(self.replica)
-            transport = pso.transport(self.replica)
-            if hasattr(transport, "stats"):  # the mTLS transport
-                out["raft_port"] = transport.stats()
-        return out
+        journal and request statistics as well (:mod:`.admin_requests`)."""
+        return admin_requests.status(self, detail)
 
-    # ----------------------------------------------------------- admin
     async def admin(self, body: dict) -> dict:
-        try:
-            op, args = self.admin_auth.verify(body, now_ms())
-        except AdminAuthError as exc:
-            raise ApiError(401, str(exc)) from None
-        if op == "status":
-            return self.status(detail=True)
-        if op == "compact":
-            self.replica.compact_now()
-            return {"compacting": True}
-        if op == "member":
-            return await membership_admin.change(self.replica, self.cfg.raft_addr, args)
-        return await self._transfer(args.get("to"))
-
-    async def _transfer(self, to: Any) -> dict:
-        """Hand leadership to ``to`` (a node id) or, if None, the best follower."""
-        by_id = {nid: addr for addr, nid in self.cfg.peer_ids}
-        by_id.update({m["node"]: m["addr"] for m in membership_admin.members(self.replica)
-                      if m["node"]})
-        if to is not None and (not isinstance(to, str) or to not in by_id
-                               or to == self.cfg.node_id):
-            raise ApiError(400, "to must be the id of another node of this fleet: "
-                                f"{sorted(n for n in by_id if n != self.cfg.node_id)}")
-        before = self.replica.status().get("leader")
-        target = by_id[to] if to is not None else None
-        try:
-            err = await raft_call(lambda done: self.replica.transfer_leadership(target, done),
-                                  5.0)
-        except asyncio.TimeoutError:
-            raise ApiError(503, "the Raft thread did not take the transfer request within 5 s")\
-                from None
-        if err not in (0, None):
-            raise ApiError(409, f"transfer refused: {FAIL_NAMES.get(err, err)} (this node must "
-                                "lead, and the target must be connected and caught up)")
-        deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline:
-            leader = self.replica.status().get("leader")
-            if leader and leader != before:
-                return {"transferred": True, "leader": self.peer_ids.get(leader, leader)}
-            await asyncio.sleep(0.05)
-        return {"transferred": False, "leader": self.peer_ids.get(before, before)}
-
-
-def _open_files() -> int | None:
-    try:
-        return len(os.listdir("/proc/self/fd"))
-    except OSError:
-        return None
-
+        """A signed admin request (:mod:`.admin_requests`)."""
+        return await admin_requests.admin(self, body)
