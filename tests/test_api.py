@@ -34,6 +34,7 @@ def test_bad_input_gets_4xx_and_changes_nothing(cluster_factory):
     cli.enroll("alice", "code", b"secret", max_attempts=5)
     url = cl.api[cl.ids[0]]
     token = cli.token
+    assert token is not None  # the fleet's local tenant
 
     def pk(d):  # a body naming a valid user carries that user's token: the input is what's bad
         u = d.get("user") if isinstance(d, dict) else None
@@ -143,10 +144,12 @@ def test_cluster_up_down_via_cli_and_clean_sigterm(tmp_path):
         cl = LocalCluster(d)
         pids = {n: cl.pid(n) for n in cl.ids}
         assert all(pids.values())
+        n1 = pids["n1"]
+        assert n1 is not None
         r = vault_cli("cluster", "up", "--dir", d)  # idempotent
         assert r.returncode == 0 and "nothing" in r.stderr
         assert {n: cl.pid(n) for n in cl.ids} == pids
-        os.kill(pids["n1"], signal.SIGTERM)
+        os.kill(n1, signal.SIGTERM)
         wait_until(lambda: not cl.pid("n1"), 10, what="n1 to stop on SIGTERM")
         assert b"stopping" in open(os.path.join(d, "n1", "node.log"), "rb").read()
         r = vault_cli("cluster", "down", "--dir", d)

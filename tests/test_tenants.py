@@ -248,6 +248,7 @@ def test_a_flood_is_answered_429_while_another_user_recovers(cluster_factory):
 def test_nodes_without_a_tenant_list_fail_closed_until_one_arrives(cluster_factory):
     cl = cluster_factory(3, start=False)
     tl = T.load_list(cl.dir)
+    assert tl is not None
     for nid in cl.ids:  # the operator forgot to copy the list to the nodes
         os.unlink(os.path.join(cl.node_dir(nid), T.TENANTS_FILE))
     cl.start()

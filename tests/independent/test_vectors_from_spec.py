@@ -42,7 +42,7 @@ def test_the_independent_implementation_imports_nothing_of_this_repository():
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
                 assert node.level == 0, f"{path.name}: relative import"
-                names = [node.module]
+                names = [node.module or ""]
             else:
                 continue
             for n in names:
