@@ -382,7 +382,7 @@ def test_the_next_segment_is_made_ahead_of_time(tmp_path, monkeypatch):
 
     def no_create(*a):
         raise AssertionError("segment created at the roll")
-    monkeypatch.setattr(J, "atomic_write", no_create)
+    monkeypatch.setattr(SG, "atomic_write", no_create)
     while len(j.segments) == 1:
         i += 1
         j.add(f"command-{i:04d}".encode(), i, 1)

@@ -72,6 +72,7 @@ from vault_raft.raft.snapshots import SnapshotFiles
 from vault_raft.raft.transport import MtlsTransport, TlsConfig
 from vault_raft.storage.files import durable_replace
 from vault_raft.storage.journal import DurableJournal
+from vault_raft.storage.protocol import Journal
 
 log = logging.getLogger("vault_raft.replica")
 
@@ -80,11 +81,12 @@ FAIL_NAMES = {v: k for k, v in vars(FAIL_REASON).items() if not k.startswith("_"
 
 class _DurablePath(str):
     """A journal path that asks for a :class:`DurableJournal` (or, in the
-    deterministic simulation, for the journal ``factory`` returns)."""
+    deterministic simulation, for the journal ``factory`` returns).  The
+    replica depends on the :class:`~vault_raft.storage.protocol.Journal` it gets."""
 
-    journal: DurableJournal | None = None
+    journal: Journal | None = None
     trace: Callable | None = None
-    factory: Callable | None = None
+    factory: Callable[..., Journal] | None = None
     segment_bytes: int | None = None
     snapshot_last: tuple | None = None  # (index, term) the node's snapshot covers
     truncate_after: int | None = None

@@ -57,40 +57,15 @@ refuses to start rather than forget acknowledged entries.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from vault_raft.storage.durability import (
-    COMMIT,
-    LOST_VOTE,
-    MARK_SLOT,
-    META_ERRORS,
-    UNKNOWN,
-    assess_loss,
-    mark_slot,
-    pack_commit,
-    pack_meta,
-    parse_commit,
-    parse_mark,
-    parse_meta,
-    raft_add_position,
-    restore_term,
-)
-from vault_raft.storage.errors import JournalCorrupt, StorageFailed
-from vault_raft.storage.files import atomic_write, fsync_dir
-from vault_raft.storage.segments import (
-    HEADER,
-    Segment,
-    encode_record,
-    list_segments,
-    scan_records,
-    segment_path,
-    valid_record_after,
-)
+from vault_raft.storage.durability import UNKNOWN, DurableState, raft_add_position
+from vault_raft.storage.errors import StorageFailed
+from vault_raft.storage.segments import HEADER, Segment, SegmentFiles, encode_record
 
 log = logging.getLogger("vault_raft.journal")
 
@@ -125,7 +100,7 @@ def _free(lists: list[list]) -> None:
             time.sleep(0.0001)
 
 
-class DurableJournal:
+class DurableJournal(SegmentFiles, DurableState):
     """pysyncobj ``Journal`` interface backed by an append-only, checksummed file.
 
     **Raft-conformant truncation** (``RAFT_CONFORMANT_TRUNCATION``): pysyncobj
@@ -215,119 +190,6 @@ class DurableJournal:
             self._commit = end
             self._commit_dirty = True
 
-    # ------------------------------------------------------------ files
-    def _load_meta(self) -> dict:
-        """Term and vote; {} (with ``_meta_state`` saying why) if the file is
-        missing or damaged: the mark holds a second copy."""
-        try:
-            with open(self.meta_path, "rb") as f:
-                raw = f.read()
-        except FileNotFoundError:
-            self._meta_state = "missing"
-            return {}
-        try:
-            return parse_meta(raw)
-        except META_ERRORS as exc:
-            log.warning("journal %s: term/vote file damaged (%s)", self.meta_path, exc)
-            self._meta_state = "damaged"
-            return {}
-
-    def _store_meta(self) -> None:
-        self._io(atomic_write, self.meta_path, pack_meta(self._meta))
-        self._meta_dirty = False
-
-    # -------------------------------------------------- durability mark
-    def _load_mark(self) -> dict | None:
-        """The newest intact slot of the mark, or None."""
-        try:
-            with open(self.mark_path, "rb") as f:
-                raw = f.read(2 * MARK_SLOT)
-        except FileNotFoundError:
-            return None
-        best = parse_mark(raw)
-        if best is None:
-            log.warning("journal %s: durability mark unreadable; trusting the log as it is",
-                        self.mark_path)
-        else:
-            self._mark_seq = best["seq"]
-        return best
-
-    def _store_mark(self) -> None:
-        """Write the mark (the last synced entry, term and vote) and sync it."""
-        if self._write_mark(self._synced_idx):
-            self._io(os.fdatasync, self._mark_fd)
-
-    def _write_mark(self, synced: int) -> bool:
-        """Write the mark, claiming entries up to ``synced`` durable, into the
-        older slot (not synced); False if there was nothing new to write.
-        While recovering it keeps the entry still to be fetched, so a restart
-        remembers it."""
-        last = self._entries[-1] if self._entries else None
-        high = (last[1], last[2]) if last is not None and last[1] == synced else (0, 0)
-        if self.recovery is not None:
-            high = max(high, (self.recovery["need"], self.recovery["need_term"]))
-        state = (*high, self._meta.get("term", 0), self._meta.get("vote"))
-        if state == self._mark_written or not self.durability_mark:
-            return False
-        if self._mark_fd < 0:
-            self._mark_fd = self._io(os.open, self.mark_path, os.O_RDWR | os.O_CREAT, 0o600)
-            self._io(fsync_dir, self.mark_path)
-        self._mark_seq += 1
-        slot, offset = mark_slot(self._mark_seq, state[2], state[3], *high)
-        self._io(os.pwrite, self._mark_fd, slot, offset)
-        self._mark_written = state
-        return True
-
-    def _check_lost(self, mark: dict | None, snapshot_last) -> None:
-        """Compare what is on disk with what this node made durable (module
-        docstring); enter recovery if acknowledged entries are missing."""
-        first = self._entries[0][1:] if self._entries else None
-        last = self._entries[-1][1:] if self._entries else None
-        loss = assess_loss(first, last, snapshot_last, mark)
-        if loss is None:
-            return
-        reasons = []
-        if loss["gap"]:
-            what = "the snapshot" if snapshot_last is None else "a journal segment"
-            reasons.append(f"entries {loss['gap'][0]}..{loss['gap'][1]} are missing ({what} was "
-                           f"lost; {segment_path(self.path, self._segs[0].seq)} starts at "
-                           f"{first[0]})")
-        else:
-            where = segment_path(self.path, self._segs[-1].seq) if self._segs else self.path
-            reasons.append(f"the log ends at entry {loss['end']} ({where}) but this node had "
-                           f"made entries up to {loss['need']} durable ({self.mark_path}): its "
-                           "tail was damaged or a segment deleted")
-        self.recovery = {"need": loss["need"], "need_term": loss["need_term"],
-                         "reason": "; ".join(reasons)}
-        log.error("journal %s: this node lost acknowledged data: %s. It will not campaign or "
-                  "serve, and votes only for a log that covers entry %d, until its leader has "
-                  "sent entries up to %d.", self.path, self.recovery["reason"], loss["need"],
-                  loss["need"])
-        if loss["gap"]:  # entries after a gap cannot be applied: fetch them again
-            self.clear()
-            self.sync()
-
-    def _restore_term(self, mark: dict | None, snapshot_last) -> None:
-        """Term and vote from the term/vote file, else the mark, else (both
-        lost) the log's last term with an unknown vote."""
-        meta = self._meta if "term" in self._meta else None
-        last_term = max([e[2] for e in self._entries[-1:]]
-                        + [snapshot_last[1] if snapshot_last not in (UNKNOWN, None) else 0])
-        new = restore_term(meta, mark, last_term)
-        if new is None:
-            return
-        if new["vote"] == LOST_VOTE:
-            log.warning("journal %s: term/vote file %s and no durability mark: taking term %d "
-                        "with an unknown vote (no vote in that term)", self.path,
-                        self._meta_state, new["term"])
-        else:
-            log.warning("journal %s: term/vote file %s; term %d and vote %r restored from the "
-                        "durability mark", self.path,
-                        self._meta_state if meta is None else "behind the mark",
-                        new["term"], new["vote"])
-        self._meta = new
-        self._store_meta()
-
     def _io(self, fn, *args):
         """Run one write or sync; report a failure once, then stop (or raise)."""
         try:
@@ -339,131 +201,6 @@ class DurableJournal:
                 if self.on_failure is not None:
                     self.on_failure(exc)
             raise StorageFailed(exc.errno, f"{self.path}: {exc.strerror or exc}") from exc
-
-    def _load_commit(self) -> int:
-        """The advisory commit index: its own file, else an older journal's meta, else 1."""
-        legacy = self._meta.pop("commit", 1)
-        try:
-            with open(self.commit_path, "rb") as f:
-                raw = f.read(COMMIT.size)
-        except FileNotFoundError:
-            return legacy
-        value = parse_commit(raw)
-        if value is not None:
-            return value
-        # Torn by a crash (it is written without a sync): any lower value is
-        # safe, the entries are applied again as the leader confirms them.
-        log.warning("%s: unreadable commit index, starting from %d", self.commit_path, legacy)
-        return legacy
-
-    def _store_commit(self) -> None:
-        if self._commit_fd < 0:
-            self._commit_fd = self._io(os.open, self.commit_path, os.O_WRONLY | os.O_CREAT,
-                                       0o600)
-        self._io(os.pwrite, self._commit_fd, pack_commit(self._commit), 0)
-        self._commit_dirty = False
-
-    def _open(self) -> None:
-        seqs = self._segment_seqs()
-        images, damage, prev_idx = self._read_segments(seqs)
-        if damage is not None:
-            self._drop_torn_tail(seqs, images, damage, prev_idx)
-        for seg, data in zip(self._segs, images, strict=False):
-            seg.fd = os.open(seg.path, os.O_WRONLY)
-            seg.alloc = len(data)
-            # After a crash of the process alone, what was read above may be
-            # the page cache's, never synced: sync it before this node
-            # acknowledges any of it (sync() only syncs what it wrote itself).
-            os.fdatasync(seg.fd)
-        self._synced_idx = self._entries[-1][1] if self._entries else 0
-
-    def _segment_seqs(self) -> list[int]:
-        """The segments on disk (a new journal gets segment 0); JournalCorrupt
-        if one is missing between two others."""
-        seqs = list_segments(self.path)
-        if not seqs:
-            atomic_write(self.path, HEADER)
-            seqs = [0]
-        for a, b in zip(seqs, seqs[1:], strict=False):  # compaction deletes from the front
-            if b != a + 1:
-                raise JournalCorrupt(
-                    f"{segment_path(self.path, a + 1)} is missing (between "
-                    f"{os.path.basename(segment_path(self.path, a))} and "
-                    f"{os.path.basename(segment_path(self.path, b))}); refusing to start "
-                    "(acknowledged entries were in it)")
-        return seqs
-
-    def _read_segments(self, seqs: list[int]):
-        """Read every segment, keeping the entries up to the first damage:
-        ``(images, damage, last index)``, ``damage`` being (segment position,
-        offset) where the intact log ends, or None."""
-        prev_idx = None
-        images = []
-        damage = None
-        for k, seq in enumerate(seqs):
-            seg = Segment(seq, segment_path(self.path, seq))
-            with open(seg.path, "rb") as f:
-                data = f.read()
-            if data[:len(HEADER)] != HEADER:
-                raise JournalCorrupt(f"{seg.path}: bad header")
-            images.append(data)
-            if damage is not None:
-                continue
-            self._segs.append(seg)
-            records, good_end = scan_records(data, prev_idx)
-            for command, idx, term, off in records:
-                self._entries.append((command, idx, term))
-                self._offsets.append(off)
-            if records:
-                seg.first = records[0][1]
-                prev_idx = records[-1][1]
-            seg.end = good_end
-            if good_end < len(data.rstrip(b"\0")):  # a zero tail is reserved space
-                damage = (k, good_end)
-        return images, damage, prev_idx
-
-    def _drop_torn_tail(self, seqs: list[int], images: list[bytes], damage: tuple[int, int],
-                        prev_idx: int | None) -> None:
-        """Truncate a torn tail away (and the empty segments after it), or
-        raise JournalCorrupt if an intact record follows the damage."""
-        k, good_end = damage
-        later = [d[:len(d.rstrip(b"\0"))] for d in images[k:]]
-        starts = [good_end] + [len(HEADER)] * (len(later) - 1)
-        if any(valid_record_after(d, st - 1, (prev_idx or 0) + 1)
-               for d, st in zip(later, starts, strict=False)):
-            raise JournalCorrupt(
-                f"{segment_path(self.path, seqs[k])}: damaged record at byte {good_end} "
-                "followed by more data; refusing to start (acknowledged entries may be "
-                "behind it)")
-        log.warning("journal %s: dropping torn tail of %d bytes at offset %d",
-                    self.path, len(images[k]) - good_end, good_end)
-        spath = segment_path(self.path, seqs[k])
-        with open(spath, "r+b") as f:
-            f.truncate(good_end)
-            os.fsync(f.fileno())
-        images[k] = images[k][:good_end]
-        for seq in seqs[k + 1:]:  # nothing intact in them: zero fill at most
-            os.unlink(segment_path(self.path, seq))
-        if seqs[k + 1:]:
-            fsync_dir(self.path)
-        del self._segs[k + 1:], images[k + 1:]
-
-    def _segment_of(self, idx: int) -> int:
-        """Position in ``_segs`` of the segment holding entry ``idx``."""
-        for k in range(len(self._segs) - 1, -1, -1):
-            first = self._segs[k].first
-            if first is not None and first <= idx:
-                return k
-        return 0
-
-    @property
-    def _end(self) -> int:
-        return self._segs[-1].end
-
-    @property
-    def segments(self) -> list[str]:
-        """The segment files, oldest first."""
-        return [s.path for s in self._segs]
 
     # ------------------------------------------- pysyncobj Journal API
     def add(self, command: bytes, idx: int, term: int) -> None:
@@ -493,69 +230,6 @@ class DurableJournal:
             self._spare = _helper().submit(self._create_segment, seg.seq + 1)
         if self.trace:
             self.trace("append", idx, term)
-
-    def _reserve(self, seg: Segment, need: int) -> None:
-        """Grow the segment to hold ``need`` more bytes, plus the reserve."""
-        size = seg.end + need
-        if self.PREALLOCATE:
-            try:
-                os.posix_fallocate(seg.fd, seg.alloc, size + self.PREALLOCATE - seg.alloc)
-                size += self.PREALLOCATE
-            except OSError as exc:
-                if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                    self._io(_raise, exc)  # no space, or an I/O error: a storage failure
-                # no fallocate on this file system: plain appends still work
-                log.warning("journal %s: cannot reserve space (%s); appending", self.path, exc)
-                self.PREALLOCATE = 0
-        seg.alloc = max(seg.alloc, size)
-
-    def _roll(self) -> Segment:
-        """Seal the last segment (trimmed and synced: a torn tail can only be in
-        the last segment) and start the next one."""
-        old = self._segs[-1]
-        if old.alloc > old.end:
-            self._io(os.ftruncate, old.fd, old.end)
-            old.alloc = old.end
-        self._io(os.fdatasync, old.fd)
-        seg = self._take_spare()
-        if seg is None:
-            seg = self._io(self._create_segment, old.seq + 1)
-        self._segs.append(seg)
-        if self.trace:
-            self.trace("segment", seg.seq)
-        return seg
-
-    def _create_segment(self, seq: int) -> Segment:
-        """A new, empty segment: created atomically (file and directory entry
-        durable), its first space reserved.  The helper thread makes the next
-        one ahead of time, once the last segment is half full (``_spare``)."""
-        seg = Segment(seq, segment_path(self.path, seq))
-        atomic_write(seg.path, HEADER)
-        seg.fd = os.open(seg.path, os.O_WRONLY)
-        self._reserve(seg, 0)
-        return seg
-
-    def _take_spare(self) -> Segment | None:
-        """The segment made ahead of time, if it was made (None if it failed:
-        the caller makes one itself, and reports the error if it fails too)."""
-        spare, self._spare = self._spare, None
-        if spare is None:
-            return None
-        try:
-            return spare.result()
-        except OSError as exc:
-            log.warning("journal %s: next segment not made ahead of time: %s", self.path, exc)
-            return None
-
-    def _drop_spare(self) -> None:
-        """Delete the segment made ahead of time (truncation, clear, close)."""
-        seg = self._take_spare()
-        if seg is not None:
-            os.close(seg.fd)
-            try:
-                os.unlink(seg.path)
-            except FileNotFoundError:
-                pass
 
     def sync(self) -> None:
         """Make every written entry durable (called before each send), then the
@@ -588,14 +262,6 @@ class DurableJournal:
     def synced_index(self) -> int:
         """Index of the last entry known to be on disk."""
         return self._synced_idx
-
-    def _drop_segments(self, dead: list[Segment]) -> None:
-        """Delete whole segments now, durably (truncation, clear, compaction)."""
-        for s in dead:
-            os.close(s.fd)
-            os.unlink(s.path)
-        if dead:
-            fsync_dir(self.path)
 
     def clear(self) -> None:
         self._drop_spare()
@@ -678,17 +344,6 @@ class DurableJournal:
         if self.trace:
             self.trace("compact", first)
 
-    def _retire(self, dead: list[Segment]) -> None:
-        """On the helper thread: closing a segment's last descriptor frees its
-        blocks (with discard, synchronously: 11 ms for 50 MB here, more under
-        load), so not on the Raft thread."""
-        try:
-            fsync_dir(self.path)  # the snapshot covering these entries is in place for good
-            for seg in dead:  # oldest first, each deletion durable: no gap after a crash
-                self._drop_segments([seg])
-        except OSError as exc:  # a leftover segment is dropped again on restart
-            log.error("journal %s: could not delete a compacted segment: %s", self.path, exc)
-
     def __getitem__(self, item):
         return self._entries[item]
 
@@ -722,37 +377,3 @@ class DurableJournal:
 
     def flush(self) -> None:
         self.sync()
-
-    def setRaftCommitIndex(self, raftCommitIndex: int) -> None:
-        if self._commit != raftCommitIndex:
-            self._commit = raftCommitIndex
-            self._commit_dirty = True
-
-    def getRaftCommitIndex(self) -> int:
-        return self._commit
-
-    def setCurrentTerm(self, term: int, votedForNodeId) -> None:
-        self._meta["term"] = term
-        self._meta["vote"] = votedForNodeId
-        self._store_meta()  # durable (file + directory) before pysyncobj sends
-        self._store_mark()  # and its second copy
-        if self.trace:
-            self.trace("term", term, votedForNodeId)
-
-    def getCurrentTerm(self) -> int:
-        return self._meta.get("term", 0)
-
-    def getVotedForNodeId(self):
-        return self._meta.get("vote")
-
-    def onOneSecondTimer(self) -> None:
-        # Only ever after the tick's sync (the replica's _onTick): the index
-        # written never runs ahead of the entries on disk.
-        if self._commit_dirty:
-            self._store_commit()
-        if self._meta_dirty:
-            self._store_meta()
-
-
-def _raise(exc: OSError):
-    raise exc
