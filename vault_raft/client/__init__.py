@@ -12,11 +12,7 @@ rotations to a new fleet (see ``docs/trust.md``).  :class:`Client`
 pins them: the operator's own tools use it).  Both OPAQUE flows pin the
 server key, so a node holding other keys is refused.
 
-Every exception carries the CLI exit code that reports it (:mod:`.errors`)::
-
-    VaultError (1) > WrongCode (3), NoRecord (4), Unavailable (5) > ClockSkew (5),
-                     Untrusted (6), NotAuthorized (7), AlreadyEnrolled (1), InvalidInput (2),
-                     ServerError (1)
+Every exception carries the CLI exit code that reports it (:mod:`.errors`).
 """
 
 from vault_raft.client.errors import (

@@ -19,18 +19,7 @@ from vault_raft.api import binding as P
 from vault_raft.api import channel as CH
 from vault_raft.api import flows
 from vault_raft.api import http as wire
-from vault_raft.client.errors import (
-    AlreadyEnrolled,
-    ClockSkew,
-    InvalidInput,
-    NoRecord,
-    NotAuthorized,
-    ServerError,
-    Unavailable,
-    Untrusted,
-    VaultError,
-    WrongCode,
-)
+from vault_raft.client import errors as E
 from vault_raft.crypto.errors import OpaqueError, SealError
 from vault_raft.fleet.config import FleetInfo
 from vault_raft.fleet.tenants import local_token_source
@@ -54,14 +43,14 @@ class Recovery:
 def _user(user: str | bytes) -> bytes:
     u = user.encode() if isinstance(user, str) else user
     if not isinstance(u, bytes) or not 1 <= len(u) <= P.USER_MAX:
-        raise InvalidInput(f"user id must be 1..{P.USER_MAX} bytes")
+        raise E.InvalidInput(f"user id must be 1..{P.USER_MAX} bytes")
     return u
 
 
 def _code(code: str | bytes) -> bytes:
     c = code.encode() if isinstance(code, str) else code
     if not isinstance(c, bytes) or not 1 <= len(c) <= limits.CODE_MAX:
-        raise InvalidInput(f"recovery code must be 1..{limits.CODE_MAX} bytes")
+        raise E.InvalidInput(f"recovery code must be 1..{limits.CODE_MAX} bytes")
     return c
 
 
@@ -73,7 +62,7 @@ def token_source(token: str | TokenSource | None) -> TokenSource | None:
     if token is None or callable(token):
         return token
     if not isinstance(token, str) or not token:
-        raise InvalidInput("a tenant token must be a non-empty string")
+        raise E.InvalidInput("a tenant token must be a non-empty string")
     return lambda user: token
 
 
@@ -101,7 +90,7 @@ class Client:
         # for a fleet made with --insecure-http (the operator's debugging opt-in)
         self.channel = CH.for_fleet(self.fleet)
         if self.channel is None and any(not e.startswith("http://") for e in self.endpoints):
-            raise Untrusted(f"fleet {self.fleet.fleet_id} pins no channel key: refusing to "
+            raise E.Untrusted(f"fleet {self.fleet.fleet_id} pins no channel key: refusing to "
                             "talk to its nodes over a channel that cannot be authenticated",
                             B.UnpinnedChannel)
 
@@ -110,10 +99,10 @@ class Client:
         try:
             return wire.call(url, method, path, body, self.request_timeout, self.channel)
         except CH.ChannelRefused as exc:  # nothing was sent; an impostor stops everything
-            raise Untrusted(f"{url} is not a node of fleet {self.fleet.fleet_id}: {exc}; "
+            raise E.Untrusted(f"{url} is not a node of fleet {self.fleet.fleet_id}: {exc}; "
                             "nothing was sent", B.WrongChannelKey) from None
         except wire.WireError as exc:
-            raise ServerError(str(exc)) from None
+            raise E.ServerError(str(exc)) from None
 
     def _with_auth(self, body: dict) -> dict:
         """A user request carries its tenant token (fetched per request: tokens
@@ -122,10 +111,10 @@ class Client:
             return body
         try:
             return dict(body, auth=self.token(body["user"]))
-        except VaultError:
+        except E.VaultError:
             raise
         except Exception as exc:  # the app's hook failed: nothing was sent
-            raise InvalidInput(f"could not get a tenant token: {exc}") from None
+            raise E.InvalidInput(f"could not get a tenant token: {exc}") from None
 
     def _post_once(self, url: str, path: str, body: dict) -> tuple[int, dict]:
         return self._call(url, "POST", path, body)
@@ -141,7 +130,7 @@ class Client:
         if off is None:
             try:
                 self._call(url, "GET", "/v1/status")
-            except (OSError, http.client.HTTPException, ServerError) as exc:
+            except (OSError, http.client.HTTPException, E.ServerError) as exc:
                 raise CH.ChannelError(f"{url}: no status: {exc.__class__.__name__}") from None
             off = wire.clock_offset(url)
         return off or 0.0
@@ -183,7 +172,7 @@ class Client:
                 except (TimeoutError, http.client.HTTPException, OSError) as exc:
                     last = f"{url}: {exc.__class__.__name__}"
                     if not retry_timeouts:
-                        raise Unavailable(f"no answer from {url} in time; the attempt may have "
+                        raise E.Unavailable(f"no answer from {url} in time; the attempt may have "
                                           "been counted") from None
                     break
                 if status != 503:
@@ -201,12 +190,12 @@ class Client:
                             continue  # send it again with the deadline in the new offset
                     break
                 if out.get("proposed") is not False and not retry_timeouts:
-                    raise Unavailable(f"{url}: {out.get('message')}")
+                    raise E.Unavailable(f"{url}: {out.get('message')}")
                 break
             if time.monotonic() + delay >= deadline:
                 if clock is not None:
-                    raise ClockSkew(clock)
-                raise Unavailable(f"no majority of the fleet reachable in time ({last})")
+                    raise E.ClockSkew(clock)
+                raise E.Unavailable(f"no majority of the fleet reachable in time ({last})")
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
 
@@ -214,16 +203,16 @@ class Client:
     def _raise(status: int, out: dict) -> None:
         msg = out.get("message", "error")
         if status == 401 and out.get("reason") == "token":
-            raise NotAuthorized(msg)
+            raise E.NotAuthorized(msg)
         if status == 429:
-            raise Unavailable(f"rate limited: {msg}")
+            raise E.Unavailable(f"rate limited: {msg}")
         if status == 410:
-            raise NoRecord(msg)
+            raise E.NoRecord(msg)
         if status == 409:
-            raise AlreadyEnrolled(msg)
+            raise E.AlreadyEnrolled(msg)
         if status == 400:
-            raise InvalidInput(f"rejected by the node: {msg}")
-        raise ServerError(f"HTTP {status}: {msg}")
+            raise E.InvalidInput(f"rejected by the node: {msg}")
+        raise E.ServerError(f"HTTP {status}: {msg}")
 
     # ----------------------------------------------------------- operations
     def _register(self, user: bytes, code: bytes, purpose: str = "enroll") -> tuple[bytes, dict]:
@@ -238,12 +227,12 @@ class Client:
             if not isinstance(out["ticket"], bytes) or not isinstance(out["nonce"], bytes):
                 raise TypeError("ticket and nonce must be bytes")
         except (OpaqueError, KeyError, TypeError) as exc:
-            raise ServerError(f"registration response refused: {exc}") from None
+            raise E.ServerError(f"registration response refused: {exc}") from None
         return record, out
 
     def _upload(self, user: bytes, secret: bytes, purpose: bytes, binding: bytes) -> bytes:
         if not isinstance(secret, bytes) or not 1 <= len(secret) <= P.MAX_SECRET:
-            raise InvalidInput(f"secret must be 1..{P.MAX_SECRET} bytes")
+            raise E.InvalidInput(f"secret must be 1..{P.MAX_SECRET} bytes")
         return flows.upload(self.fleet, user, purpose, binding, secret)
 
     def enroll(self, user: str | bytes, code: str | bytes, secret: bytes,
@@ -252,9 +241,9 @@ class Client:
         u, c = _user(user), _code(code)
         m = self.fleet.default_max_attempts if max_attempts is None else max_attempts
         if not isinstance(m, int) or isinstance(m, bool) or not 1 <= m <= limits.MAX_ATTEMPTS_LIMIT:
-            raise InvalidInput(f"max attempts must be 1..{limits.MAX_ATTEMPTS_LIMIT}")
+            raise E.InvalidInput(f"max attempts must be 1..{limits.MAX_ATTEMPTS_LIMIT}")
         if not isinstance(secret, bytes) or not 1 <= len(secret) <= P.MAX_SECRET:
-            raise InvalidInput(f"secret must be 1..{P.MAX_SECRET} bytes")
+            raise E.InvalidInput(f"secret must be 1..{P.MAX_SECRET} bytes")
         record, start = self._register(u, c)
         status, out = self.post("/v1/enroll/finish", flows.enroll_finish_body(
             self.fleet, u, record, start, secret, m), retry_timeouts=False)
@@ -271,16 +260,16 @@ class Client:
         try:
             login.finish(out)
         except OpaqueError:
-            raise WrongCode(int(out.get("attempts_left", 0))) from None
+            raise E.WrongCode(int(out.get("attempts_left", 0))) from None
         status, out = self.post("/v1/recover/finish", login.finish_body())
         if status == 401 and out.get("reason") != "token":
-            raise ServerError(f"the fleet did not accept the login: {out.get('message')}")
+            raise E.ServerError(f"the fleet did not accept the login: {out.get('message')}")
         if status != 200:
             self._raise(status, out)
         try:
             secret = login.open_release(out)
         except (SealError, KeyError, TypeError) as exc:
-            raise ServerError(f"released secret did not decrypt: {exc}") from None
+            raise E.ServerError(f"released secret did not decrypt: {exc}") from None
         return Recovery(secret, int(out["failed_attempts"]), int(out["max_attempts"]),
                         login.token, login.session_key, self.fleet.fleet_id)
 

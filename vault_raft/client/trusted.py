@@ -15,14 +15,7 @@ from dataclasses import dataclass
 
 from vault_raft.api import channel as CH
 from vault_raft.api import http as wire
-from vault_raft.client.errors import (
-    InvalidInput,
-    NoRecord,
-    Unavailable,
-    Untrusted,
-    VaultError,
-    WrongCode,
-)
+from vault_raft.client import errors as E
 from vault_raft.client.fleet import Client, Recovery, TokenSource, _code, _user, token_source
 from vault_raft.fleet.config import ConfigError, FleetInfo
 from vault_raft.trust import bundle as B
@@ -80,7 +73,7 @@ class TrustedClient:
             state_path = state_path or default_state_path(config)
             config = ClientConfig.load(config)
         if state_path is None:
-            raise InvalidInput("a trust state path is needed to remember the log seen")
+            raise E.InvalidInput("a trust state path is needed to remember the log seen")
         self.config, self.state_path = config, state_path
         self.token = token_source(token)  # the tenant's token for each user request
         self.timeout, self.request_timeout, self.clock = timeout, request_timeout, clock
@@ -93,7 +86,7 @@ class TrustedClient:
     _STALE = (B.ReplayedBundle, B.StaleTreeHead, B.LaggingLog)
 
     def verify_fleet(self) -> B.Bundle:
-        """Fetch the bundle from some node and verify it; raise Untrusted if it
+        """Fetch the bundle from some node and verify it; raise E.Untrusted if it
         fails, Unavailable if no node answers.
 
         A node that lags (a smaller tree head than the one saved, without a
@@ -105,10 +98,10 @@ class TrustedClient:
         try:
             state = B.TrustState.load(self.state_path)
         except B.TrustError as exc:
-            raise Untrusted(str(exc)) from None
+            raise E.Untrusted(str(exc)) from None
         urls = list(dict.fromkeys(state.endpoints + list(self.config.endpoints)))
         if not urls:
-            raise Untrusted("no endpoints to fetch the fleet's bundle from")
+            raise E.Untrusted("no endpoints to fetch the fleet's bundle from")
         behind: list[tuple[B.TrustError, str]] = []
         last = "no node answered"
         for url in urls:
@@ -133,10 +126,10 @@ class TrustedClient:
                          exc.__class__.__name__, exc)
                 continue
             except B.TrustError as exc:
-                raise Untrusted(f"fleet bundle from {url} rejected: "
+                raise E.Untrusted(f"fleet bundle from {url} rejected: "
                                 f"{exc.__class__.__name__}: {exc}", type(exc)) from None
             if bundle.namespace != self.config.namespace:
-                raise Untrusted(f"{url} serves namespace {bundle.namespace!r}, not "
+                raise E.Untrusted(f"{url} serves namespace {bundle.namespace!r}, not "
                                 f"{self.config.namespace!r}", B.BundleMalformed)
             trial.endpoints = [e for f in bundle.fleets for e in f.endpoints]
             if trial != state:
@@ -149,26 +142,26 @@ class TrustedClient:
                               behind[0])
             reason = B.ForkedLog if isinstance(worst, B.LaggingLog) else type(worst)
             others = "; ".join(f"{u}: {e.__class__.__name__}" for e, u in behind if e is not worst)
-            raise Untrusted(f"no node gave a current, consistent view of the fleet's bundle: "
+            raise E.Untrusted(f"no node gave a current, consistent view of the fleet's bundle: "
                             f"{url}: {worst.__class__.__name__}: {worst}"
                             + (f" (also {others})" if others else ""), reason)
-        raise Unavailable(f"could not fetch the fleet's bundle ({last})")
+        raise E.Unavailable(f"could not fetch the fleet's bundle ({last})")
 
     def _client(self, entry: B.FleetEntry) -> Client:
         if entry not in self._clients:
             try:
                 info = FleetInfo.from_entry(entry)
             except ConfigError as exc:
-                raise Untrusted(str(exc), B.BundleMalformed) from None
+                raise E.Untrusted(str(exc), B.BundleMalformed) from None
             if info.channel_ca is None:
-                raise Untrusted(f"the verified bundle names no channel key for fleet "
+                raise E.Untrusted(f"the verified bundle names no channel key for fleet "
                                 f"{entry.fleet_id} (a v1 bundle): refusing to talk to it over "
                                 "a channel that cannot be authenticated; the operator must "
                                 "publish a new epoch ('vault-raft fleet publish')",
                                 B.UnpinnedChannel)
             plain = [e for e in entry.endpoints if not e.startswith("https://")]
             if plain:
-                raise Untrusted(f"fleet {entry.fleet_id} lists endpoints without TLS "
+                raise E.Untrusted(f"fleet {entry.fleet_id} lists endpoints without TLS "
                                 f"({', '.join(plain)}): a fleet made with --insecure-http is "
                                 "for local debugging through fleet.json only",
                                 B.UnpinnedChannel)
@@ -189,25 +182,25 @@ class TrustedClient:
         cur = self._client(bundle.current)
         try:
             return cur.recover(u, c), cur
-        except (WrongCode, NoRecord) as exc:  # not here (fake answer), a wrong code, or
+        except (E.WrongCode, E.NoRecord) as exc:  # not here (fake answer), a wrong code, or
             if not bundle.retiring:           # another record destroyed under this id
                 raise
-            first, left = exc, [exc.attempts_left if isinstance(exc, WrongCode) else 0]
+            first, left = exc, [exc.attempts_left if isinstance(exc, E.WrongCode) else 0]
         found = False
         for entry in bundle.retiring:
             old = self._client(entry)
             try:
                 rec = old.recover(u, c)
-            except WrongCode as exc:
+            except E.WrongCode as exc:
                 left.append(exc.attempts_left)
                 continue
-            except NoRecord:
+            except E.NoRecord:
                 continue
             found = True
             # Recovered: from here on this secret is never lost, whatever fails.
             try:
                 cur.enroll(u, c, rec.secret, rec.max_attempts)
-            except VaultError as exc:
+            except E.VaultError as exc:
                 # Another record holds the id on the current fleet (or the fleet failed
                 # us just now).  Return the secret and keep the old record, the only
                 # copy; never guess again at a record that is not known to be ours.
@@ -217,14 +210,14 @@ class TrustedClient:
                 return dataclasses.replace(rec, migration_conflict=True), old
             try:
                 old._manage(u, rec, "delete", b"")
-            except VaultError as exc:  # the old fleet is destroyed when it retires anyway
+            except E.VaultError as exc:  # the old fleet is destroyed when it retires anyway
                 log.warning("migrated %r but could not delete it on %s: %s", u,
                             entry.fleet_id, exc)
             log.info("moved %r from fleet %s to %s", u, entry.fleet_id, bundle.current.fleet_id)
             return dataclasses.replace(rec, migrated_from=entry.fleet_id), cur
-        if isinstance(first, NoRecord) and not found:
+        if isinstance(first, E.NoRecord) and not found:
             raise first
-        raise WrongCode(min(left))
+        raise E.WrongCode(min(left))
 
     def recover(self, user, code) -> Recovery:
         return self._recover(_user(user), _code(code))[0]
@@ -233,7 +226,7 @@ class TrustedClient:
         u, c = _user(user), _code(code)
         rec, cli = self._recover(u, c)
         if rec.migration_conflict:
-            raise VaultError("this user's record could not be moved to the current fleet "
+            raise E.VaultError("this user's record could not be moved to the current fleet "
                              "(another record holds the id there): no change is made; ask the "
                              "operator")
         if rec.migrated_from is not None:
