@@ -7,7 +7,8 @@ exit codes (a contract; scripts may rely on them):
     fleet's (its TLS certificate): nothing was sent
   7 the fleet refused the tenant token (missing, expired, for another user
     or fleet): nothing was proposed
-  2 usage    1 anything else
+  2 usage    1 anything else    130 interrupted
+  (each error class carries its code: vault_raft/errors.py)
 
 Users' commands trust the fleet through --client client.json (the operator's and
 witness's public keys; the fleet's keys come from a verified, witnessed bundle).
@@ -27,7 +28,6 @@ import argparse
 import os
 import sys
 
-from vault_raft import client as C
 from vault_raft.cli import bench as benchcli
 from vault_raft.cli import chaos as chaoscli
 from vault_raft.cli import cluster as clustercli
@@ -35,18 +35,8 @@ from vault_raft.cli import fleet as fleetcli
 from vault_raft.cli import sim as simcli
 from vault_raft.cli import trust as trustcli
 from vault_raft.cli import vault as vaultcli
-from vault_raft.cli.trust import TrustCommandError
-from vault_raft.errors import UsageError
-from vault_raft.fleet.config import ConfigError
-from vault_raft.fleet.keystore import KeystoreError
-from vault_raft.fleet.operator import OperatorError
-from vault_raft.ops.cluster import ClusterError
-from vault_raft.ops.witness_server import WitnessConfigError
-from vault_raft.storage.errors import JournalCorrupt
+from vault_raft.errors import EXIT_ERROR, VaultRaftError
 from vault_raft.trust.bundle import TrustError
-from vault_raft.trust.witness import WitnessLogCorrupt
-
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_WRONG, EXIT_NORECORD, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4, 5
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,42 +55,28 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _fail(message: str, code: int) -> int:
+    print(f"vault-raft: {message}", file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = build_parser()
-    a = ap.parse_args(argv)
+    """Run one command; every deliberate error is one line on stderr and the
+    exit code its class carries (:mod:`vault_raft.errors`), never a traceback."""
+    a = build_parser().parse_args(argv)
     try:
         return a.fn(a)
-    except UsageError as exc:
-        print(f"vault-raft: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except C.WrongCode as exc:
-        print(f"vault-raft: {exc}", file=sys.stderr)
-        return EXIT_WRONG
-    except C.VaultError as exc:
-        print(f"vault-raft: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except (ConfigError, KeystoreError) as exc:
-        print(f"vault-raft: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except TrustError as exc:
-        print(f"vault-raft: {exc.__class__.__name__}: {exc}", file=sys.stderr)
-        return C.Untrusted.exit_code
-    except (OperatorError, WitnessConfigError, TrustCommandError, WitnessLogCorrupt) as exc:
-        print(f"vault-raft: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except (ClusterError, JournalCorrupt) as exc:
-        print(f"vault-raft: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+    except TrustError as exc:  # which check refused is part of the message
+        return _fail(f"{exc.__class__.__name__}: {exc}", exc.exit_code)
+    except VaultRaftError as exc:
+        return _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
-        print("vault-raft: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # never a traceback unless asked for
+        return _fail("interrupted", 130)
+    except Exception as exc:  # a bug: still no traceback unless asked for
         if os.environ.get("VAULT_RAFT_DEBUG"):
             raise
-        print(f"vault-raft: internal error: {exc.__class__.__name__}: {exc} "
-              "(set VAULT_RAFT_DEBUG=1 for details)", file=sys.stderr)
-        return EXIT_ERROR
-
+        return _fail(f"internal error: {exc.__class__.__name__}: {exc} "
+                     "(set VAULT_RAFT_DEBUG=1 for details)", EXIT_ERROR)
 
 if __name__ == "__main__":
     sys.exit(main())
