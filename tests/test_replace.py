@@ -130,9 +130,17 @@ def test_replacing_a_node_under_a_load_of_guesses(tmp_path, witness, cluster_fac
             a.begin(a.rng.choice(victims), b"guess " + os.urandom(3).hex().encode())
             stop.wait(a.rng.uniform(0.02, 0.1))
 
-    threads = [threading.Thread(target=owner, args=(k, u, c), daemon=True)
+    crashed = []
+
+    def guarded(fn, *args):
+        try:
+            fn(*args)
+        except BaseException as exc:  # noqa: BLE001 -- reported below
+            crashed.append(repr(exc))
+    threads = [threading.Thread(target=guarded, args=(owner, k, u, c), daemon=True)
                for k, (u, c) in enumerate(owners)]
-    threads += [threading.Thread(target=attacker, args=(k,), daemon=True) for k in range(3)]
+    threads += [threading.Thread(target=guarded, args=(attacker, k), daemon=True)
+                for k in range(3)]
     for t in threads:
         t.start()
     try:
@@ -150,6 +158,7 @@ def test_replacing_a_node_under_a_load_of_guesses(tmp_path, witness, cluster_fac
         stop.set()
         for t in threads:
             t.join(20)
+    assert not crashed, crashed
     new.wait_healthy(timeout=30)
     final = Actor("final", fleet, hist, random.Random(7), urls, timeout=10, token=token)
     for user, code in owners:
@@ -162,6 +171,8 @@ def test_replacing_a_node_under_a_load_of_guesses(tmp_path, witness, cluster_fac
     require_pass(verdicts)
     served = [o for o in hist.ops if o.f == "begin" and o.outcome == "ok"]
     assert len(served) > 20, "the load did not run"
+    writes = [o for o in hist.ops if o.f == "write" and o.outcome == "ok"]
+    assert writes, "no acknowledged write to lose"
     assert any(o.node == "n2" and o.invoke > replaced_at for o in served), \
         "the new n2 served nothing"
     during = [o for o in served if o.invoke < replaced_at and o.complete > replaced_at - 10]

@@ -27,6 +27,7 @@ half-way can be run again (a removal already committed is not repeated).
 from __future__ import annotations
 
 import os
+import time
 from typing import Callable
 
 from vault_raft.fleet import replace as R
@@ -43,6 +44,33 @@ def _leader(cl: LocalCluster, timeout: float, ids: list[str]) -> str:
         return cl.wait_leader(timeout, ids=ids)
     except ClusterError as exc:
         raise Unavailable(f"{exc} (among {', '.join(ids)})") from None
+
+
+def _hand_over(cl: LocalCluster, node_id: str, timeout: float,
+               progress: Callable[[str], None]) -> str | None:
+    """Move leadership away from ``node_id``.  A transfer needs a follower that
+    is fully caught up, which under load it may not be at that instant: retry
+    until ``timeout``.  If it never works and the node runs here, stopping it
+    (next step) lets the others elect a leader; a node that runs elsewhere has
+    to be stopped by the operator."""
+    deadline = time.monotonic() + timeout
+    why = ""
+    while time.monotonic() < deadline:
+        try:
+            leader = cl.transfer(None, timeout=5.0)
+        except ClusterError as exc:
+            why = str(exc)
+            time.sleep(0.2)
+            continue
+        if leader != node_id:
+            progress(f"leadership moved from {node_id} to {leader}")
+            return leader
+    if not cl.pid(node_id):
+        raise ClusterError(f"{node_id} leads and did not hand leadership over ({why}); stop "
+                           "it on its host and run the command again")
+    progress(f"{node_id} leads and did not hand leadership over ({why}); stopping it lets "
+             "the others elect a leader")
+    return None
 
 
 def _members(cl: LocalCluster, nid: str) -> list[dict]:
@@ -82,8 +110,7 @@ def replace_node(fleet_dir: str, node_id: str, host: str, *, raft_port: int | No
     others = [n for n in cl.ids if n != node_id]
     leader = _leader(cl, timeout, cl.ids)
     if leader == node_id:
-        leader = cl.transfer(None, timeout)
-        progress(f"leadership moved from {node_id} to {leader}")
+        leader = _hand_over(cl, node_id, min(timeout, 10.0), progress)
     if cl.pid(node_id):
         cl.stop([node_id])
         progress(f"stopped the old {node_id}")
