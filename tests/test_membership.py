@@ -252,7 +252,7 @@ def test_replacing_a_node_revokes_its_old_certificate_and_survives_a_restart(fle
     # and from a snapshot: compact, restart, the membership comes back from it
     again.compact_now()
     _wait(lambda: os.path.exists(again.snapshot_path), 20, "a snapshot")
-    from vault_raft.raft.snapshots import read_snapshot
+    from vault_raft.storage.snapshot import read_snapshot
     _wait(lambda: "membership" in read_snapshot(again.snapshot_path), 20, "a snapshot")
     assert read_snapshot(again.snapshot_path)["membership"]["revoked"] == [old_fp]
     reps.pop(nid).destroy_synchronous()

@@ -21,8 +21,8 @@ from vault_raft import client as C
 from vault_raft.chaos.disk import cut_at, records
 from vault_raft.crypto.ksf import IDENTITY_KSF
 from vault_raft.ops.cluster import LocalCluster, wait_until
-from vault_raft.raft.snapshots import read_snapshot
 from vault_raft.storage import segments as SG
+from vault_raft.storage.snapshot import read_snapshot
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 pytestmark = pytest.mark.cluster

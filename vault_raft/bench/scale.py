@@ -13,7 +13,7 @@ from vault_raft.bench.load import Result, attempt, closed_loop, timed
 from vault_raft.core import machine as M
 from vault_raft.crypto import opaque
 from vault_raft.fleet.config import FleetInfo
-from vault_raft.raft.snapshots import snapshot_bytes
+from vault_raft.storage.snapshot import snapshot_bytes
 
 NO_OP = b"\x01"
 

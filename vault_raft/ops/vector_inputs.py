@@ -88,7 +88,7 @@ def kept_upload(previous: dict | None, path: tuple, recipient_sk: bytes, recipie
 
 def channel_ca_der(fleet_id: str, sk: Ed25519PrivateKey) -> bytes:
     """A fleet CA certificate (DER) in the profile ``fleet init`` makes
-    (``replica/tls.py``), with fixed key, serial and dates: Ed25519 signatures
+    (``raft/pki.py``), with fixed key, serial and dates: Ed25519 signatures
     are deterministic, so is the certificate."""
     start = datetime.datetime.fromtimestamp(T0 - 30 * 86400, datetime.UTC)
     cert = ca_certificate(fleet_id, sk, int.from_bytes(fixed("ca serial", 8), "big") >> 1,

@@ -1,7 +1,7 @@
 """The Raft wire format: msgpack frames with a strict schema, and no pickle.
 
 pysyncobj's own transport pickles every message; a peer that can put bytes on
-the Raft port could then run code.  Our transport (:mod:`.tls`) sends each
+the Raft port could then run code.  Our transport (:mod:`.transport`) sends each
 message as ``4-byte big-endian length || msgpack map``.  The length is checked
 against :data:`MAX_FRAME` before the body is buffered; the body is decoded with
 msgpack's size limits and then checked against the schema of its message type

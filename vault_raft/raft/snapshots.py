@@ -1,8 +1,7 @@
-"""Snapshot files, and the replica's snapshot hooks.
+"""The replica's snapshot hooks.
 
-A snapshot file is ``b"VRS1"``, a msgpack map (``v``, the state machine's
-blob, the last two entries it covers, the cluster, the membership), and the
-SHA-256 of that map: nothing in it is unpickled.  pysyncobj writes one
+A snapshot file (:mod:`vault_raft.storage.snapshot`) is msgpack with a
+SHA-256 trailer: nothing in it is unpickled.  pysyncobj writes one
 through its ``serializer`` hook (:meth:`SnapshotFiles._write_snapshot`), in a
 forked child that dies with the node, and reads one through its
 ``deserializer`` hook (:meth:`SnapshotFiles._read_snapshot`), which aligns
@@ -14,20 +13,16 @@ already covers it (:meth:`SnapshotFiles._load_dump_file`).
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
 import os
 import signal
 
-import msgpack
-
 from vault_raft.raft import _pysyncobj as pso
 from vault_raft.storage.errors import JournalCorrupt
 from vault_raft.storage.files import atomic_write, durable_rename, fsync_dir
+from vault_raft.storage.snapshot import read_snapshot, snapshot_bytes
 
 log = logging.getLogger("vault_raft.replica")
-
-SNAPSHOT_MAGIC = b"VRS1"
 
 
 def _die_with_parent() -> None:
@@ -39,31 +34,6 @@ def _die_with_parent() -> None:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
     except (OSError, AttributeError):
         os._exit(1)  # cannot guarantee it: write no snapshot (pysyncobj retries later)
-
-
-def snapshot_bytes(state_blob: bytes, entries: list, cluster: list,
-                   membership: dict | None = None) -> bytes:
-    """A snapshot file's bytes: magic, msgpack body, SHA-256 of the body."""
-    snap = {"v": 1, "state": state_blob, "entries": entries, "cluster": cluster}
-    if membership is not None:
-        snap["membership"] = membership
-    body = msgpack.packb(snap, use_bin_type=True)
-    return SNAPSHOT_MAGIC + body + hashlib.sha256(body).digest()
-
-
-def read_snapshot(path: str) -> dict:
-    """Read and verify a snapshot file's envelope; raises JournalCorrupt if damaged."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    if raw[:4] != SNAPSHOT_MAGIC or len(raw) < 36:
-        raise JournalCorrupt(f"{path}: not a vault-raft snapshot")
-    body, digest = raw[4:-32], raw[-32:]
-    if hashlib.sha256(body).digest() != digest:
-        raise JournalCorrupt(f"{path}: snapshot checksum mismatch")
-    snap = msgpack.unpackb(body, raw=False)
-    if not isinstance(snap, dict) or snap.get("v") != 1 or not isinstance(snap.get("state"), bytes):
-        raise JournalCorrupt(f"{path}: unknown snapshot version")
-    return snap
 
 
 class SnapshotFiles:
