@@ -56,9 +56,11 @@ def node_time_ms(url: str) -> int | None:
 def _learn_clock(url: str, header: str | None, sent: float, received: float) -> None:
     """The reply was stamped between ``sent`` and ``received`` (our clock, s):
     take the midpoint (the error is at most half the round trip)."""
+    if header is None:
+        return
     try:
         node_ms = int(header)
-    except (TypeError, ValueError):
+    except ValueError:
         return
     with _clocks_lock:
         _clocks[url] = node_ms - (sent + received) / 2 * 1000

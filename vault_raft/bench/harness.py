@@ -117,6 +117,12 @@ class VaultBench:
         """(index of the leader, index of a follower) in the fleet's node list."""
         return cluster_entry_points(self.cluster)
 
+    @property
+    def template_record(self) -> bytes:
+        """The OPAQUE record the guess-only users share (set by prepare())."""
+        assert self._record is not None, "prepare() registers the template record"
+        return self._record
+
     def _register(self, c: Connection, user: bytes, code: bytes) -> tuple[bytes, dict]:
         """(record, enroll/start reply with the single-use ticket)."""
         reg = flows.Registration(self.fleet, user, code)
@@ -147,7 +153,7 @@ class VaultBench:
         def enroll_range(k: int) -> None:
             cc = self.conn(k)
             for u in users[k::8]:
-                assert self.enroll_one(cc, u, self._record)
+                assert self.enroll_one(cc, u, self.template_record)
             cc.close()
         ts = [threading.Thread(target=enroll_range, args=(k,)) for k in range(8)]
         for t in ts:

@@ -55,7 +55,7 @@ def measure_compaction(vb: VaultBench, n: int, timeout: float = 120.0) -> dict:
     child (RaftSettings.fork_snapshots), so the Raft thread pauses only to fork."""
     leader = vb.cluster.leader()
     st = vb.cluster.status(leader) if leader else None
-    if not st or "log_start" not in st:
+    if leader is None or not st or "log_start" not in st:
         return {"error": "no leader with an admin status"}
     lat = Result(f"vault guess during a snapshot, {n} records", 1, "closed", 0.0)
     stop = threading.Event()

@@ -107,7 +107,7 @@ def run_vault(cfg: Config, res: dict) -> None:
             progress(cfg, f"vault: {cfg.samples // 2} enrollments at concurrency 1")
             seq = itertools.count()
             out["c1"]["enroll"] = timed(cfg.samples // 2, lambda: vb.enroll_one(
-                c, f"e{next(seq)}".encode(), vb._record), "vault enroll commit")
+                c, f"e{next(seq)}".encode(), vb.template_record), "vault enroll commit")
         if "release" in cfg.workloads or "full_recovery" in cfg.workloads:
             n = max(10, cfg.samples // 6)
             progress(cfg, f"vault: {n} right-code recoveries (client Argon2id included)")

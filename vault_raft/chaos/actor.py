@@ -48,6 +48,7 @@ class Actor:
 
     def call(self, op: Op, path: str, body: dict):
         """POST and classify: returns (status, out) or records fail/info and returns None."""
+        assert op.node is not None, "an actor's operation names the node it goes to"
         try:
             st, out = self._post(op.node, path, body)
         except _Unsent:
@@ -95,7 +96,7 @@ class Actor:
         self.hist.finish(op, "fail", dict(op.value, error=out.get("error")))
         return "failed"
 
-    def begin(self, user: str, code: bytes):
+    def begin(self, user: str, code: bytes) -> tuple[flows.Login, dict] | None:
         """A counted attempt. Returns (login, out) when a KE2 arrived, else None."""
         login = flows.Login(self.fleet, user.encode(), code)
         op = self.hist.invoke(self.name, "begin", user, self.node())
@@ -112,7 +113,8 @@ class Actor:
         self.hist.finish(op, "fail", {"error": out.get("error"), "status": st})
         return None
 
-    def complete(self, user: str, login: flows.Login, out: dict, f: str = "complete"):
+    def complete(self, user: str, login: flows.Login, out: dict,
+                 f: str = "complete") -> flows.Login | None:
         """The recovery's second half; returns ``login`` when the secret arrived."""
         try:
             login.finish(out)

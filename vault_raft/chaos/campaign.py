@@ -244,16 +244,16 @@ def timeline(hist: History, path: str, title: str) -> None:
     colors = {"disk": "#d9b6f4", "partition": "#f4b6b6", "kill": "#b6c8f4", "pause": "#f4e3b6",
               "slow": "#c9f4b6", "lossy": "#e0b6f4"}
     top = 1.0
-    done = [o for o in hist.ops if o.complete is not None]
+    done = [(o.invoke, o.complete, o.outcome) for o in hist.ops if o.complete is not None]
     if done:
-        top = max(max(o.complete - o.invoke for o in done) * 1000, 1.0) * 2
+        top = max(max(end - start for start, end, _ in done) * 1000, 1.0) * 2
     for f in hist.faults:
         end = f.end if f.end is not None else f.start
         ax.axvspan(f.start, end, color=colors.get(f.f, "#dddddd"), alpha=0.6, lw=0)
         ax.text(f.start, top, f.f, fontsize=7, va="top", rotation=90)
     for outcome, color, marker in (("ok", "tab:green", "."), ("fail", "tab:orange", "x")):
-        pts = [(o.invoke, max((o.complete - o.invoke) * 1000, 0.01)) for o in done
-               if o.outcome == outcome]
+        pts = [(start, max((end - start) * 1000, 0.01)) for start, end, out in done
+               if out == outcome]
         if pts:
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=6, c=color, marker=marker,
                        label=f"{outcome} ({len(pts)})")

@@ -286,7 +286,8 @@ class LocalCluster:
                          "yes" if st.get("healthy") else "no",
                          note if len(note) <= 90 else note[:87] + "..."))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))
+                         for r in rows)
 
     def as_json(self) -> str:
         return json.dumps({nid: self.status(nid) for nid in self.ids}, default=repr)

@@ -129,7 +129,7 @@ def _used_subnets() -> set[int]:
     """The N of each 10.213.N.0/24 that an address or a more specific route of
     this machine overlaps (a wider route, e.g. 10.0.0.0/8, loses to the
     bridge's /24)."""
-    used = set()
+    used: set[int] = set()
     text = _ip("-o", "-4", "addr", "show", check=False).stdout + \
         _ip("-4", "route", "show", "table", "all", check=False).stdout
     for m in re.finditer(r"\b(10\.213\.\d+\.\d+)(/\d+)?", text):

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from vault_raft.fleet import replace as R
 from vault_raft.fleet.config import ConfigError
