@@ -273,9 +273,13 @@ def test_member_admin_refusals_and_replacing_the_leader(tmp_path, cluster_factor
     second = (str(tmp_path / "second.key"), str(tmp_path / "second.crt"))
     for src, dst in zip(old_files, second):
         open(dst, "wb").write(open(src, "rb").read())
+    # (--no-start: the new node runs on another machine; here the operator starts it after)
     r = vault_cli("fleet", "replace", "--dir", cl.dir, "--node", "n2", "--host", "127.0.0.1",
-                  "--raft-port", str(base + 1), "--api-port", str(base + 2), timeout=120)
+                  "--raft-port", str(base + 1), "--api-port", str(base + 2), "--no-start",
+                  timeout=120)
     assert r.returncode == 0, r.stderr
+    assert "fleet export" in r.stderr and not new.pid("n2"), r.stderr
+    new.start(["n2"])
     new.wait_healthy(timeout=30)
     members = {m["node"]: m["addr"] for m in new.status("n3")["members"]}
     assert members["n2"] == f"127.0.0.1:{base + 1}"
