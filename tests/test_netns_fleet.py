@@ -6,6 +6,7 @@ other two keep serving and the cut-off node answers nothing; the link back:
 the node catches up.  Namespaces and links are gone afterwards, also when the
 test body fails.  Skipped where network namespaces are unavailable (not root,
 no iproute2)."""
+import json
 import os
 import socket
 import subprocess
@@ -15,6 +16,7 @@ import time
 import pytest
 
 from vault_raft import client as C
+from vault_raft.chaos.campaign import CampaignConfig, run_campaign
 from vault_raft.ops.cluster import LocalCluster, http_status, wait_until
 from vault_raft.ops.netns import NetnsNet, init_netns_fleet, unavailable
 
@@ -42,7 +44,9 @@ def test_three_hosts_cut_one_off_and_bring_it_back(tmp_path):
         try:
             cl.start()
             for nid in IDS:
-                net.track(cl.pid(nid))
+                pid = cl.pid(nid)
+                assert pid is not None
+                net.track(pid)
             assert {nid: cl.api[nid].split("//")[1].rsplit(":", 1)[0] for nid in IDS} == \
                 {nid: net.addr(nid) for nid in IDS}
             leader = cl.wait_leader(60)
@@ -120,3 +124,32 @@ def test_parallel_networks_do_not_collide():
                                timeout=30)
         assert probe.returncode == 0 and time.monotonic() - start < 30  # no route across
     assert a.leftovers() == [] and b.leftovers() == []
+
+
+def test_chaos_checkers_run_against_a_namespace_fleet(tmp_path):
+    """The cut nemesis (a host's link down) and kill on a fleet of three hosts:
+    the guess-limit and no-lost-ack checkers pass, and the namespaces go."""
+    seed = 2  # schedule(2, 14, ("cut", "kill", "pause")): the leader's host cut for ~6 s
+    before = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    res = run_campaign(CampaignConfig(out=str(tmp_path), nodes=3, duration=14,
+                                      nemesis=("cut", "kill", "pause"), seed=seed, owners=2,
+                                      attackers=2, victims=6, victim_limit=10, quiet=True,
+                                      netns=True))
+    assert res.ok, [(v.name, v.status, v.problems[:5]) for v in res.verdicts]
+    names = {v.name for v in res.verdicts}
+    assert {"guess_limit", "no_lost_writes", "linearizable"} <= names
+    assert res.injected.get("cut", 0) >= 1
+    assert res.ops["ok"] > 50
+    verdict = json.load(open(res.files["verdict"]))
+    assert verdict["netns"] is True and verdict["faults"].get("cut", 0) >= 1
+    after = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert after == before
+
+
+def test_chaos_cli_refuses_nemeses_that_do_not_fit_the_fleet(tmp_path):
+    from conftest import vault_cli
+    r = vault_cli("chaos", "--nemesis", "cut", "--duration", "5", "--out", str(tmp_path))
+    assert r.returncode == 2 and "needs --netns" in r.stderr
+    r = vault_cli("chaos", "--netns", "--nemesis", "partition,cut", "--duration", "5",
+                  "--out", str(tmp_path))
+    assert r.returncode == 2 and "partition" in r.stderr and "--netns" in r.stderr

@@ -27,6 +27,7 @@ from vault_raft.core.results import Code
 from vault_raft.fleet.create import init_fleet
 from vault_raft.fleet.tenants import local_token_source
 from vault_raft.ops.cluster import LocalCluster, free_base_port, wait_until
+from vault_raft.ops.netns import NetnsNet, init_netns_fleet
 
 __all__ = ["NEMESES", "Actor", "CampaignConfig", "CampaignResult", "Fault", "Nemesis",
            "partition_groups", "run_campaign", "schedule", "timeline", "write_outputs"]
@@ -48,6 +49,7 @@ class CampaignConfig:
     quiet: bool = False
     check_budget_s: float = 20.0
     final_timeout: float = 30.0  # per owner: time to get one successful recovery after healing
+    netns: bool = False  # every node on its own host: a network namespace (ops.netns)
     raft: dict = field(default_factory=dict)  # RaftSettings overrides for every node
     extra: dict = field(default_factory=dict)
 
@@ -91,9 +93,23 @@ def run_campaign(cfg: CampaignConfig) -> CampaignResult:
     os.makedirs(cfg.out, exist_ok=True)
     fleet_dir = os.path.join(cfg.out, "fleet")
     shutil.rmtree(fleet_dir, ignore_errors=True)
-    init_fleet(fleet_dir, cfg.nodes, base_port=free_base_port(cfg.nodes, start=31000, step=211))
+    hosts = None
+    if cfg.netns:  # each node on its own host; faults by link, not by proxy
+        hosts = NetnsNet([f"n{i}" for i in range(1, cfg.nodes + 1)], random.Random())
+        hosts.up()
     net = ProxyNet(cfg.seed)
-    _wire_proxies(fleet_dir, net)
+    try:
+        if hosts is not None:
+            init_netns_fleet(fleet_dir, hosts)
+        else:
+            init_fleet(fleet_dir, cfg.nodes,
+                       base_port=free_base_port(cfg.nodes, start=31000, step=211))
+            _wire_proxies(fleet_dir, net)
+    except BaseException:
+        net.close()
+        if hosts is not None:
+            hosts.close()
+        raise
     if cfg.raft:
         for nid in os.listdir(fleet_dir):
             p = os.path.join(fleet_dir, nid, "node.json")
@@ -107,7 +123,8 @@ def run_campaign(cfg: CampaignConfig) -> CampaignResult:
     node_cmd = cfg.node_cmd
     if node_cmd is None and "clock" in cfg.nemesis:  # nodes whose wall clock can be stepped
         node_cmd = [sys.executable, "-m", "vault_raft.chaos.skewclock", "node"]
-    cluster = LocalCluster(fleet_dir, node_cmd=node_cmd, env=cfg.node_env)
+    cluster = LocalCluster(fleet_dir, node_cmd=node_cmd, env=cfg.node_env,
+                           wrap=hosts.wrap if hosts is not None else None)
     fleet = cluster.fleet
     token = local_token_source(fleet_dir, fleet.fleet_id, lifetime=900)  # the operator's tenant
     urls = dict(cluster.api)
@@ -116,9 +133,10 @@ def run_campaign(cfg: CampaignConfig) -> CampaignResult:
     stop = threading.Event()
     limits: dict[str, int] = {}
     threads: list[threading.Thread] = []
-    nem = Nemesis(cluster, net, hist, plan, cfg.seed)
+    nem = Nemesis(cluster, net, hist, plan, cfg.seed, hosts)
     try:
-        say(f"{cfg.nodes} nodes, {cfg.duration:.0f}s, nemesis {','.join(cfg.nemesis) or 'none'}, "
+        say(f"{cfg.nodes} nodes{' (one network namespace each)' if hosts else ''}, "
+            f"{cfg.duration:.0f}s, nemesis {','.join(cfg.nemesis) or 'none'}, "
             f"seed {cfg.seed}: {len(plan)} faults planned")
         cluster.start()
         cluster.wait_leader(60)
@@ -204,6 +222,8 @@ def run_campaign(cfg: CampaignConfig) -> CampaignResult:
             final_term = max((t for t in terms if isinstance(t, int)), default=None)
             cluster.stop(timeout=10)
             net.close()
+            if hosts is not None:
+                hosts.close()
     hist.close_pending()
     say("checking the history")
     verdicts = check_all(hist, limits, cfg.check_budget_s)
@@ -226,7 +246,8 @@ def write_outputs(cfg: CampaignConfig, hist: History, verdicts: list[Verdict], i
              "timeline": os.path.join(cfg.out, "timeline.png")}
     hist.write(files["history"])
     with open(files["verdict"], "w") as f:
-        json.dump({"seed": cfg.seed, "nodes": cfg.nodes, "duration": cfg.duration,
+        json.dump({"seed": cfg.seed, "nodes": cfg.nodes, "netns": cfg.netns,
+                   "duration": cfg.duration,
                    "nemesis": list(cfg.nemesis), "ops": _counts(hist), "faults": injected,
                    "schedule": [f.__dict__ for f in plan],
                    "checkers": [v.__dict__ for v in verdicts],
@@ -242,7 +263,8 @@ def timeline(hist: History, path: str, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(11, 5))
     colors = {"disk": "#d9b6f4", "partition": "#f4b6b6", "kill": "#b6c8f4", "pause": "#f4e3b6",
-              "slow": "#c9f4b6", "lossy": "#e0b6f4"}
+              "slow": "#c9f4b6", "lossy": "#e0b6f4",
+              "cut": "#f4c6e0"}
     top = 1.0
     done = [(o.invoke, o.complete, o.outcome) for o in hist.ops if o.complete is not None]
     if done:

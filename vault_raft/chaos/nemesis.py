@@ -1,5 +1,5 @@
 """The campaign's nemesis: a seeded fault schedule (partitions, kills, pauses,
-slow and lossy links, clock steps, disk damage) and the thread that injects
+slow and lossy links, clock steps, disk damage, a host cut off) and the thread that injects
 and heals each fault on the real nodes, recording it in the history."""
 
 from __future__ import annotations
@@ -15,8 +15,13 @@ from vault_raft.chaos.history import History
 from vault_raft.chaos.proxy import ProxyNet
 from vault_raft.chaos.skewclock import set_offset
 from vault_raft.ops.cluster import LocalCluster
+from vault_raft.ops.netns import NetnsNet
 
-NEMESES = ("partition", "kill", "pause", "slow", "lossy", "clock", "disk")
+NEMESES = ("partition", "kill", "pause", "slow", "lossy", "clock", "disk", "cut")
+#: the faults the proxies between nodes inject: not on a namespace fleet (netns)
+PROXY_NEMESES = ("partition", "slow", "lossy")
+#: the faults of a namespace fleet only: a host's link down (``cut``)
+NETNS_NEMESES = ("cut",)
 
 
 @dataclass
@@ -45,7 +50,7 @@ def schedule(seed: int, duration: float, kinds: tuple[str, ...], nodes: list[str
             order = nodes[:]
             rng.shuffle(order)
             p["order"] = order
-        elif kind in ("kill", "pause", "disk"):
+        elif kind in ("kill", "pause", "disk", "cut"):
             p["target"] = rng.choice(["leader", "random"])
             p["pick"] = rng.randrange(n)
             if kind == "disk":  # the node is stopped and one file of its disk damaged
@@ -85,8 +90,9 @@ def partition_groups(shape: str, order: list[str], leader: str | None) -> list[l
 
 class Nemesis:
     def __init__(self, cluster: LocalCluster, net: ProxyNet, hist: History,
-                 plan: list[Fault], rng_seed: int):
+                 plan: list[Fault], rng_seed: int, hosts: NetnsNet | None = None):
         self.cluster, self.net, self.hist, self.plan = cluster, net, hist, plan
+        self.hosts = hosts  # the namespace network (cut), on a netns fleet
         self.current: str = "none"
         self.injected: dict[str, int] = {}
         self._rng = random.Random(rng_seed + 1)
@@ -137,6 +143,12 @@ class Nemesis:
             p["did"] = damage(self.cluster.node_dir(t), p["damage"], random.Random(p["seed"]))
             self._down.append(t)
             p["node"] = t
+        elif f.kind == "cut":  # the host's link down: it hears and answers nothing
+            if self.hosts is None:
+                raise ValueError("the cut nemesis needs a namespace fleet (netns)")
+            t = self._target(p)
+            self.hosts.cut(t)
+            p["node"] = t
         elif f.kind == "pause":
             t = self._target(p)
             self.cluster.pause(t)
@@ -156,6 +168,8 @@ class Nemesis:
 
     def heal(self) -> None:
         self.net.heal()
+        if self.hosts is not None:
+            self.hosts.restore_all()
         for t in self._skewed:
             set_offset(self.cluster.node_dir(t), 0.0)
         self._skewed = []
