@@ -89,6 +89,14 @@ def wait_until(cond: Callable[[], object], timeout: float, interval: float = 0.0
         time.sleep(interval)
 
 
+def _argv0(pid: int) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0")[0] or None
+    except OSError:
+        return None
+
+
 class LocalCluster:
     def __init__(self, fleet_dir: str, node_cmd: list[str] | None = None,
                  env: dict | None = None, wrap: Callable[[str], list[str]] | None = None):
@@ -159,6 +167,10 @@ class LocalCluster:
                                     stderr=log,
                                     stdin=subprocess.DEVNULL, start_new_session=True, env=env)
             log.close()
+            if prefix:  # the prefix execs the node in turn: /proc shows neither mid-exec
+                wait_until(lambda: proc.poll() is not None
+                           or _argv0(proc.pid) not in (None, prefix[0].encode()),
+                           10, 0.005, f"{nid}'s command prefix to start it")
             self._procs[nid] = proc
             with open(self._pid_file(nid), "w") as f:
                 f.write(str(proc.pid))
