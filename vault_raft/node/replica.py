@@ -15,6 +15,8 @@ from vault_raft.raft.replica import DurableReplica
 class VaultReplica(DurableReplica):
     """One node's Raft replica of the vault state machine."""
 
+    _checked: tuple[bytes, VaultState] | None
+
     def __init__(self, *args, **kwargs):
         self._vault = VaultState()
         super().__init__(*args, **kwargs)

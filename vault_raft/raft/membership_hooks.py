@@ -10,6 +10,8 @@ transport checks).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from vault_raft.raft import _pysyncobj as pso
 from vault_raft.raft import membership as _members
@@ -19,6 +21,13 @@ log = logging.getLogger("vault_raft.replica")
 
 class MembershipHooks:
     """The membership side of :class:`~vault_raft.raft.replica.DurableReplica` (a mixin)."""
+
+    membership: _members.Membership
+    _proposing_change: bool
+    _pso_change_cluster: Callable
+    _pso_do_change_cluster: Callable
+    if TYPE_CHECKING:
+        def _applyCommand(self, command, callback, *args) -> None: ...  # SyncObj's
 
     def _install_membership_hooks(self) -> None:
         """Membership entries are read with :func:`membership.parse` (no

@@ -18,18 +18,29 @@ recovering node acknowledged.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 from vault_raft.raft import _pysyncobj as pso
 
 
 class PreVote:
     """The election side of :class:`~vault_raft.raft.replica.DurableReplica` (a mixin)."""
 
+    _pso_on_message: Callable
+    if TYPE_CHECKING:
+        hasQuorum: bool  # SyncObj's
+
+        @property
+        def recovery(self) -> dict | None: ...  # the replica's
+
     def _init_votes(self, pre_vote: bool, lease: float) -> None:
         """Set before pysyncobj starts (its first message may arrive at once)."""
         self._pre_vote = pre_vote
         self._lease = lease  # heard from a leader this recently: deny pre-votes
         self._heard_leader = float("-inf")
-        self._pv_term, self._pv_votes, self._pv_granted = 0, set(), False
+        self._pv_term, self._pv_granted = 0, False
+        self._pv_votes: set = set()
         self._voters: dict[int, set] = {}
         self._forwarded_at = float("-inf")  # a follower forwarded a command (lazy notices)
 

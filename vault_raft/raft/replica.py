@@ -59,6 +59,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from pysyncobj import SyncObj, SyncObjConf
 from pysyncobj.config import FAIL_REASON
@@ -108,9 +109,9 @@ STORAGE_FAILURE_HOOK: Callable[[OSError, int], None] = _stop_on_storage_failure
 def _create_journal(journal_file=None):
     """The journal for a :class:`_DurablePath`; None: pysyncobj's own."""
     if isinstance(journal_file, _DurablePath):
-        kw = dict(snapshot_last=journal_file.snapshot_last,
-                  truncate_after=journal_file.truncate_after,
-                  durability_mark=journal_file.durability_mark)
+        kw: dict[str, Any] = dict(snapshot_last=journal_file.snapshot_last,
+                                  truncate_after=journal_file.truncate_after,
+                                  durability_mark=journal_file.durability_mark)
         if journal_file.factory is not None:
             journal_file.journal = journal_file.factory(str(journal_file),
                                                         trace=journal_file.trace, **kw)

@@ -16,6 +16,9 @@ import ctypes
 import logging
 import os
 import signal
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from vault_raft.raft import _pysyncobj as pso
 from vault_raft.storage.errors import JournalCorrupt
@@ -39,6 +42,22 @@ def _die_with_parent() -> None:
 class SnapshotFiles:
     """The snapshot side of :class:`~vault_raft.raft.replica.DurableReplica`
     (a mixin: it uses the replica's paths, journal, state hooks and trace)."""
+
+    RAFT_CONFORMANT_SNAPSHOT: bool
+    SNAPSHOT_NICE: int
+    snapshot_path: str
+    journal_path: Any  # the replica's _DurablePath
+    membership: Any  # membership.Membership
+    _pid: int
+    _state_lock: threading.Lock
+    _trace: Callable | None
+    _pso_load_dump_file: Callable
+    if TYPE_CHECKING:
+        def _snapshot_state(self) -> bytes: ...
+
+        def _restore_state(self, blob: bytes) -> None: ...
+
+        def _check_state(self, blob: bytes) -> None: ...
 
     def _check_snapshot_file(self) -> tuple | None:
         """The (index, term) the snapshot file covers, or None if there is none.

@@ -187,11 +187,12 @@ class MtlsTransport(Transport):
         self._accept_resume_at = monotonicTime() + self._accept_pause
         self.counts["accept_pauses"] += 1
         try:
-            self.poller.unsubscribe(self._server.fileno())
+            if self._server is not None:
+                self.poller.unsubscribe(self._server.fileno())
         except Exception:  # noqa: BLE001 -- not subscribed
             pass
         self._quiet.warning("accept", "Raft port: cannot accept connections: %s; not "
-                                      "accepting for %.2f s", os.strerror(exc.errno),
+                                      "accepting for %.2f s", os.strerror(exc.errno or 0),
                             self._accept_pause)
 
     def _resume_accepting(self) -> None:

@@ -21,6 +21,8 @@ import logging
 import os
 import struct
 import zlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
@@ -136,7 +138,8 @@ def assess_loss(first: tuple[int, int] | None, last: tuple[int, int] | None,
     snap_idx = snapshot_last[0] if snapshot_last not in (UNKNOWN, None) else 0
     if snapshot_last is not UNKNOWN and first is not None and first[0] > snap_idx + 1:
         gap = (snap_idx + 1, first[0] - 1)
-        high = max(high, last)
+        if last is not None:  # (it is: the log has a first entry)
+            high = max(high, last)
     end = snap_idx if gap else max(last[0] if last else 0, snap_idx)
     if gap is None and high[0] <= end:
         return None
@@ -163,6 +166,32 @@ class DurableState:
     :class:`~vault_raft.storage.journal.DurableJournal` (a mixin: it uses the
     journal's paths, entries, segments and ``_io``), and the part of
     pysyncobj's journal interface that reads and writes them."""
+
+    path: str
+    meta_path: str
+    commit_path: str
+    mark_path: str
+    trace: Callable[..., None] | None
+    durability_mark: bool
+    recovery: dict | None
+    _entries: list[tuple[bytes, int, int]]
+    _segs: list
+    _synced_idx: int
+    _meta: dict
+    _meta_state: str
+    _meta_dirty: bool
+    _mark_fd: int
+    _mark_seq: int
+    _mark_written: tuple | None
+    _commit: int
+    _commit_fd: int
+    _commit_dirty: bool
+    if TYPE_CHECKING:
+        def _io(self, fn: Callable[..., Any], *args: Any) -> Any: ...
+
+        def sync(self) -> None: ...
+
+        def clear(self) -> None: ...
 
     def _load_meta(self) -> dict:
         """Term and vote; {} (with ``_meta_state`` saying why) if the file is
@@ -238,7 +267,7 @@ class DurableState:
             what = "the snapshot" if snapshot_last is None else "a journal segment"
             reasons.append(f"entries {loss['gap'][0]}..{loss['gap'][1]} are missing ({what} was "
                            f"lost; {segment_path(self.path, self._segs[0].seq)} starts at "
-                           f"{first[0]})")
+                           f"{first[0] if first else '?'})")
         else:
             where = segment_path(self.path, self._segs[-1].seq) if self._segs else self.path
             reasons.append(f"the log ends at entry {loss['end']} ({where}) but this node had "

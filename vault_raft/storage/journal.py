@@ -334,7 +334,7 @@ class DurableJournal(SegmentFiles, DurableState):
         del self._segs[:k]
         # Freeing ~50,000 entries at once took 10-13 ms of the Raft thread:
         # the helper thread frees them, a slice at a time (see _free).
-        dropped = [self._entries, self._offsets]  # no per-entry work here:
+        dropped: list[list] = [self._entries, self._offsets]  # no per-entry work here:
         self._entries = self._entries[entryTo:]  # only the kept ones are copied
         self._offsets = self._offsets[entryTo:]
         self._retiring = [f for f in self._retiring if not f.done()]

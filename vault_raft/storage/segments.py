@@ -19,6 +19,9 @@ import logging
 import os
 import struct
 import zlib
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
 
 from vault_raft.storage.errors import JournalCorrupt
 from vault_raft.storage.files import atomic_write, fsync_dir
@@ -111,6 +114,17 @@ def _raise(exc: OSError):
 class SegmentFiles:
     """The segment chain of a :class:`~vault_raft.storage.journal.DurableJournal`
     (a mixin: it uses the journal's path, entries, offsets and ``_io``)."""
+
+    PREALLOCATE: int
+    SEGMENT_BYTES: int
+    path: str
+    trace: Callable[..., None] | None
+    _entries: list[tuple[bytes, int, int]]
+    _offsets: list[int]
+    _segs: list[Segment]
+    _spare: Future[Segment] | None
+    if TYPE_CHECKING:
+        def _io(self, fn: Callable[..., Any], *args: Any) -> Any: ...
 
     def _open(self) -> None:
         seqs = self._segment_seqs()
