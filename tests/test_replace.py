@@ -15,6 +15,7 @@ import os
 import random
 import threading
 import time
+from functools import partial
 
 import msgpack
 import pytest
@@ -63,14 +64,24 @@ def _node_key(fleet_dir, nid) -> str:
     raise AssertionError(f"no statement for {nid}")
 
 
+def _enrolled(actor: Actor, user: str, code: bytes, limit: int) -> bool:
+    return actor.enroll(user, code, os.urandom(16), limit) in ("ok", "exists")
+
+
+def _status(cl: LocalCluster, nid: str) -> dict:
+    st = cl.status(nid)
+    assert st is not None, f"{nid} does not answer"
+    return st
+
+
 def _refused_by(cl, nid, files) -> bool:
     """Node ``nid`` refuses a Raft connection with this certificate: it closes
     the connection without a frame, and counts a refusal (the counter tells a
     refusal from a connection the real node's own connection displaced)."""
     addr = json.load(open(os.path.join(cl.dir, nid, "node.json")))["raft_addr"]
-    before = cl.status(nid)["raft_port"]["refused"]
+    before = _status(cl, nid)["raft_port"]["refused"]
     closed = _handshake_refused(addr, files, os.path.join(cl.dir, "ca.crt"))
-    wait_until(lambda: cl.status(nid)["raft_port"]["refused"] > before, 5, 0.05,
+    wait_until(lambda: _status(cl, nid)["raft_port"]["refused"] > before, 5, 0.05,
                f"{nid} to count the refusal")
     return closed
 
@@ -117,11 +128,10 @@ def test_replacing_a_node_under_a_load_of_guesses(tmp_path, witness, cluster_fac
     owners = [(f"owner-{i}", f"owner code {i}".encode()) for i in range(3)]
     victims = [f"victim-{i}" for i in range(8)]
     for user, code in owners:
-        wait_until(lambda: setup.enroll(user, code, os.urandom(16), 100) in ("ok", "exists"),
-                   30, 0.2, f"enrolling {user}")
+        wait_until(partial(_enrolled, setup, user, code, 100), 30, 0.2, f"enrolling {user}")
     for v in victims:
-        wait_until(lambda: setup.enroll(v, b"the victim's code", os.urandom(16), 6)
-                   in ("ok", "exists"), 30, 0.2, f"enrolling {v}")
+        wait_until(partial(_enrolled, setup, v, b"the victim's code", 6), 30, 0.2,
+                   f"enrolling {v}")
         limits[v] = 6
     stop = threading.Event()
 
@@ -173,7 +183,7 @@ def test_replacing_a_node_under_a_load_of_guesses(tmp_path, witness, cluster_fac
     new.wait_healthy(timeout=30)
     final = Actor("final", fleet, hist, random.Random(7), urls, timeout=10, token=token)
     for user, code in owners:
-        def recovered():
+        def recovered(user=user, code=code):
             got = final.begin(user, code)
             return got and final.complete(user, *got, f="final")
         wait_until(recovered, 30, 0.3, f"a final recovery of {user}")
@@ -186,13 +196,14 @@ def test_replacing_a_node_under_a_load_of_guesses(tmp_path, witness, cluster_fac
     assert writes, "no acknowledged write to lose"
     assert any(o.node == "n2" and o.invoke > replaced_at for o in served), \
         "the new n2 served nothing"
-    during = [o for o in served if o.invoke < replaced_at and o.complete > replaced_at - 10]
+    during = [o for o in served if o.invoke < replaced_at and o.complete is not None
+              and o.complete > replaced_at - 10]
     assert during, "no guess was served while the replacement ran"
 
     # the old certificate is refused by the survivors (the fleet CA signed it)
     for nid in ("n1", "n3"):
         assert _refused_by(new, nid, old_files)
-    st = new.status("n1")
+    st = _status(new, "n1")
     assert {m["node"]: m["addr"] for m in st["members"]}["n2"].startswith(NEW_HOST + ":")
 
     # clients and auditors see the new node
@@ -214,7 +225,7 @@ def test_replacing_a_node_under_a_load_of_guesses(tmp_path, witness, cluster_fac
     new.stop(["n1"])
     new.start(["n1"])
     new.wait_healthy(timeout=30)
-    st = new.status("n1")
+    st = _status(new, "n1")
     assert {m["node"]: m["addr"] for m in st["members"]}["n2"].startswith(NEW_HOST + ":")
     assert _refused_by(new, "n1", old_files)
 
@@ -228,7 +239,7 @@ def test_member_admin_refusals_and_replacing_the_leader(tmp_path, cluster_factor
     cl = cluster_factory(3)
     cl.transfer("n2")
     assert cl.wait_leader(10) == "n2"
-    st = cl.status("n2")
+    st = _status(cl, "n2")
     by_node = {m["node"]: m["addr"] for m in st["members"]}
     assert sorted(by_node) == ["n1", "n2", "n3"]
     fp = "00" * 32
@@ -251,13 +262,13 @@ def test_member_admin_refusals_and_replacing_the_leader(tmp_path, cluster_factor
                         rem_n2)
     code, out = W.call(cl.api["n2"], "POST", "/v1/admin", body, channel=cl.channel)
     assert code == 401, out
-    assert len(cl.status("n1")["members"]) == 3  # nothing changed
+    assert len(_status(cl, "n1")["members"]) == 3  # nothing changed
 
     # replace the leader at another port of the same host
     base = free_base_port(1)
     old_files = (os.path.join(cl.dir, "n2", "tls.key"), os.path.join(cl.dir, "n2", "tls.crt"))
     keep = (str(tmp_path / "old.key"), str(tmp_path / "old.crt"))
-    for src, dst in zip(old_files, keep):
+    for src, dst in zip(old_files, keep, strict=True):
         open(dst, "wb").write(open(src, "rb").read())
     r = vault_cli("fleet", "replace", "--dir", cl.dir, "--node", "n2", "--host", "127.0.0.1",
                   "--raft-port", str(base + 1), "--api-port", str(base + 2), timeout=120)
@@ -265,13 +276,13 @@ def test_member_admin_refusals_and_replacing_the_leader(tmp_path, cluster_factor
     assert "leadership moved from n2" in r.stderr, r.stderr
     new = LocalCluster(cl.dir)
     new.wait_healthy(timeout=30)
-    members = {m["node"]: m["addr"] for m in new.status("n1")["members"]}
+    members = {m["node"]: m["addr"] for m in _status(new, "n1")["members"]}
     assert members["n2"] == f"127.0.0.1:{base + 1}"
     assert _refused_by(new, "n3", keep)
     # replaced again at the same address (the disk died again): the revocation and
     # the new pin refuse the certificate it had, though its address is a member
     second = (str(tmp_path / "second.key"), str(tmp_path / "second.crt"))
-    for src, dst in zip(old_files, second):
+    for src, dst in zip(old_files, second, strict=True):
         open(dst, "wb").write(open(src, "rb").read())
     # (--no-start: the new node runs on another machine; here the operator starts it after)
     r = vault_cli("fleet", "replace", "--dir", cl.dir, "--node", "n2", "--host", "127.0.0.1",
@@ -281,7 +292,7 @@ def test_member_admin_refusals_and_replacing_the_leader(tmp_path, cluster_factor
     assert "fleet export" in r.stderr and not new.pid("n2"), r.stderr
     new.start(["n2"])
     new.wait_healthy(timeout=30)
-    members = {m["node"]: m["addr"] for m in new.status("n3")["members"]}
+    members = {m["node"]: m["addr"] for m in _status(new, "n3")["members"]}
     assert members["n2"] == f"127.0.0.1:{base + 1}"
     assert _refused_by(new, "n3", second)
     assert _refused_by(new, "n3", keep)

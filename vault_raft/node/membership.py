@@ -14,7 +14,6 @@ old address was removed.
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from vault_raft.node.bridge import raft_call
@@ -74,7 +73,7 @@ async def change(replica, self_addr: str, args: dict) -> dict:
     t0 = time.monotonic()
     try:
         err = await raft_call(lambda done: replica.propose_membership(c, done), TIMEOUT)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise ApiError(503, f"the change was not applied within {TIMEOUT:g} s (it may still "
                             "be; check the members before retrying)") from None
     if err != 0:

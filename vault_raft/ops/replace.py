@@ -108,7 +108,7 @@ def replace_node(fleet_dir: str, node_id: str, host: str, *, raft_port: int | No
     progress(f"{node_id}: new identity key and certificate for {rep.new_addr} (fleet keys from "
              f"{fleet_dir}); the old certificate is {rep.old_cert_sha256[:16]}")
     others = [n for n in cl.ids if n != node_id]
-    leader = _leader(cl, timeout, cl.ids)
+    leader: str | None = _leader(cl, timeout, cl.ids)
     if leader == node_id:
         leader = _hand_over(cl, node_id, min(timeout, 10.0), progress)
     if cl.pid(node_id):
