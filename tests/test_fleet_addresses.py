@@ -100,6 +100,7 @@ def test_bad_addresses_are_refused_and_nothing_is_written(tmp_path):
         (["--node-host", "n2"], "nK=HOST"),
         (["--node-host", "n2=bad_host!"], "DNS name"),
         (["--node-host", "n2=vault-2.example"], "--bind"),
+        (["--node-host", "n2=0.0.0.0"], "--bind"),
         (["--bind", "everywhere"], "--bind"),
         (["--spec", str(bad)], "also"),
         (["--spec", str(spec), "--nodes", "5"], "lists 3 nodes"),

@@ -18,7 +18,7 @@ import pytest
 from vault_raft import client as C
 from vault_raft.chaos.campaign import CampaignConfig, run_campaign
 from vault_raft.ops.cluster import LocalCluster, http_status, wait_until
-from vault_raft.ops.netns import NetnsNet, init_netns_fleet, unavailable
+from vault_raft.ops.netns import NetnsNet, _ns_pids, init_netns_fleet, sweep_stale, unavailable
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240),
               pytest.mark.skipif(unavailable() is not None,
@@ -153,3 +153,22 @@ def test_chaos_cli_refuses_nemeses_that_do_not_fit_the_fleet(tmp_path):
     r = vault_cli("chaos", "--netns", "--nemesis", "partition,cut", "--duration", "5",
                   "--out", str(tmp_path))
     assert r.returncode == 2 and "partition" in r.stderr and "--netns" in r.stderr
+
+
+def test_a_run_killed_outright_is_swept_by_the_next():
+    """A namespace whose owning process is gone (SIGKILL: no exit handler ran)
+    is removed, with what runs in it, when the next network comes up."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = f"vault-raft-{dead.pid}-abcdef-n1"
+    subprocess.run(["ip", "netns", "add", stale], check=True)
+    try:
+        sleeper = subprocess.Popen(["ip", "netns", "exec", stale, sys.executable, "-c",
+                                    "import time; time.sleep(300)"])
+        wait_until(lambda: sleeper.pid in _ns_pids(stale), 10, 0.05, "the stale sleeper")
+        assert stale in sweep_stale()
+        assert sleeper.wait(5) == -9
+        assert stale not in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                           text=True).stdout
+    finally:
+        subprocess.run(["ip", "netns", "del", stale], capture_output=True)

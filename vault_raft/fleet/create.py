@@ -87,6 +87,9 @@ def check_host(value, what: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{what} must be an IPv4 address or a DNS name, got {value!r}")
     if _ipv4(value):
+        if socket.inet_aton(value) == bytes(4):
+            raise ConfigError(f"{what} must be an address a node is reached at, not {value} "
+                              "(that is a listen address: --bind)")
         return value
     labels = value.rstrip(".").split(".")
     if len(value) <= 253 and all(_LABEL.match(x) for x in labels) \
