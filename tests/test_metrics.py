@@ -8,6 +8,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from vault_raft import client as C
 from vault_raft.crypto.ksf import IDENTITY_KSF
+from vault_raft.ops.cluster import wait_until
+from vault_raft.raft.snapshots import read_snapshot_stats
 
 
 def scrape(cl, nid) -> dict:
@@ -63,6 +65,21 @@ def test_metrics_parse_and_count_what_happens(cluster_factory):
     assert _get(after, "vault_raft_peers_connected") == 2
     assert _get(after, "vault_node_healthy") == 1.0
     assert _get(after, "vault_records", status="active") == 1
+
+    # a compaction: the snapshot's write time appears (the write runs in a forked child)
+    assert ("vault_snapshot_duration_seconds", ()) not in after  # no snapshot written yet
+    status, out = cl.admin(leader, "compact", {})
+    assert status == 200, out
+
+    def with_duration():
+        m = scrape(cl, leader)
+        return m if ("vault_snapshot_duration_seconds", ()) in m else None
+    snapped = wait_until(with_duration, 30, 0.2, "the snapshot duration metric")
+    assert 0 < _get(snapped, "vault_snapshot_duration_seconds") < 30
+    assert _get(snapped, "vault_snapshot_bytes") > 0
+    stats = read_snapshot_stats(os.path.join(cl.node_dir(leader), "data", "snapshot.bin"))
+    assert stats is not None and stats["index"] >= _get(after, "vault_raft_applied_index")
+    assert _get(snapped, "vault_snapshot_duration_seconds") == stats["duration_seconds"]
 
 
 def test_the_alert_rules_check():

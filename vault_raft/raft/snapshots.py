@@ -8,15 +8,23 @@ forked child that dies with the node, and reads one through its
 the journal to the snapshot so a crash between snapshot and compaction loses
 nothing.  A snapshot a leader sends is kept out when the follower's log
 already covers it (:meth:`SnapshotFiles._load_dump_file`).
+
+The writer also leaves ``snapshot.bin.stats`` beside it (JSON: the index
+covered, the bytes written and the seconds the write took, from the start of
+the writer to the file synced, before pysyncobj renames it into place): the
+child cannot reach the node's metrics, so the node reads them from there
+(:func:`read_snapshot_stats`).
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +45,24 @@ def _die_with_parent() -> None:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
     except (OSError, AttributeError):
         os._exit(1)  # cannot guarantee it: write no snapshot (pysyncobj retries later)
+
+
+def stats_path(snapshot_path: str) -> str:
+    """Where the writer of ``snapshot_path`` records how long it took."""
+    return snapshot_path + ".stats"
+
+
+def read_snapshot_stats(snapshot_path: str) -> dict | None:
+    """``{"index", "bytes", "duration_seconds", "written"}`` of the last snapshot
+    this node wrote (None: none yet, or the file is unreadable)."""
+    try:
+        with open(stats_path(snapshot_path), "rb") as f:
+            st = json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(st, dict) or not isinstance(st.get("duration_seconds"), (int, float)):
+        return None
+    return st
 
 
 class SnapshotFiles:
@@ -101,6 +127,7 @@ class SnapshotFiles:
         return self._pso_load_dump_file(clearJournal)
 
     def _write_snapshot(self, filename: str, raft_data) -> None:
+        t0 = time.monotonic()
         last, prev, cluster = raft_data
         if os.getpid() != self._pid:
             # In pysyncobj's forked child.  Die with the node: a child left
@@ -125,6 +152,13 @@ class SnapshotFiles:
                               sorted(getattr(n, "id", str(n)) for n in cluster),
                               self.membership.to_dict(lock=os.getpid() == self._pid))
         atomic_write(filename, data)  # pysyncobj renames it over the snapshot next
+        try:  # for the node's metrics; a snapshot is not refused for want of it
+            atomic_write(stats_path(self.snapshot_path), json.dumps({
+                "index": last[1], "bytes": len(data),
+                "duration_seconds": round(time.monotonic() - t0, 6),
+                "written": time.time()}).encode())
+        except OSError:
+            pass
         if self._trace:
             self._trace("snapshot", last[1])
 
