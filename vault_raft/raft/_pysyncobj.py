@@ -62,7 +62,7 @@ class Hook:
 INVENTORY: tuple[Hook, ...] = (
     # --- module functions replaced process-wide (install_hooks)
     Hook("pysyncobj.syncobj", "createJournal", "patch",
-         "hand pysyncobj the durable journal for a _DurablePath"),
+         "hand pysyncobj the durable journal for a DurablePath"),
     Hook("pysyncobj.serializer", "atomicReplace", "patch",
          "sync a snapshot before and its directory after the rename"),
     Hook("pysyncobj.syncobj", "monotonicTime", "patch/read",

@@ -7,8 +7,8 @@ that touches its internals):
 
 * **Persist, then send.**  pysyncobj obtains its journal from
   ``pysyncobj.syncobj.createJournal``; for journal paths of type
-  :class:`_DurablePath` we return a :class:`DurableJournal` (checksummed,
-  fsynced, Raft-conformant truncation).  Every message goes through the
+  :class:`DurablePath` we return a :class:`DurableJournal` (checksummed,
+  fsynced, Raft-conformant truncation; :mod:`.journal_path`).  Every message goes through the
   transport's ``send``, which calls :meth:`DurableReplica._persist_before_send`:
   acks, votes and vote requests are preceded by ``journal.sync()``.  The
   leader's own appends are not synced before each message: they are synced
@@ -59,39 +59,22 @@ import os
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any
 
 from pysyncobj import SyncObj, SyncObjConf
 from pysyncobj.config import FAIL_REASON
 
 from vault_raft.raft import _pysyncobj as pso
 from vault_raft.raft import membership as _members
+from vault_raft.raft.journal_path import DurablePath
 from vault_raft.raft.membership_hooks import MembershipHooks
 from vault_raft.raft.prevote import PreVote
 from vault_raft.raft.settings import RaftSettings
 from vault_raft.raft.snapshots import SnapshotFiles
 from vault_raft.raft.transport import MtlsTransport, TlsConfig
-from vault_raft.storage.files import durable_replace
-from vault_raft.storage.journal import DurableJournal
-from vault_raft.storage.protocol import Journal
 
 log = logging.getLogger("vault_raft.replica")
 
 FAIL_NAMES = {v: k for k, v in vars(FAIL_REASON).items() if not k.startswith("_")}
-
-
-class _DurablePath(str):
-    """A journal path that asks for a :class:`DurableJournal` (or, in the
-    deterministic simulation, for the journal ``factory`` returns).  The
-    replica depends on the :class:`~vault_raft.storage.protocol.Journal` it gets."""
-
-    journal: Journal | None = None
-    trace: Callable | None = None
-    factory: Callable[..., Journal] | None = None
-    segment_bytes: int | None = None
-    snapshot_last: tuple | None = None  # (index, term) the node's snapshot covers
-    truncate_after: int | None = None
-    durability_mark: bool = True
 
 
 def _stop_on_storage_failure(exc: OSError, synced_index: int) -> None:
@@ -104,35 +87,6 @@ def _stop_on_storage_failure(exc: OSError, synced_index: int) -> None:
 #: Called as ``hook(error, last synced index)`` on the Raft thread when the
 #: journal cannot write or sync; must not return.
 STORAGE_FAILURE_HOOK: Callable[[OSError, int], None] = _stop_on_storage_failure
-
-
-def _create_journal(journal_file=None):
-    """The journal for a :class:`_DurablePath`; None: pysyncobj's own."""
-    if isinstance(journal_file, _DurablePath):
-        kw: dict[str, Any] = dict(snapshot_last=journal_file.snapshot_last,
-                                  truncate_after=journal_file.truncate_after,
-                                  durability_mark=journal_file.durability_mark)
-        if journal_file.factory is not None:
-            journal_file.journal = journal_file.factory(str(journal_file),
-                                                        trace=journal_file.trace, **kw)
-        else:
-            journal_file.journal = DurableJournal(
-                str(journal_file), trace=journal_file.trace,
-                segment_bytes=journal_file.segment_bytes, **kw)
-        return journal_file.journal
-    return None
-
-
-# pysyncobj logs CRITICAL "truncating already-applied log entries" whenever an
-# old or duplicated append reaches a follower, and then asks the journal to
-# truncate -- which the Raft-conformant journal ignores (it cuts only on a term
-# conflict, and stops the node itself if that would cut an applied entry).  The
-# line is a false alarm here; it is kept out of the node log.  pysyncobj's
-# serializer renames a snapshot into place (one it wrote, or one a leader sent)
-# without syncing it: durable_replace syncs the file before the rename and the
-# directory after, in every path.
-pso.install_hooks(_create_journal, durable_replace,
-                  quiet_truncation_alarm=lambda: DurableJournal.RAFT_CONFORMANT_TRUNCATION)
 
 
 class DurableReplica(SnapshotFiles, PreVote, MembershipHooks, SyncObj):
@@ -193,8 +147,8 @@ class DurableReplica(SnapshotFiles, PreVote, MembershipHooks, SyncObj):
         self._journal_ready()
 
     def _make_journal_path(self, data_dir: str, s: RaftSettings, trace, journal_factory,
-                           truncate_after: int | None) -> _DurablePath:
-        path = _DurablePath(os.path.join(data_dir, "raft.journal"))
+                           truncate_after: int | None) -> DurablePath:
+        path = DurablePath(os.path.join(data_dir, "raft.journal"))
         path.trace = trace
         path.factory = journal_factory
         path.segment_bytes = s.segment_bytes

@@ -72,7 +72,7 @@ class SnapshotFiles:
     RAFT_CONFORMANT_SNAPSHOT: bool
     SNAPSHOT_NICE: int
     snapshot_path: str
-    journal_path: Any  # the replica's _DurablePath
+    journal_path: Any  # the replica's DurablePath
     membership: Any  # membership.Membership
     _pid: int
     _state_lock: threading.Lock
