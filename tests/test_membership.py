@@ -217,6 +217,12 @@ def test_replacing_a_node_revokes_its_old_certificate_and_survives_a_restart(fle
     assert _call(leader, lambda cb: leader.propose_membership(
         MB.Change("rem", addrs["n2"], "n2", old_fp), cb)) == 0
     assert addrs["n2"] not in leader.members()
+    # the leader compacts its log past the removal: the new node learns it (and the
+    # revocation) from the snapshot it is sent, not from the entry
+    rem_index = leader.status()["last_applied"]
+    assert _commit(leader) == 0 and _commit(leader) == 0
+    leader.compact_now()
+    _wait(lambda: leader.status()["log_start"] > rem_index, 20, "the leader's compaction")
     # ... then add the new one at its new address
     peers_new = dict(addrs, n2=new)
     fleet["start"]("n2", peers_new, files_key="n2new", data="n2new")
@@ -229,6 +235,7 @@ def test_replacing_a_node_revokes_its_old_certificate_and_survives_a_restart(fle
     _wait(lambda: all(sorted(r.members()) == sorted([addrs["n1"], new, addrs["n3"]])
                       for r in reps.values()), 10, "the membership on every node")
     assert n2new.membership.revoked == {old_fp}
+    assert os.path.exists(n2new.snapshot_path)  # it caught up from the leader's snapshot
 
     # the survivors refuse the old certificate, and a CA-signed n2 certificate
     # that is not the pinned one; the new certificate is accepted
