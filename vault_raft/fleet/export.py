@@ -95,12 +95,13 @@ def _write_dir(out: str, files: list[tuple[str, str]]) -> None:
 
 
 def _write_tar(out: str, node_id: str, files: list[tuple[str, str]]) -> None:
-    mode = "w:gz" if out.endswith((".tar.gz", ".tgz")) else "w"
+    gz = out.endswith((".tar.gz", ".tgz"))
     tmp = out + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode=mode,
-                                                     format=tarfile.PAX_FORMAT) as tar:
+        with os.fdopen(fd, "wb") as raw, \
+                (tarfile.open(fileobj=raw, mode="w:gz", format=tarfile.PAX_FORMAT) if gz
+                 else tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT)) as tar:
             d = tarfile.TarInfo(node_id)
             d.type, d.mode = tarfile.DIRTYPE, 0o700
             tar.addfile(d)

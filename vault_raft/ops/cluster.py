@@ -8,6 +8,7 @@ waiting is on conditions with deadlines.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import os
@@ -89,12 +90,16 @@ def wait_until(cond: Callable[[], object], timeout: float, interval: float = 0.0
         time.sleep(interval)
 
 
-def _argv0(pid: int) -> bytes | None:
+def _execd(proc: subprocess.Popen, prefix0: bytes) -> bool:
+    """Has ``proc`` exited, or exec'd past the command prefix whose program is ``prefix0``?"""
+    if proc.poll() is not None:
+        return True
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().split(b"\0")[0] or None
+        with open(f"/proc/{proc.pid}/cmdline", "rb") as f:
+            argv0 = f.read().split(b"\0")[0]
     except OSError:
-        return None
+        return False
+    return bool(argv0) and argv0 != prefix0
 
 
 class LocalCluster:
@@ -168,8 +173,7 @@ class LocalCluster:
                                     stdin=subprocess.DEVNULL, start_new_session=True, env=env)
             log.close()
             if prefix:  # the prefix execs the node in turn: /proc shows neither mid-exec
-                wait_until(lambda: proc.poll() is not None
-                           or _argv0(proc.pid) not in (None, prefix[0].encode()),
+                wait_until(functools.partial(_execd, proc, prefix[0].encode()),
                            10, 0.005, f"{nid}'s command prefix to start it")
             self._procs[nid] = proc
             with open(self._pid_file(nid), "w") as f:
