@@ -23,8 +23,8 @@ handshake, and can be closed at any time:
   of line is rate-limited (:class:`QuietLog`): a flood of bad requests costs
   a few lines.
 
-This module is over 400 lines: the listener, its connection protocol and
-aiohttp's request handler share private state (a connection's phase, the
+Why one module: the listener, its connection protocol and aiohttp's
+request handler share private state (a connection's phase, the
 server's accounting) and are read together.
 """
 
