@@ -19,6 +19,7 @@ import tarfile
 import tempfile
 
 from vault_raft.fleet.config import ConfigError, FleetInfo
+from vault_raft.storage.files import atomic_write
 
 #: What a node's host needs, all made by ``fleet init``: the node's config,
 #: the fleet keys and the node's identity key, its TLS key and certificate,
@@ -96,25 +97,16 @@ def _write_dir(out: str, files: list[tuple[str, str]]) -> None:
 
 def _write_tar(out: str, node_id: str, files: list[tuple[str, str]]) -> None:
     gz = out.endswith((".tar.gz", ".tgz"))
-    tmp = out + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as raw, \
-                (tarfile.open(fileobj=raw, mode="w:gz", format=tarfile.PAX_FORMAT) if gz
-                 else tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT)) as tar:
-            d = tarfile.TarInfo(node_id)
-            d.type, d.mode = tarfile.DIRTYPE, 0o700
-            tar.addfile(d)
-            for name, src in files:
-                with open(src, "rb") as s:
-                    data = s.read()
-                info = tarfile.TarInfo(f"{node_id}/{name}")
-                info.size, info.mode = len(data), 0o600
-                tar.addfile(info, io.BytesIO(data))
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    buf = io.BytesIO()
+    with (tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.PAX_FORMAT) if gz
+          else tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT)) as tar:
+        d = tarfile.TarInfo(node_id)
+        d.type, d.mode = tarfile.DIRTYPE, 0o700
+        tar.addfile(d)
+        for name, src in files:
+            with open(src, "rb") as s:
+                data = s.read()
+            info = tarfile.TarInfo(f"{node_id}/{name}")
+            info.size, info.mode = len(data), 0o600
+            tar.addfile(info, io.BytesIO(data))
+    atomic_write(out, buf.getvalue())  # 0600
