@@ -12,9 +12,10 @@ import sys
 import pytest
 
 from vault_raft.bench.etcd import ETCD_PACKAGE
+from vault_raft.ops.netns import unavailable as netns_unavailable
 
 HAVE_ETCD = shutil.which("etcd") is not None
-BASELINES = "pysyncobj,floor,channel,mark"  # `vault-raft bench`'s default, but etcd
+BASELINES = "pysyncobj,floor,channel,mark"  # `vault-raft bench`'s default, but etcd and netns
 
 
 @pytest.mark.cluster
@@ -61,6 +62,52 @@ def test_bench_smoke(tmp_path):
         data = (out / pic).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     assert not (out / "work").exists()  # the run cleans up its clusters' directories
+
+
+@pytest.mark.cluster
+@pytest.mark.skipif(netns_unavailable() is not None,
+                    reason=f"network namespaces: {netns_unavailable()}")
+def test_bench_netns_comparison(tmp_path):
+    """Guesses on a fleet with a network namespace per node beside the loopback
+    fleet: both sides measured, side by side in the table, namespaces removed."""
+    out = tmp_path / "bench"
+    p = subprocess.Popen([sys.executable, "-m", "vault_raft", "bench", "--duration", "1",
+                          "--concurrency", "1", "--sizes", "none", "--growth", "none",
+                          "--samples", "20", "--target-rate", "0", "--workload", "guess",
+                          "--compare", "netns", "--out", str(out)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = p.communicate(timeout=600)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, err[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    for side in ("netns", "loopback"):
+        v = res["netns"][side]
+        assert v["c1"]["ok"] >= 40 and v["c1"]["errors"] == 0, (side, v)
+        assert 0 < v["c1"]["p50_ms"] <= v["c1"]["p99_ms"], (side, v)
+        assert v["throughput"] > 0, (side, v)
+    table = (out / "table.txt").read_text()
+    for line in ("own namespace per node (veth + bridge)", "loopback (127.0.0.1)",
+                 "netns / loopback"):
+        assert line in table, table
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert f"vault-raft-{p.pid}-" not in names  # the run removed its namespaces
+
+
+def test_bench_netns_comparison_is_skipped_with_a_note(monkeypatch, tmp_path):
+    """Where namespaces cannot be made, the comparison says why and the run goes on."""
+    from vault_raft.bench import ab, report
+    from vault_raft.bench.harness import Config
+
+    monkeypatch.setattr(ab.netns, "unavailable", lambda: "network namespaces need root")
+    res: dict = {}
+    ab.run_netns_ab(Config(out=str(tmp_path), quiet=True), res)
+    assert res == {"netns": {"skipped": "network namespaces need root"}}
+    assert "namespace fleet A/B: not measured (network namespaces need root)" in \
+        report.table(res)
 
 
 def test_ci_installs_the_etcd_the_bench_pins():

@@ -1,10 +1,12 @@
 """A/B runs: fleets that differ in one setting (the durability mark, the client
-channel), up at once and measured in alternating blocks."""
+channel, loopback or a network namespace per node), up at once and measured
+in alternating blocks."""
 
 from __future__ import annotations
 
 from vault_raft.bench.harness import ATTEMPTS_PER_BENCH_USER, Config, VaultBench, progress
 from vault_raft.bench.load import Result, closed_loop, timed
+from vault_raft.ops import netns
 
 
 def run_ab(cfg: Config, variants: dict[str, dict], label: str,
@@ -50,6 +52,30 @@ def run_mark_ab(cfg: Config, res: dict, rounds: int = 4) -> None:
     journal sync, against a fleet with the mark switched off."""
     res["mark"] = run_ab(cfg, {"with": {}, "without": {"raft": {"durability_mark": 0}}},
                          "mark", rounds)
+
+
+def run_netns_ab(cfg: Config, res: dict, rounds: int = 4) -> None:
+    """Guesses on a fleet whose nodes each run in their own network namespace
+    (own address, a veth pair to a private bridge; this process, the load
+    generator, stays in its namespace and reaches them over the bridge) next
+    to the same fleet on loopback: the same workload, parameters and blocks.
+    Where namespaces cannot be made (not root, no iproute2) the comparison is
+    skipped with the reason in ``res["netns"]["skipped"]``."""
+    reason = netns.unavailable()
+    if reason is None:
+        net = netns.NetnsNet([f"n{i}" for i in range(1, cfg.nodes + 1)])
+        try:
+            net.up()
+        except netns.NetnsError as exc:
+            reason = f"the namespaces could not be made: {exc}"
+    if reason is not None:
+        progress(cfg, f"netns A/B: skipped ({reason})")
+        res["netns"] = {"skipped": reason}
+        return
+    try:
+        res["netns"] = run_ab(cfg, {"netns": {"net": net}, "loopback": {}}, "netns", rounds)
+    finally:
+        net.close()  # after the fleets' stop: kills what is left inside by PID
 
 
 def run_channel_ab(cfg: Config, res: dict, rounds: int = 4) -> None:

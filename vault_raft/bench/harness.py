@@ -24,6 +24,7 @@ from vault_raft.fleet.config import FleetInfo
 from vault_raft.fleet.create import init_fleet
 from vault_raft.fleet.tenants import local_token_source
 from vault_raft.ops.cluster import LocalCluster, free_base_port
+from vault_raft.ops.netns import NetnsNet, init_netns_fleet
 
 ATTEMPTS_PER_BENCH_USER = 100
 
@@ -71,14 +72,23 @@ def cluster_entry_points(cluster: LocalCluster) -> tuple[int, int]:
 
 
 class VaultBench:
+    """A local fleet to measure.  With ``net`` (an :class:`~vault_raft.ops.netns.NetnsNet`
+    that is up, its nodes n1..nK), every node runs in its own network namespace
+    with its own address, and the load generator (in this namespace) reaches
+    them over the network's bridge; without it, all nodes listen on 127.0.0.1."""
+
     def __init__(self, cfg: Config, nodes: int, tag: str, api_tls: bool = True,
-                 raft: dict | None = None):
+                 raft: dict | None = None, net: NetnsNet | None = None):
         self.cfg = cfg
+        self.net = net
         self.dir = os.path.join(cfg.out, "work", tag)
         shutil.rmtree(self.dir, ignore_errors=True)
         os.makedirs(self.dir)
-        self.fleet_path = init_fleet(self.dir, nodes, base_port=free_base(nodes),
-                                     api_tls=api_tls)
+        if net is not None:  # every node its own host: the same ports, each on its address
+            self.fleet_path = init_netns_fleet(self.dir, net, api_tls=api_tls)
+        else:
+            self.fleet_path = init_fleet(self.dir, nodes, base_port=free_base(nodes),
+                                         api_tls=api_tls)
         if raft:  # A/B comparisons: Raft settings
             for i in range(1, nodes + 1):
                 p = os.path.join(self.dir, f"n{i}", "node.json")
@@ -92,7 +102,7 @@ class VaultBench:
         self.token = local_token_source(self.dir, self.fleet.fleet_id, lifetime=900)
         self.channel = for_fleet(self.fleet)  # TLS 1.3 pinned to the fleet CA, as clients do
         self.fresh_connections = False  # True: every request on a new connection
-        self.cluster = LocalCluster(self.dir)
+        self.cluster = LocalCluster(self.dir, wrap=net.wrap if net is not None else None)
         self.guess_users: list[bytes] = []
         self.real_users: list[tuple[bytes, bytes]] = []
         self._record: bytes | None = None
@@ -102,6 +112,11 @@ class VaultBench:
     def start(self) -> float:
         t0 = time.perf_counter()
         self.cluster.start()
+        if self.net is not None:  # killed by PID with the network, whatever happens
+            for nid in self.cluster.ids:
+                pid = self.cluster.pid(nid)
+                if pid:
+                    self.net.track(pid)
         self.cluster.wait_leader(60)
         self.cluster.wait_healthy(timeout=60)
         return time.perf_counter() - t0

@@ -147,6 +147,22 @@ def table(res: dict) -> str:
         lines.append(f"{ratio:30} {_ratio(_pct(va['c1'], 50), _pct(vb['c1'], 50)):>7} "
                      f"{_ratio(_pct(va['c1'], 99), _pct(vb['c1'], 99)):>7} "
                      f"{_ratio(va['throughput'], vb['throughput']):>9}")
+    ns = res.get("netns")
+    if ns and "skipped" in ns:
+        lines += ["", f"namespace fleet A/B: not measured ({ns['skipped']})"]
+    elif ns:
+        a, b = ns["netns"], ns["loopback"]
+        lines += ["", f"{'namespace fleet A/B (guess, c=1 via the leader)':48} {'n':>5} "
+                      f"{'err':>4} {'p50':>7} {'p99':>7} {'c=' + str(a['concurrency']) + ' /s':>9}"]
+        for name, v in (("own namespace per node (veth + bridge)", a),
+                        ("loopback (127.0.0.1)", b)):
+            r = v["c1"]
+            lines.append(f"{name:48} {r.hist.get_total_count():5d} {r.errors:4d} "
+                         f"{_fmt(_pct(r, 50)):>7} {_fmt(_pct(r, 99)):>7} {v['throughput']:9.0f}")
+        lines.append(f"{'  netns / loopback':48} {'':5} {'':4} "
+                     f"{_ratio(_pct(a['c1'], 50), _pct(b['c1'], 50)):>7} "
+                     f"{_ratio(_pct(a['c1'], 99), _pct(b['c1'], 99)):>7} "
+                     f"{_ratio(a['throughput'], b['throughput']):>9}")
     ch = res.get("channel")
     if ch:
         lines += ["", f"{'client channel A/B (guess, c=1, ms)':44} {'n':>5} {'err':>4} "

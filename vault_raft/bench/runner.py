@@ -12,7 +12,7 @@ import shutil
 import sys
 import time
 
-from vault_raft.bench.ab import run_channel_ab, run_mark_ab
+from vault_raft.bench.ab import run_channel_ab, run_mark_ab, run_netns_ab
 from vault_raft.bench.baselines import measure_floor, run_etcd, run_raw
 from vault_raft.bench.harness import Config, progress
 from vault_raft.bench.load import Result
@@ -41,6 +41,8 @@ def run(cfg: Config) -> dict:
         run_channel_ab(cfg, res)
     if "mark" in cfg.compare:
         run_mark_ab(cfg, res)
+    if "netns" in cfg.compare:
+        run_netns_ab(cfg, res)
     if cfg.sizes:
         run_sizes(cfg, res)
     if cfg.growth:

@@ -30,10 +30,12 @@ def register(sub) -> None:
                    help="seconds per concurrency level (half closed loop, half open loop)")
     p.add_argument("--concurrency", default="1,4,16,64")
     p.add_argument("--workload", default="guess,release,enroll,full_recovery")
-    p.add_argument("--compare", default="etcd,pysyncobj,floor,channel,mark",
-                   help="baselines: any of etcd,pysyncobj,floor,channel,mark (channel: guesses "
-                   "through the TLS client channel against plain HTTP; mark: with and without "
-                   "the journal's durability mark) or 'none'")
+    p.add_argument("--compare", default="etcd,pysyncobj,floor,channel,mark,netns",
+                   help="baselines: any of etcd,pysyncobj,floor,channel,mark,netns (channel: "
+                   "guesses through the TLS client channel against plain HTTP; mark: with and "
+                   "without the journal's durability mark; netns: every node in its own network "
+                   "namespace against loopback, skipped where namespaces cannot be made) or "
+                   "'none'")
     p.add_argument("--sizes", default="3,5,7", help="cluster sizes for the concurrency-1 guess")
     p.add_argument("--growth", default="10000,100000,1000000",
                    help="record counts for memory/snapshot/restart ('none' to skip)")
@@ -64,8 +66,9 @@ def run(a) -> int:
         raise UsageError(f"bench: unknown workload(s) {unknown}; known: "
                          f"{', '.join(defs.get('vault', {}))}")
     compare = () if a.compare == "none" else tuple(c for c in a.compare.split(",") if c)
-    if any(c not in ("etcd", "pysyncobj", "floor", "channel", "mark") for c in compare):
-        raise UsageError("bench: --compare takes etcd, pysyncobj, floor, channel, mark or none")
+    if any(c not in ("etcd", "pysyncobj", "floor", "channel", "mark", "netns") for c in compare):
+        raise UsageError("bench: --compare takes etcd, pysyncobj, floor, channel, mark, netns "
+                         "or none")
     if not 3 <= a.nodes <= 9 or a.duration <= 0 or a.samples < 10:
         raise UsageError("bench: --nodes 3..9, --duration > 0, --samples >= 10")
     cfg = Config(out=a.out, nodes=a.nodes, duration=a.duration,
