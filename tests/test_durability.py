@@ -32,6 +32,11 @@ from vault_raft.storage import segments as SG
 from vault_raft.storage.errors import JournalCorrupt, StorageFailed
 
 
+def indexes(journal) -> list[int]:
+    """The Raft indexes a journal holds, read as pysyncobj reads it (len, [i])."""
+    return [journal[i][1] for i in range(len(journal))]
+
+
 class Recorder:
     def __init__(self):
         self.lock = threading.Lock()
@@ -81,7 +86,7 @@ def check(recorder: Recorder) -> list[str]:
 
 def run_cluster(tmp_path, recorder, monkeypatch, disable_sync=False):
     real_fdatasync = os.fdatasync
-    owner = {}  # node directory -> node address
+    owner: dict[str, str] = {}  # node directory -> node address
 
     def fdatasync(fd):
         target = os.readlink(f"/proc/self/fd/{fd}")
@@ -240,10 +245,11 @@ def test_a_log_shorter_than_the_mark_recovers_before_it_trusts_itself(tmp_path):
     os.truncate(path, size - 3)  # the last record, synced and maybe acknowledged, is cut
     j = J.DurableJournal(path, snapshot_last=None)
     assert len(j) == 9
+    assert j.recovery is not None
     assert j.recovery["need"] == 10 and "ends at entry 9" in j.recovery["reason"]
     j._destroy()
     j = J.DurableJournal(path, snapshot_last=None)  # a restart remembers what is missing
-    assert j.recovery["need"] == 10
+    assert j.recovery is not None and j.recovery["need"] == 10
     j.add(b"cmd10", 10, 1)  # the leader sends it again
     j.sync()
     assert j.recovery is None
@@ -267,7 +273,7 @@ def test_a_deleted_last_segment_is_noticed(tmp_path, monkeypatch):
     last = SG.list_segments(path)[-1]
     os.unlink(SG.segment_path(path, last))
     j = J.DurableJournal(path, snapshot_last=None)
-    assert j.recovery["need"] == 60 and j[-1][1] < 60
+    assert j.recovery is not None and j.recovery["need"] == 60 and j[-1][1] < 60
 
 
 def test_a_journal_starting_after_the_snapshot_is_cleared_and_recovers(tmp_path, monkeypatch):
@@ -276,7 +282,7 @@ def test_a_journal_starting_after_the_snapshot_is_cleared_and_recovers(tmp_path,
     _fill(path, 60)
     os.unlink(path)  # the first segment; no snapshot covers entries 1..
     j = J.DurableJournal(path + "", snapshot_last=None)
-    assert len(j) == 0 and j.recovery["need"] == 60
+    assert len(j) == 0 and j.recovery is not None and j.recovery["need"] == 60
     assert "entries 1.." in j.recovery["reason"] and "snapshot" in j.recovery["reason"]
     j._destroy()
     # a snapshot that covers the missing entries: nothing is lost
@@ -301,7 +307,7 @@ def test_a_storage_failure_is_reported_once_and_nothing_after_the_last_sync_is_k
     path = str(tmp_path / "j")
     _fill(path, 5)
     j = J.DurableJournal(path)
-    failures = []
+    failures: list[OSError] = []
     j.on_failure = failures.append
     j.add(b"cmd6", 6, 1)
     real = os.fdatasync
@@ -316,7 +322,7 @@ def test_a_storage_failure_is_reported_once_and_nothing_after_the_last_sync_is_k
     monkeypatch.setattr(os, "fdatasync", real)
     # the node restarts with what was synced: entry 6 may be only in the page cache
     k = J.DurableJournal(path, truncate_after=j.synced_index)
-    assert [e[1] for e in k] == [1, 2, 3, 4, 5]
+    assert indexes(k) == [1, 2, 3, 4, 5]
 
 
 def test_truncate_and_compact_survive_reopen(tmp_path):
@@ -326,12 +332,12 @@ def test_truncate_and_compact_survive_reopen(tmp_path):
     j.deleteEntriesFrom(15)  # entries 16.. were conflicting
     j.add(b"new16", 16, 2)
     j.deleteEntriesTo(5)  # compaction: entries 1..5 are in a snapshot
-    assert [e[1] for e in j] == list(range(6, 17))
+    assert indexes(j) == list(range(6, 17))
     j._destroy()
     # one segment: nothing deleted on disk; the replica drops 1..5 again when
     # it loads the snapshot (_align_journal)
     j = J.DurableJournal(path)
-    assert [e[1] for e in j] == list(range(1, 17))
+    assert indexes(j) == list(range(1, 17))
     assert j[-1] == (b"new16", 16, 2)
     assert j[5] == (b"cmd6", 6, 1)
 
@@ -361,7 +367,7 @@ def test_segments_roll_and_compaction_deletes_whole_segments(tmp_path, monkeypat
     k = J.DurableJournal(path)
     first = k[0][1]
     assert 1 < first <= 41  # whole segments only: the kept one may start earlier
-    assert [e[1] for e in k] == list(range(first, 61))
+    assert indexes(k) == list(range(first, 61))
     k.add(b"next", 61, 1)
     k._destroy()
     assert J.DurableJournal(path)[-1] == (b"next", 61, 1)
@@ -390,7 +396,7 @@ def test_the_next_segment_is_made_ahead_of_time(tmp_path, monkeypatch):
     monkeypatch.undo()
     j._destroy()  # the spare made for segment 2, if any, is removed
     assert SG.list_segments(path) == [0, 1]
-    assert [e[1] for e in J.DurableJournal(path)] == list(range(1, i + 1))
+    assert indexes(J.DurableJournal(path)) == list(range(1, i + 1))
 
 
 def test_truncation_into_a_sealed_segment_drops_later_segments(tmp_path, monkeypatch):
@@ -400,7 +406,7 @@ def test_truncation_into_a_sealed_segment_drops_later_segments(tmp_path, monkeyp
     j = J.DurableJournal(path)
     assert len(j.segments) >= 4
     j.add(b"conflict", 12, 2)  # 12..60 conflict: cut into segment 0 or 1
-    assert [e[1] for e in j] == list(range(1, 13))
+    assert indexes(j) == list(range(1, 13))
     j.sync()
     copy = str(tmp_path / "crash")
     for seq in SG.list_segments(path):  # a crash image: no close, no trim
@@ -408,7 +414,7 @@ def test_truncation_into_a_sealed_segment_drops_later_segments(tmp_path, monkeyp
                 open(SG.segment_path(copy, seq), "wb") as dst:
             dst.write(src.read())
     k = J.DurableJournal(copy)
-    assert [e[1] for e in k] == list(range(1, 13)) and k[-1] == (b"conflict", 12, 2)
+    assert indexes(k) == list(range(1, 13)) and k[-1] == (b"conflict", 12, 2)
     j._destroy()
 
 
@@ -420,7 +426,7 @@ def test_torn_tail_of_the_last_segment_is_recovered(tmp_path, monkeypatch):
     with open(last, "ab") as f:
         f.write(SG.encode_record(b"command-41-long", 41, 1)[:15])
     j = J.DurableJournal(path)
-    assert [e[1] for e in j] == list(range(1, 41))
+    assert indexes(j) == list(range(1, 41))
     j._destroy()
 
 
@@ -437,7 +443,7 @@ def test_a_crash_right_after_a_roll_leaves_an_empty_last_segment(tmp_path, monke
     with open(last, "r+b") as f:  # the crash: the new segment's first record never landed
         f.truncate(len(SG.HEADER))
     k = J.DurableJournal(path)  # (the segment made ahead of time may be there too: empty)
-    assert [e[1] for e in k] == list(range(1, n)) and len(k.segments) >= 2
+    assert indexes(k) == list(range(1, n)) and len(k.segments) >= 2
     k.add(b"again", n, 1)  # appends go on in an empty segment
     k._destroy()
     assert J.DurableJournal(path)[-1] == (b"again", n, 1)
@@ -455,8 +461,11 @@ def test_what_a_restart_reads_is_synced_before_use(tmp_path, monkeypatch):
         j.add(f"command-{i:04d}".encode(), i, 1)  # never synced by sync(): a kill -9 now
     synced = []
     real = os.fdatasync
-    monkeypatch.setattr(J.os, "fdatasync", lambda fd: (synced.append(os.readlink(
-        f"/proc/self/fd/{fd}")), real(fd)))
+
+    def recording_fdatasync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+    monkeypatch.setattr(J.os, "fdatasync", recording_fdatasync)
     k = J.DurableJournal(path)
     assert len(k) == 40
     assert sorted(synced) == sorted(os.path.realpath(p) for p in k.segments)
@@ -521,10 +530,10 @@ def test_reserved_space_is_not_a_torn_tail(tmp_path, caplog):
     assert os.path.getsize(copy) > j._end + J.DurableJournal.PREALLOCATE // 2  # space reserved
     with caplog.at_level("WARNING"):
         k = J.DurableJournal(copy)
-    assert [e[1] for e in k] == list(range(1, 51)) and "torn" not in caplog.text
+    assert indexes(k) == list(range(1, 51)) and "torn" not in caplog.text
     k.add(b"cmd51", 51, 1)  # appends continue inside the reserve
     k._destroy()
-    assert [e[1] for e in J.DurableJournal(copy)] == list(range(1, 52))
+    assert indexes(J.DurableJournal(copy)) == list(range(1, 52))
     j._destroy()
     assert os.path.getsize(path) == j._end  # a clean close trims the reserve
 
@@ -555,7 +564,7 @@ def test_truncated_entries_do_not_come_back_from_the_reserve(tmp_path):
     j.add(b"new16", 16, 2)  # a conflicting entry: 16..20 are cut, new16 appended
     _crash_image(j, path, copy)
     k = J.DurableJournal(copy)
-    assert [e[1] for e in k] == list(range(1, 17)) and k[-1] == (b"new16", 16, 2)
+    assert indexes(k) == list(range(1, 17)) and k[-1] == (b"new16", 16, 2)
     j._destroy()
 
 
@@ -579,11 +588,16 @@ def test_snapshots_are_written_by_a_forked_child(tmp_path, fork):
     try:
         wait_until(lambda: rep.status().get("role") == "leader", 20, what="a leader")
         done, errors = threading.Semaphore(0), []
+
+        def finished(res, err) -> None:
+            if err:
+                errors.append(err)
+            done.release()
         for k in range(20):
             rep.propose(encode_command("enroll", user=f"u{k}".encode(), now=k, max_attempts=3,
                                        version=b"v" * 16, opaque_record=b"r" * 192,
                                        sealed_secret=b"s" * 40, **_ticket()),
-                        lambda res, err: (errors.append(err) if err else None, done.release()))
+                        finished)
         for _ in range(20):
             assert done.acquire(timeout=10)
         assert errors == []
@@ -608,11 +622,16 @@ def test_snapshots_are_written_by_a_forked_child(tmp_path, fork):
 
 def _enroll_all(rep, users):
     done, errors = threading.Semaphore(0), []
+
+    def finished(res, err) -> None:
+        if err:
+            errors.append(err)
+        done.release()
     for u in users:
         rep.propose(encode_command("enroll", user=u.encode(), now=1, max_attempts=3,
                                    version=b"v" * 16, opaque_record=b"r" * 192,
                                    sealed_secret=b"s" * 40, **_ticket()),
-                    lambda res, err: (errors.append(err) if err else None, done.release()))
+                    finished)
     for _ in users:
         assert done.acquire(timeout=10)
     assert errors == []
@@ -663,7 +682,8 @@ def test_an_orphaned_snapshot_child_writes_nothing(tmp_path):
     rep = VaultReplica(addr, [], str(tmp_path / "n1"), tls=tls)
     try:
         target = str(tmp_path / "snap.out")
-        entries = ((b"\x01", 2, 1), (b"\x01", 1, 1), [])
+        entries: tuple[tuple[bytes, int, int], tuple[bytes, int, int], list[str]] = (
+            (b"\x01", 2, 1), (b"\x01", 1, 1), [])
         # the child's parent is not the node any more: exit, write nothing
         pid = os.fork()
         if pid == 0:
@@ -734,4 +754,4 @@ def test_a_failed_spare_segment_is_made_at_the_roll(tmp_path, monkeypatch):
         j.add(f"command-{i:04d}".encode(), i, 1)
     assert calls[:2] == [1, 1] and j.segments[1] == SG.segment_path(path, 1)
     j._destroy()
-    assert [e[1] for e in J.DurableJournal(path)] == list(range(1, i + 1))
+    assert indexes(J.DurableJournal(path)) == list(range(1, i + 1))

@@ -124,8 +124,10 @@ def _is(value, t: str, fmt: str | None) -> bool:
         return isinstance(value, bytes) if fmt == "binary" else isinstance(value, str)
     if t == "integer":
         return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, {"boolean": bool, "object": dict, "array": list,
-                              "null": type(None), "number": (int, float)}[t])
+    classes: dict[str, type | tuple[type, ...]] = {
+        "boolean": bool, "object": dict, "array": list, "null": type(None),
+        "number": (int, float)}
+    return isinstance(value, classes[t])
 
 
 # ------------------------------------------------------------------ the fleet
@@ -161,7 +163,9 @@ class Api:
     def __init__(self, world):
         self.cl, self.dir = world["cl"], world["dir"]
         self.fleet = FleetInfo.load(os.path.join(self.dir, "fleet.json"))
-        self.channel = CH.for_fleet(self.fleet)
+        channel = CH.for_fleet(self.fleet)
+        assert channel is not None, "the fleet pins a channel CA"
+        self.channel = channel
         self.fid = self.fleet.fleet_id
         self.local = T.local_token_source(self.dir, self.fid)
         self.seen: set[tuple[str, str, int]] = set()
@@ -197,6 +201,7 @@ class Api:
 
     def check(self, method: str, path: str, status: int, headers: dict, raw: bytes):
         doc = self.doc
+        assert doc is not None, "the served document is fetched first"
         # a method the path does not have (405) counts for the path's operations
         self.seen.add((path, method if doc.operation(path, method) else "*", status))
         if status not in doc.statuses(path, method):
@@ -222,7 +227,7 @@ class Api:
                 self.problems.append((method, path, status, "retry_after != Retry-After"))
         return out
 
-    def post(self, path: str, body: dict, expect: int, **kw):
+    def post(self, path: str, body: dict | None, expect: int, **kw):
         return self.call("POST", path, body, expect=expect, **kw)
 
     # ----- the client's half of each flow

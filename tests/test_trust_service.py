@@ -76,7 +76,7 @@ async def serve_witness(w: World):
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    w.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    w.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
     return runner
 
 

@@ -7,6 +7,8 @@ generates requests from these schemas and checks every real reply against
 them.
 """
 
+from typing import Any
+
 from vault_raft.api import binding as P
 from vault_raft.core import machine as M
 from vault_raft.crypto import opaque
@@ -130,7 +132,7 @@ _STATUS = _obj({
     "reason": {"type": "string", "description": "why a node that is down is down"},
 }, ["node_id", "fleet_id", "role", "healthy"])
 
-OPENAPI = {
+OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "vault-raft node API", "version": "1",
              "description": "Bodies are msgpack maps; format: binary is msgpack bin, and its "
