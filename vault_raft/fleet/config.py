@@ -79,7 +79,7 @@ class FleetInfo:
                           self.channel_ca or b"")
 
     @classmethod
-    def from_entry(cls, entry) -> "FleetInfo":
+    def from_entry(cls, entry) -> FleetInfo:
         """The fleet a *verified* bundle entry describes."""
         try:
             ksf = KSF.from_dict(dict(entry.ksf))
@@ -97,12 +97,13 @@ class FleetInfo:
                          for i, url in enumerate(entry.endpoints, start=1)), ca)
 
     @classmethod
-    def load(cls, path: str) -> "FleetInfo":
+    def load(cls, path: str) -> FleetInfo:
         try:
             with open(path) as f:
                 d = json.load(f)
         except FileNotFoundError:
-            raise ConfigError(f"fleet file {path} not found (run 'vault-raft fleet init')") from None
+            raise ConfigError(f"fleet file {path} not found "
+                              "(run 'vault-raft fleet init')") from None
         except (OSError, ValueError) as exc:
             raise ConfigError(f"fleet file {path} unreadable: {exc}") from None
         try:
@@ -112,6 +113,7 @@ class FleetInfo:
             if not nodes:
                 raise ConfigError(f"fleet file {path}: no nodes")
             fleet_id = str(d["fleet_id"])
+            ca: bytes | None
             if "channel_ca" in d:
                 ca = bytes.fromhex(d["channel_ca"])
             else:  # written before the API had TLS: its nodes serve TLS now
@@ -183,7 +185,8 @@ class NodeConfig:
     dial: tuple[tuple[str, str], ...] = ()  # peer raft address -> address to dial (chaos proxies)
     transport: str = "mtls"  # the Raft transport: mutual TLS is the only one
     admin_key: bytes | None = None  # Ed25519 public key that signs admin requests
-    default_max_attempts: int = limits.DEFAULT_MAX_ATTEMPTS  # the fleet's published default (fleet.json)
+    # the fleet's published default (fleet.json)
+    default_max_attempts: int = limits.DEFAULT_MAX_ATTEMPTS
     api_tls: bool | None = None  # None (field absent): TLS if the node's TLS files exist
     metrics_port: int | None = None  # Prometheus metrics (plain HTTP on api_host); None: off
     tenants: str = "required"  # "off": no tenant tokens checked (a fleet made before tenants)
@@ -191,7 +194,7 @@ class NodeConfig:
     bind: str | None = None  # the address it listens on; None (field absent): api_host
 
     @classmethod
-    def load(cls, node_dir: str) -> "NodeConfig":
+    def load(cls, node_dir: str) -> NodeConfig:
         path = os.path.join(node_dir, "node.json")
         try:
             with open(path) as f:
@@ -258,11 +261,11 @@ class NodeConfig:
     def tls_config(self):
         """The mTLS transport's config (ConfigError if its files are missing)."""
         from vault_raft.raft.transport import TlsConfig
-        paths = [os.path.join(self.dir, f) for f in ("ca.crt", "tls.crt", "tls.key")]
-        missing = [p for p in paths if not os.path.exists(p)]
+        ca, cert, key = (os.path.join(self.dir, f) for f in ("ca.crt", "tls.crt", "tls.key"))
+        missing = [p for p in (ca, cert, key) if not os.path.exists(p)]
         if missing:
             raise ConfigError(f"{self.dir}: TLS files missing: {missing}")
-        return TlsConfig(self.fleet_id, self.node_id, *paths,
+        return TlsConfig(self.fleet_id, self.node_id, ca, cert, key,
                          {nid: addr for addr, nid in self.peer_ids})
 
 

@@ -119,7 +119,7 @@ class FileKeystore:
         return f"FileKeystore(fleet_id={self.fleet_id!r})"
 
     @classmethod
-    def generate(cls, fleet_id: str) -> "FileKeystore":
+    def generate(cls, fleet_id: str) -> FileKeystore:
         sk, pk = S.hpke_keypair()
         return cls(fleet_id, ServerSetup.generate().to_bytes(), S.new_key(), S.new_key(), sk, pk,
                    os.urandom(32).hex())
@@ -138,7 +138,7 @@ class FileKeystore:
         os.chmod(path, 0o600)
 
     @classmethod
-    def load(cls, path: str) -> "FileKeystore":
+    def load(cls, path: str) -> FileKeystore:
         data = read_private(path, "keystore")
         try:
             d = msgpack.unpackb(data, raw=False)
@@ -183,7 +183,7 @@ class FileKeystore:
         return self._enroll_pk
 
     # ------------------------------------------------ deployment evidence
-    def for_node(self, node_id: str) -> "FileKeystore":
+    def for_node(self, node_id: str) -> FileKeystore:
         """A copy of the fleet keys with a fresh identity key for one node."""
         return FileKeystore(self.fleet_id, self._opaque.to_bytes(), self._seal_key,
                             self._token_key, self._enroll_sk, self._enroll_pk,

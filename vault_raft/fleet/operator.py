@@ -24,7 +24,7 @@ import json
 import os
 import time
 import urllib.parse
-from typing import Callable
+from collections.abc import Callable, Sequence
 
 import msgpack
 
@@ -171,7 +171,7 @@ class Operator:
             raise OperatorError(str(exc)) from None
 
     # ------------------------------------------------------------ publish
-    def publish(self, current: str, retiring: list[str] = (), now: int | None = None,
+    def publish(self, current: str, retiring: Sequence[str] = (), now: int | None = None,
                 progress: Callable[[str], None] = lambda m: None) -> B.Bundle:
         """Publish the next epoch naming ``current`` (and ``retiring`` fleets)."""
         now = int(time.time()) if now is None else now
@@ -197,7 +197,8 @@ class Operator:
             bundle = B.Bundle(self.namespace, self.state["epoch"] + 1, tuple(entries), now - 300,
                               int(now + self.validity), bytes.fromhex(self.state["digest"]))
             canon = bundle.canonical()
-            self.state["pending"] = {"bundle": canon.hex(), "fleets": [cur_dir] + [d for d, _ in ret]}
+            self.state["pending"] = {"bundle": canon.hex(),
+                                     "fleets": [cur_dir] + [d for d, _ in ret]}
             _write_json(self.state_path, self.state)
         sig = self.sk.sign(canon)
         progress(f"witness {self.witness}: co-signing {self.namespace} epoch {bundle.epoch}")

@@ -159,8 +159,8 @@ class Gate:
         if len(token) > MAX_TOKEN:
             raise Unauthorized(f"token longer than {MAX_TOKEN} bytes")
         unverified = _claims(token)
-        tenant = tl.get(unverified.get("iss")) if isinstance(unverified.get("iss"), str) \
-            else None
+        iss = unverified.get("iss")
+        tenant = tl.get(iss) if isinstance(iss, str) else None
         if tenant is None:
             raise Unauthorized("token issuer is not a tenant of this fleet")
         for pk in tenant.keys:
