@@ -12,7 +12,8 @@ seal_key          AES-256-GCM key sealing users' secrets at rest
 token_key         AES-256-GCM key sealing KE2->KE3 server state into tokens,
                   and enroll/start tickets (another associated data)
 enroll key        X25519 HPKE key: clients encrypt new secrets to it
-cluster_secret    authenticates and encrypts node-to-node Raft traffic
+cluster_secret    unused: Raft traffic is mutual TLS with fleet certificates;
+                  kept so that keystore files keep their format
 node identity     Ed25519, one per node: signs the node's deployment statement
 ================  ============================================================
 
