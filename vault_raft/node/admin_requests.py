@@ -92,7 +92,7 @@ async def transfer(service: VaultService, to: Any) -> dict:
     try:
         err = await raft_call(lambda done: service.replica.transfer_leadership(target, done),
                               5.0)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise ApiError(503, "the Raft thread did not take the transfer request within 5 s")\
             from None
     if err not in (0, None):

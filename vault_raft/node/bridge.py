@@ -22,7 +22,7 @@ NOT_PROPOSED = frozenset({"QUEUE_FULL", "MISSING_LEADER", "NOT_LEADER", "REQUEST
 
 def _expire(fut: asyncio.Future) -> None:
     if not fut.done():
-        fut.set_exception(asyncio.TimeoutError())
+        fut.set_exception(TimeoutError())
 
 
 async def commit(replica, propose, command: bytes, timeout: float, meanwhile=None):
@@ -60,7 +60,7 @@ async def commit(replica, propose, command: bytes, timeout: float, meanwhile=Non
                 replica.wait_sent(sent, 0.002)
             meanwhile()
         res, err = await fut
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise ApiError(503, "commit timed out (the attempt may still be counted)") from None
     finally:
         timer.cancel()

@@ -68,33 +68,33 @@ async def read_body(request: web.Request) -> bytes:
     (a corrupt gzip or deflate stream, broken chunks), a client gone mid-body.
     Too large a body is aiohttp's 413."""
     proto = request.protocol
-    srv = proto.srv if isinstance(proto, _Handler) else None
-    timeout = srv.limits.body_timeout if srv is not None else Limits.body_timeout
+    handler = proto if isinstance(proto, _Handler) else None
+    timeout = handler.srv.limits.body_timeout if handler is not None else Limits.body_timeout
     try:
         async with asyncio.timeout(timeout):
             raw = await request.read()
     except TimeoutError:
-        if srv is not None:
-            srv.note_body_timeout(proto.conn.peer)
+        if handler is not None:
+            handler.srv.note_body_timeout(handler.conn.peer)
         # no lingering for the rest of a body that is not coming: the reply,
         # then the connection is closed
-        request.content.set_exception(asyncio.TimeoutError())
+        request.content.set_exception(TimeoutError())
         raise ApiError(408, f"request body not received within {timeout:g} s",
                        close=True) from None
     except (RequestPayloadError, HttpProcessingError) as exc:
-        if srv is not None:
-            srv._note("bad_requests")
-            srv.quiet.info("malformed", "API: refused a request body from %s: %s",
-                           proto.conn.peer, one_line(exc))
+        if handler is not None:
+            handler.srv._note("bad_requests")
+            handler.srv.quiet.info("malformed", "API: refused a request body from %s: %s",
+                                   handler.conn.peer, one_line(exc))
         raise ApiError(400, f"request body could not be read: {one_line(exc)}",
                        close=True) from None
     except ConnectionError:  # the client left mid-body: nobody to answer
-        if srv is not None:
-            srv._note("client_gone")
+        if handler is not None:
+            handler.srv._note("client_gone")
         raise ApiError(400, "connection closed before the request body was complete",
                        close=True) from None
-    if isinstance(proto, _Handler):
-        proto.body_done()
+    if handler is not None:
+        handler.body_done()
     return raw
 
 
@@ -110,8 +110,10 @@ class _Conn(asyncio.Protocol):
     #: (one read of the TLS layer: asyncio reads up to 256 KiB at a time)
     MAX_EARLY = 512 * 1024
 
-    def __init__(self, server: "ApiServer"):
+    def __init__(self, server: ApiServer):
+        assert server.loop is not None, "connections arrive once the server has started"
         self.srv = server
+        self.loop: asyncio.AbstractEventLoop = server.loop
         self.raw: asyncio.Transport | None = None
         self.handler: _Handler | None = None
         self.state = _HANDSHAKE
@@ -127,7 +129,7 @@ class _Conn(asyncio.Protocol):
         self.raw = transport
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.opened = self.srv.loop.time()
+        self.opened = self.loop.time()
         if not self.srv._admit(self):
             self.state = _CLOSED
             transport.abort()
@@ -135,13 +137,13 @@ class _Conn(asyncio.Protocol):
         if self.srv.ssl is None:
             self._attach(transport)
         else:
-            self._task = self.srv.loop.create_task(self._handshake())
+            self._task = self.loop.create_task(self._handshake(transport, self.srv.ssl))
 
-    async def _handshake(self) -> None:
+    async def _handshake(self, raw: asyncio.Transport, ctx: ssl.SSLContext) -> None:
         lim = self.srv.limits
         try:
-            tls = await self.srv.loop.start_tls(
-                self.raw, self, self.srv.ssl, server_side=True,
+            tls = await self.loop.start_tls(
+                raw, self, ctx, server_side=True,
                 ssl_handshake_timeout=lim.handshake_timeout,
                 ssl_shutdown_timeout=lim.tls_close_timeout)
         except asyncio.CancelledError:
@@ -150,7 +152,7 @@ class _Conn(asyncio.Protocol):
         except Exception as exc:  # noqa: BLE001 -- any failure ends this connection only
             if self.state == _CLOSED:  # closed meanwhile (evicted, or the node stopping)
                 return
-            late = self.srv.loop.time() - self.opened >= lim.handshake_timeout - 0.05
+            late = self.loop.time() - self.opened >= lim.handshake_timeout - 0.05
             self.srv._note("handshake_timeouts" if late else "handshake_failures")
             self.srv.quiet.debug("tls", "API: TLS handshake with %s %s: %s", self.peer,
                                  "timed out" if late else "failed", one_line(exc))

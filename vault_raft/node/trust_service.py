@@ -114,11 +114,12 @@ class TrustService:
             self._note_lag()
             cons: list = []
         elif 0 < since < size:
-            cons = v.consistency.get(since)
-            if cons is None:
-                cons = v.mirror.tree.consistency_proof(since, size)
+            cached = v.consistency.get(since)
+            if cached is None:
+                cached = v.mirror.tree.consistency_proof(since, size)
                 if len(v.consistency) < CONSISTENCY_CACHE:
-                    v.consistency[since] = cons
+                    v.consistency[since] = cached
+            cons = cached
         else:
             cons = []
         out = dict(v.trust["signed"])
@@ -147,7 +148,7 @@ class TrustService:
             self._file_wake.set()
             try:
                 await asyncio.wait_for(done.wait(), deadline - time.monotonic())
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
         if self._view is None:
             raise NoBundle("no bundle has been published to this node yet")
@@ -199,7 +200,7 @@ class TrustService:
                     self._lag_wanted = False
                     self._last_fetch = now
                     try:
-                        await self._fetch(session)
+                        await self._fetch(session, self._held)
                         self._publish(False)
                     except asyncio.CancelledError:
                         raise
@@ -220,6 +221,8 @@ class TrustService:
             return False
         try:
             trust = load_trust_file(self.path)
+            if trust is None:  # removed since the stat: as if it were not there
+                return False
             fmirror = trust_mirror(trust)
             bundle = B.Bundle.from_canonical(trust["signed"]["bundle"])
         except (OperatorError, B.TrustError, MirrorFull, KeyError, TypeError) as exc:
@@ -240,11 +243,12 @@ class TrustService:
                  bundle.epoch, fmirror.size)
         return True
 
-    async def _fetch(self, session: aiohttp.ClientSession) -> None:
+    async def _fetch(self, session: aiohttp.ClientSession,
+                     held: tuple[dict, LogMirror]) -> None:
         """Fetch and verify what the witness added, page by page, within
         FETCH_DEADLINE_S in all (the whole fetch's timeout, per request,
         and this loop's own deadline)."""
-        trust, mirror = self._held
+        trust, mirror = held
         base = trust["witness"].rstrip("/")
         ns = urllib.parse.quote(trust["namespace"], safe="")
         deadline = time.monotonic() + FETCH_DEADLINE_S
@@ -253,7 +257,7 @@ class TrustService:
             for _ in range(1000):
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise asyncio.TimeoutError
+                    raise TimeoutError
                 async with asyncio.timeout(left):
                     async with session.get(f"{base}/v1/log?start={mirror.size}&namespace={ns}"
                                            ) as resp:
@@ -264,8 +268,8 @@ class TrustService:
                 # hashing a page and checking its head: off the event loop
                 if not await asyncio.to_thread(self._apply, mirror, P.unpack(data)):
                     return
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, OperatorError,
-                B.TrustError, MirrorFull, ValueError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError, OperatorError, B.TrustError,
+                MirrorFull, ValueError) as exc:
             self.stats["fetch_failures"] += 1
             self._fetch_warn.warn("witness %s: log refresh failed (%s: %s); serving the log "
                                   "as held (size %d)", base, exc.__class__.__name__, exc,
@@ -273,7 +277,8 @@ class TrustService:
 
     def _apply(self, mirror: LogMirror, page) -> bool:
         with self._lock:
-            if mirror is not self._held[1]:  # a new trust file replaced the copy meanwhile
+            # a new trust file replaced the copy meanwhile
+            if self._held is None or mirror is not self._held[1]:
                 return False
             return mirror.apply_page(page)
 
@@ -314,7 +319,8 @@ class TrustService:
 
 
 async def _read_bounded(resp: aiohttp.ClientResponse) -> bytes:
-    chunks, total = [], 0
+    chunks: list[bytes] = []
+    total = 0
     while True:
         chunk = await resp.content.read(65536)
         if not chunk:
@@ -328,6 +334,6 @@ async def _read_bounded(resp: aiohttp.ClientResponse) -> bytes:
 async def _sleep_or(event: asyncio.Event, seconds: float) -> None:
     try:
         await asyncio.wait_for(event.wait(), seconds)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     event.clear()
