@@ -45,6 +45,13 @@ def cmd_cluster(a) -> int:
 
 
 def cmd_demo(a) -> int:
+    if a.hosts is not None:
+        if a.keep:
+            print("error: --keep does not combine with --hosts (the hosts are removed at the "
+                  "end)", file=sys.stderr)
+            return 2
+        from vault_raft.ops.demo_hosts import run_hosts_demo
+        return run_hosts_demo(a.dir, mode=a.hosts)
     from vault_raft.ops.demo import run_demo
     return run_demo(a.dir, keep=a.keep)
 
@@ -69,4 +76,9 @@ def register_demo(sub) -> None:
     dm = sub.add_parser("demo", help="local 3-node cluster: enroll, wrong guesses, recovery")
     dm.add_argument("--dir", default=None, help="fleet directory (default: a temporary one)")
     dm.add_argument("--keep", action="store_true", help="leave the cluster running")
+    dm.add_argument("--hosts", nargs="?", const="auto", default=None,
+                    choices=["auto", "netns", "loopback"],
+                    help="every node on its own host, and one host cut off and back: a "
+                    "network namespace each where root and `ip netns` allow (auto, netns), "
+                    "else (or with 'loopback') its own address 127.0.0.11-13")
     dm.set_defaults(fn=cmd_demo)
