@@ -3,7 +3,10 @@ network namespace where the machine allows, else its own loopback address --
 one host cut off while the other two serve, and back, caught up.  Nothing of
 the run remains afterwards: no namespace with the demo's prefix, no node."""
 import re
+import signal
 import subprocess
+import sys
+import time
 
 import pytest
 from conftest import vault_cli
@@ -87,6 +90,42 @@ def test_choose_says_which_and_why(monkeypatch):
     assert DH.choose("loopback")[0] == "loopback"
 
 
-def test_keep_does_not_combine_with_hosts():
-    r = vault_cli("demo", "--hosts", "--keep")
-    assert r.returncode == 2 and "--keep does not combine with --hosts" in r.stderr
+def test_keep_does_not_combine_with_hosts(capsys):
+    from vault_raft.cli.main import main
+    assert main(["demo", "--hosts", "--keep"]) == 2
+    assert "--keep does not combine with --hosts" in capsys.readouterr().err
+
+
+@pytest.mark.cluster
+def test_ctrl_c_removes_nodes_and_namespaces():
+    """SIGINT once the cluster is up: exit 130, every node (by PID) and every
+    namespace of the run gone."""
+    proc = subprocess.Popen([sys.executable, "-m", "vault_raft", "demo", "--hosts"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pids: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        assert proc.stdout is not None
+        while time.monotonic() < deadline and len(pids) < 3:
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read() if proc.stderr else ""
+            m = re.match(r"^n\d\s+(\d+)\s", line)
+            if m:
+                pids.append(int(m.group(1)))
+        assert len(pids) == 3
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, (out, err)
+    assert "interrupted" in err
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                assert f.read().rsplit(")", 1)[1].split()[0] == "Z", f"node {pid} still runs"
+        except FileNotFoundError:
+            pass
+    if unavailable() is None:
+        assert not {n for n in _namespaces() if n.startswith(f"{NS_PREFIX}{proc.pid}-")}
