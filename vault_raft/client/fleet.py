@@ -86,6 +86,7 @@ class Client:
         self.endpoints = list(nodes or [n.api for n in self.fleet.nodes])
         self._next = random.randrange(len(self.endpoints))
         self.last_node: str | None = None
+        self.answer_lost = False
         # TLS 1.3 to every node, pinned to the fleet's CA; http:// endpoints only
         # for a fleet made with --insecure-http (the operator's debugging opt-in)
         self.channel = CH.for_fleet(self.fleet)
@@ -153,6 +154,7 @@ class Client:
         say ``proposed: false``.
         """
         body = self._with_auth(body)
+        self.answer_lost = False  # a node took this request and did not answer in time
         deadline = time.monotonic() + self.timeout
         delay, last, clock = 0.05, "no node answered", None
         while True:
@@ -171,6 +173,7 @@ class Client:
                     break
                 except (TimeoutError, http.client.HTTPException, OSError) as exc:
                     last = f"{url}: {exc.__class__.__name__}"
+                    self.answer_lost = True
                     if not retry_timeouts:
                         raise E.Unavailable(f"no answer from {url} in time; the attempt may have "
                                           "been counted") from None
@@ -263,6 +266,13 @@ class Client:
             raise E.WrongCode(int(out.get("attempts_left", 0))) from None
         status, out = self.post("/v1/recover/finish", login.finish_body())
         if status == 401 and out.get("reason") != "token":
+            if self.answer_lost:
+                # A node that did not answer in time may have completed this
+                # attempt (released the secret, reset the count): the next
+                # node then finds it used.  Nothing is lost; recover again.
+                raise E.Unavailable("a node did not answer the login's last step in time and "
+                                    "the attempt is now used (that node may have completed "
+                                    "it; no wrong code was counted): recover again")
             raise E.ServerError(f"the fleet did not accept the login: {out.get('message')}")
         if status != 200:
             self._raise(status, out)

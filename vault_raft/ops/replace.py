@@ -26,6 +26,7 @@ half-way can be run again (a removal already committed is not repeated).
 
 from __future__ import annotations
 
+import http.client
 import os
 import time
 from collections.abc import Callable
@@ -73,19 +74,36 @@ def _hand_over(cl: LocalCluster, node_id: str, timeout: float,
     return None
 
 
-def _members(cl: LocalCluster, nid: str) -> list[dict]:
-    code, out = cl.admin(nid, "status")
-    if code != 200 or "members" not in out:
-        raise ClusterError(f"{nid} did not report the membership: {out.get('message')}")
-    return out["members"]
+_NO_ANSWER = (OSError, http.client.HTTPException)  # the request may or may not have arrived
+
+
+def _members(cl: LocalCluster, nid: str, timeout: float = 30.0) -> list[dict]:
+    """The membership ``nid`` has applied (asked again while it does not answer:
+    a loaded node may take longer than one request's timeout)."""
+    def ask() -> list[dict] | None:
+        try:
+            code, out = cl.admin(nid, "status")
+        except _NO_ANSWER:
+            return None
+        if code != 200 or "members" not in out:
+            raise ClusterError(f"{nid} did not report the membership: {out.get('message')}")
+        return out["members"]
+    return wait_until(ask, timeout, 0.5, f"{nid} to report the membership")
 
 
 def _change(cl: LocalCluster, leader: str, rep: R.Replacement, kind: str,
             progress: Callable[[str], None]) -> None:
     addr, fp = (rep.old_addr, rep.old_cert_sha256) if kind == "rem" else \
         (rep.new_addr, rep.new_cert_sha256)
-    code, out = cl.admin(leader, "member", {"change": kind, "node": rep.node_id, "addr": addr,
-                                            "cert_sha256": fp}, timeout=15.0)
+    try:
+        code, out = cl.admin(leader, "member", {"change": kind, "node": rep.node_id,
+                                                "addr": addr, "cert_sha256": fp}, timeout=15.0)
+    except _NO_ANSWER as exc:
+        # The leader may have committed the change and lost only the answer:
+        # look at the membership before deciding.
+        progress(f"{leader} did not answer the change in time ({exc.__class__.__name__}); "
+                 "checking whether it took effect")
+        code, out = 200, {"members": _settled(cl, leader, addr, kind == "add")}
     if code != 200:
         raise ClusterError(f"{leader} refused to {'remove' if kind == 'rem' else 'add'} "
                            f"{rep.node_id} at {addr}: {out.get('message')}")
@@ -93,6 +111,21 @@ def _change(cl: LocalCluster, leader: str, rep: R.Replacement, kind: str,
              f"({'certificate revoked' if kind == 'rem' else 'certificate pinned'}: "
              f"{fp[:16]}); members: "
              + ", ".join(f"{m['node']}={m['addr']}" for m in out["members"]))
+
+
+def _settled(cl: LocalCluster, leader: str, addr: str, present: bool) -> list[dict]:
+    """The membership once ``addr`` is ``present`` (or not) in it, within 15 s;
+    else a clear error: the change did not happen, and running the
+    replacement again is safe (each step checks what is already done)."""
+    def done() -> list[dict] | None:
+        members = _members(cl, leader)
+        return members if any(m["addr"] == addr for m in members) == present else None
+    try:
+        return wait_until(done, 15.0, 0.5, "the membership change")
+    except ClusterError:
+        raise ClusterError(f"{leader} did not answer, and within 15 s its membership did not "
+                           f"show {addr} {'added' if present else 'removed'}: see `vault-raft "
+                           "cluster status`, then run the replacement again") from None
 
 
 def replace_node(fleet_dir: str, node_id: str, host: str, *, raft_port: int | None = None,
