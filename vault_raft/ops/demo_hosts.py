@@ -13,7 +13,8 @@ Steps: fleet init with one address per node, cluster up, enroll, wrong
 guesses, recovery; the leader's host cut off while the other two elect a
 leader and keep serving (a guess counted, a recovery); the host back, caught
 up, serving on its own.  Namespaces and node processes are removed (by PID)
-when the demo ends, fails, or is interrupted (Ctrl-C, SIGTERM).
+when the demo ends, fails, or is interrupted (Ctrl-C, SIGTERM; a second one
+waits for the clean-up).
 """
 
 from __future__ import annotations
@@ -57,6 +58,23 @@ def choose(mode: str = "auto") -> tuple[str, str]:
     if mode == "netns":
         raise DemoHostsError(f"--hosts netns: {reason}")
     return "loopback", reason
+
+
+@contextmanager
+def _uninterrupted() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait while the clean-up runs (it is bounded: the
+    nodes' stop and the namespaces' removal time out), so a second Ctrl-C
+    does not leave nodes or namespaces behind."""
+    try:
+        old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 @contextmanager
@@ -113,13 +131,14 @@ def run_hosts_demo(directory: str | None = None, mode: str = "auto") -> int:
                  "back, it caught up.")
             return 0
         finally:
-            if cluster is not None:
-                cluster.stop(timeout=10)
-            if net is not None:
-                net.close()
-                _say(f"   namespaces and links removed ({NN.NS_PREFIX}*-{net.tag}-n*)")
-            if tmp:
-                shutil.rmtree(directory, ignore_errors=True)
+            with _uninterrupted():
+                if cluster is not None:
+                    cluster.stop(timeout=10)
+                if net is not None:
+                    net.close()
+                    _say(f"   namespaces and links removed ({NN.NS_PREFIX}*-{net.tag}-n*)")
+                if tmp:
+                    shutil.rmtree(directory, ignore_errors=True)
 
 
 def _track(cluster: LocalCluster, net: NN.NetnsNet | None) -> None:
