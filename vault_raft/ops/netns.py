@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import fcntl
+import functools
 import ipaddress
 import os
 import random
@@ -54,14 +55,9 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return r
 
 
-_probe: str | None | bool = False  # False: not probed yet
-
-
+@functools.cache  # probed once per process
 def unavailable() -> str | None:
     """Why network namespaces cannot be used here (None: they can)."""
-    global _probe
-    if _probe is not False:
-        return _probe  # type: ignore[return-value]
     reason: str | None = None
     if not hasattr(os, "geteuid") or os.geteuid() != 0:
         reason = "network namespaces need root"
@@ -84,7 +80,6 @@ def unavailable() -> str | None:
             reason = f"ip failed: {exc}"
         finally:
             _ip("netns", "del", name, check=False)
-    _probe = reason
     return reason
 
 
