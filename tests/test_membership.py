@@ -99,6 +99,33 @@ def test_a_pickled_object_in_a_membership_entry_is_not_built():
             wire.command_to_wire(data)
 
 
+def _crafted_entry(middle: bytes) -> bytes:
+    """``2 || pickle([str, X, Y, str, str])`` with X, Y given as raw pickle opcodes."""
+    s = b"X" + len(b"add").to_bytes(4, "little") + b"add"
+    return bytes([2]) + b"\x80\x02](" + s + middle + s + s + b"e."
+
+
+def test_a_crafted_membership_entry_neither_recurses_nor_hangs_the_parser():
+    # two deeply nested lists: comparing them before checking the types
+    # recursed out of the parser (RecursionError, not a MembershipError)
+    depth = 200_000
+    nested = b"]" * depth + b"a" * (depth - 1)
+    with pytest.raises(MB.MembershipError):
+        MB.parse(_crafted_entry(nested + nested))
+    # two distinct DAGs of shared sublists (memo references): comparing them
+    # takes 2**60 steps
+    def dag(memo0: int) -> bytes:
+        out = b"]q" + bytes([memo0]) + b"0"  # BINPUT, then POP: only the memo keeps it
+        for k in range(1, 60):
+            out += b"](h" + bytes([memo0 + k - 1]) + b"h" + bytes([memo0 + k - 1]) + b"eq" \
+                + bytes([memo0 + k]) + (b"0" if k < 59 else b"")
+        return out
+    with pytest.raises(MB.MembershipError):
+        MB.parse(_crafted_entry(dag(0) + dag(100)))
+    with pytest.raises(wire.FrameError):
+        wire.command_to_wire(_crafted_entry(nested + nested))
+
+
 def test_membership_state_applies_and_reverts():
     m = MB.Membership({"h:1": "n1", "h:2": "n2"})
     m.apply(MB.Change("rem", "h:2", "n2", FP))

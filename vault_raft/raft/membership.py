@@ -22,7 +22,12 @@ On the wire (:mod:`.frames`) the entry travels as ``[2, kind, addr, node_id,
 cert_sha256]``, checked against :func:`valid`; the receiver rebuilds the
 entry's bytes by pickling those validated strings (:func:`entry_bytes`).
 Nothing received is unpickled.  The node reads its own entries back with
-:func:`parse`, an unpickler that builds nothing but lists and strings.
+:func:`parse`, an unpickler that resolves no global (no class, function or
+extension code: ``find_class`` always refuses, so no ``REDUCE``/``BUILD``
+can run); it builds only the pickle's plain containers and scalars (lists,
+tuples, dicts, sets, strings, bytes, numbers), and the result counts only if
+it is a list of exactly five strings (checked before anything is compared),
+which then pass :func:`valid`.
 
 Membership entries reach a log only through the leader's admin path (an
 operator-signed request, :mod:`vault_raft.node.membership`); a follower cannot
@@ -110,7 +115,10 @@ def parse(command: bytes) -> Change:
         raise
     except Exception:  # noqa: BLE001 -- not one of ours
         raise MembershipError("membership entry does not decode") from None
-    if not (isinstance(obj, list) and len(obj) == 5 and obj[1] == obj[2]):
+    # types first: comparing two crafted nested lists could recurse or take
+    # exponential time (shared sublists); two strings compare in linear time
+    if not (isinstance(obj, list) and len(obj) == 5
+            and all(type(x) is str for x in obj) and obj[1] == obj[2]):
         raise MembershipError("membership entry has the wrong shape")
     return from_wire([MEMBERSHIP, obj[0], obj[1], obj[3], obj[4]])
 

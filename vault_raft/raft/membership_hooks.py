@@ -1,7 +1,8 @@
 """The replica's side of membership changes (see :mod:`.membership`).
 
 pysyncobj's dynamic membership is on.  Its entries are parsed with
-:func:`membership.parse` (an unpickler that builds only lists and strings),
+:func:`membership.parse` (an unpickler that resolves no global and accepts
+only a list of five strings),
 and each change pysyncobj applies or reverts updates the replica's
 :attr:`membership` (node ids, certificate pins and revocations the mTLS
 transport checks).
