@@ -232,8 +232,10 @@ class DurableJournal(SegmentFiles, DurableState):
             self.trace("append", idx, term)
 
     def sync(self) -> None:
-        """Make every written entry durable (called before each send), then the
-        mark that says so."""
+        """Make every written entry durable, with the mark that says so (synced
+        beside the journal, see below).  The replica calls it before it sends an
+        acknowledgement or a vote, and for the leader's own appends at each tick
+        and after each append round (:mod:`vault_raft.raft.replica`)."""
         if self._dirty:
             # The mark's sync runs beside the journal's (one more disk flush in
             # parallel, not in series).  Should the journal's fail or the node
