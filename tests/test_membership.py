@@ -295,3 +295,39 @@ def test_replacing_a_node_revokes_its_old_certificate_and_survives_a_restart(fle
           and again.membership.revoked, 20, "the membership from the snapshot")
     assert again.membership.revoked == {old_fp}
     assert _handshake_refused(survivor_addr, fleet["files"]["n2"], fleet["ca"])
+
+
+def test_a_restart_replays_the_revocation_even_if_the_hooks_are_installed_late(fleet,
+                                                                               monkeypatch):
+    """pysyncobj starts its tick thread inside ``SyncObj.__init__``, before the
+    replica installs its hooks; a tick that applies the journal's committed
+    entries before the membership hook is in place loses their revocations."""
+    addrs = fleet["addrs"]
+    for nid in addrs:
+        fleet["start"](nid, addrs)
+    reps = fleet["reps"]
+    old_fp = _fp(fleet["files"]["n2"][1])
+    reps.pop("n2").destroy_synchronous()
+    leader = _leader(reps.values())
+    assert _call(leader, lambda cb: leader.propose_membership(
+        MB.Change("rem", addrs["n2"], "n2", old_fp), cb)) == 0
+    for _ in range(3):
+        assert _commit(leader) == 0
+    survivor = next(r for r in reps.values() if r is not leader)
+    _wait(lambda: survivor.status()["last_applied"] >= leader.status()["last_applied"], 20,
+          "the survivor to apply the removal")
+    nid = next(n for n, a in addrs.items() if a == survivor.selfNode.id)
+    reps.pop(nid).destroy_synchronous()
+
+    from vault_raft.raft.membership_hooks import MembershipHooks
+    install = MembershipHooks._install_membership_hooks
+
+    def late(self):  # the main thread is descheduled for a while (a loaded host)
+        import time
+        time.sleep(0.6)
+        install(self)
+    monkeypatch.setattr(MembershipHooks, "_install_membership_hooks", late)
+    again = fleet["start"](nid, addrs)
+    _wait(lambda: addrs["n2"] not in again.members(), 20, "the replayed removal")
+    _wait(lambda: again.membership.revoked == {old_fp}, 10, "the replayed revocation")
+    assert again.membership.node_id(addrs["n2"]) is None

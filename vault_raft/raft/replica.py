@@ -139,12 +139,17 @@ class DurableReplica(SnapshotFiles, PreVote, MembershipHooks, SyncObj):
         self._init_votes(s.pre_vote, s.election_min)
         self.rounds_sent = 0  # command-queue drains done by the Raft thread (wait_sent)
         self._sent_cond = threading.Condition()
+        # pysyncobj starts its tick thread inside SyncObj.__init__, before the
+        # hooks below exist: ticks wait for them (else a first tick could apply
+        # the journal's committed membership entries without their revocations)
+        self._hooks_installed = threading.Event()
         super().__init__(self_addr, partners,
                          self._sync_obj_conf(s, self_addr, partners, auto_tick, bind),
                          transportClass=transport_class)
         self._install_hooks(s)
         self._install_membership_hooks()
         self._journal_ready()
+        self._hooks_installed.set()
 
     def _make_journal_path(self, data_dir: str, s: RaftSettings, trace, journal_factory,
                            truncate_after: int | None) -> DurablePath:
@@ -300,6 +305,9 @@ class DurableReplica(SnapshotFiles, PreVote, MembershipHooks, SyncObj):
                               "pre_vote", "pre_vote_response"})
 
     def _onTick(self, timeToWait=0.0):
+        if not self._hooks_installed.is_set():  # still in __init__ (see there)
+            self._hooks_installed.wait(max(timeToWait, 0.01))
+            return None
         journal = self.journal_path.journal
         if journal is not None:
             journal.sync()
