@@ -331,3 +331,35 @@ def test_a_restart_replays_the_revocation_even_if_the_hooks_are_installed_late(f
     _wait(lambda: addrs["n2"] not in again.members(), 20, "the replayed removal")
     _wait(lambda: again.membership.revoked == {old_fp}, 10, "the replayed revocation")
     assert again.membership.node_id(addrs["n2"]) is None
+
+
+# ------------------------------------------------------ the admin request
+
+def test_a_membership_request_is_not_replayed_across_a_restart(monkeypatch):
+    """Nonces live in memory: a node that restarted within the skew window
+    would take a captured ``member`` request again (e.g. the removal of n2
+    at an address where the replacement n2 now runs)."""
+    from cryptography.hazmat.primitives import serialization as S
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from vault_raft.node import admin
+    from vault_raft.node.admin import AdminAuthError, AdminVerifier, sign_request
+    sk = Ed25519PrivateKey.generate()
+    pk = sk.public_key().public_bytes(S.Encoding.Raw, S.PublicFormat.Raw)
+    args = {"change": "rem", "node": "n2", "addr": "127.0.0.1:7102", "cert_sha256": FP}
+    t0 = 1_800_000_000_000
+    body = sign_request(sk, FLEET, "n1", "member", args, now_ms=t0)
+    monkeypatch.setattr(admin.time, "time", lambda: t0 / 1000)
+    before = AdminVerifier(pk, FLEET, "n1")
+    assert before.verify(body, t0 + 1000) == ("member", args)
+    with pytest.raises(AdminAuthError, match="replayed"):
+        before.verify(body, t0 + 2000)
+    monkeypatch.setattr(admin.time, "time", lambda: (t0 + 5000) / 1000)
+    restarted = AdminVerifier(pk, FLEET, "n1")  # the node restarted
+    with pytest.raises(AdminAuthError, match="before this node started"):
+        restarted.verify(body, t0 + 6000)
+    # a request signed after the start is taken; other operations keep the window
+    fresh = sign_request(sk, FLEET, "n1", "member", args, now_ms=t0 + 5500)
+    assert restarted.verify(fresh, t0 + 6000)[0] == "member"
+    status = sign_request(sk, FLEET, "n1", "status", {}, now_ms=t0 + 4000)
+    assert restarted.verify(status, t0 + 6000)[0] == "status"

@@ -9,7 +9,9 @@ public key).  The signature covers the fleet id, the target node, the
 operation, its arguments, a timestamp and a random nonce; a node accepts a
 request only within :data:`SKEW_MS` of its clock and only once (nonces are
 remembered for twice that window), so a captured request cannot be replayed
-to it or sent to another node.
+to it or sent to another node.  Nonces live in memory; so that a restart
+does not open the window again, a membership change (``member``) signed
+before the node started is refused (sign a new one).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class AdminVerifier:
         self.fleet_id, self.node_id = fleet_id, node_id
         self._seen: dict[bytes, int] = {}
         self._lock = threading.Lock()
+        self.started_ms = int(time.time() * 1000)  # nonces seen before are forgotten
 
     def verify(self, body: dict, now_ms: int) -> tuple[str, dict]:
         if self.pk is None:
@@ -72,6 +75,9 @@ class AdminVerifier:
                 from None
         if abs(now_ms - ts) > SKEW_MS:
             raise AdminAuthError("admin request is stale or from the future")
+        if op == "member" and ts < self.started_ms:
+            raise AdminAuthError("membership request signed before this node started (a "
+                                 "replay across a restart?): sign a new one")
         with self._lock:
             for n, t in list(self._seen.items()):
                 if now_ms - t > 2 * SKEW_MS:
