@@ -44,9 +44,9 @@ that touches its internals):
   rewriting the log on the Raft thread.
 * **Membership changes** (:mod:`.membership`, :mod:`.membership_hooks`):
   dynamic membership is on; its entries are parsed with an unpickler that
-  resolves no global and accepts only a list of five strings, and each applied or reverted entry updates
-  the node ids, certificate pins and revocations the mTLS transport checks
-  (kept in snapshots too).
+  resolves no global and accepts only a list of five strings, and each
+  applied or reverted entry updates the node ids, certificate pins and
+  revocations the mTLS transport checks (kept in snapshots too).
 * Timeouts tuned for a vault: an isolated leader steps down after
   ``leader_fallback`` seconds; peers may be dialled through a mapped address
   (fault-injection proxies).
