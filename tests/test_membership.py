@@ -363,3 +363,45 @@ def test_a_membership_request_is_not_replayed_across_a_restart(monkeypatch):
     assert restarted.verify(fresh, t0 + 6000)[0] == "member"
     status = sign_request(sk, FLEET, "n1", "status", {}, now_ms=t0 + 4000)
     assert restarted.verify(status, t0 + 6000)[0] == "status"
+
+
+def test_a_revocation_from_a_snapshot_closes_an_open_connection(fleet):
+    """A snapshot that revokes a member address's certificate leaves the
+    address in pysyncobj's cluster (replaced at the same address), so nothing
+    drops the connection; the revocation itself must close it."""
+    addrs = fleet["addrs"]
+    for nid in ("n1", "n3"):
+        fleet["start"](nid, addrs)
+    reps = fleet["reps"]
+    _leader(reps.values())
+    n1, old_fp = reps["n1"], _fp(fleet["files"]["n2"][1])
+    # the old n2 (its stolen disk) is connected to n1 ...
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = False
+    ctx.load_verify_locations(fleet["ca"])
+    ctx.load_cert_chain(fleet["files"]["n2"][1], fleet["files"]["n2"][0])
+    host, port = addrs["n1"].rsplit(":", 1)
+    s = ctx.wrap_socket(socket.create_connection((host, int(port)), timeout=5))
+    try:
+        s.sendall(wire.encode(wire.PING))
+        s.settimeout(3.0)
+        assert s.recv(4) != b""  # a keepalive: the connection is open
+        # ... when n1 installs a snapshot whose membership revokes its certificate
+        state = n1.membership.to_dict()
+        state["revoked"] = [old_fp]
+        n1._raft_calls.put(lambda: n1.membership.load(state))
+        _wait(lambda: old_fp in n1.membership.revoked, 5, "the snapshot's membership")
+
+        def closed():  # a live peer: it pings (a silent one is dropped after 1.5 s)
+            try:
+                s.sendall(wire.encode(wire.PING))
+                return s.recv(4096) == b""
+            except (ssl.SSLError, ConnectionError):
+                return True
+            except TimeoutError:
+                return False
+        s.settimeout(0.5)
+        _wait(closed, 8, "n1 to close the revoked certificate's connection")
+    finally:
+        s.close()

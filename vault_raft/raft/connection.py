@@ -40,6 +40,7 @@ class TlsConnection:
         self.server_side = server_side
         self.peer = peer  # the address it came from (accepted connections)
         self.node = node  # expected peer (outgoing) / identified peer (incoming)
+        self.peer_der: bytes | None = None  # its certificate, once identified
         self.inbio, self.outbio = ssl.MemoryBIO(), ssl.MemoryBIO()
         ctx = transport.server_ctx if server_side else transport.client_ctx
         self.tls = ctx.wrap_bio(self.inbio, self.outbio, server_side=server_side)
@@ -92,12 +93,13 @@ class TlsConnection:
             return
         except (ssl.SSLError, OSError) as exc:
             return self.close(f"TLS handshake failed: {exc}")
+        der = self.tls.getpeercert(binary_form=True)
         try:
-            node = self.t._identify(self.tls.getpeercert(binary_form=True), self.node)
+            node = self.t._identify(der, self.node)
         except ValueError as exc:
             self._flush()
             return self.close(f"peer refused: {exc}")
-        self.node = node
+        self.node, self.peer_der = node, der  # checked again after membership changes
         self.state = OPEN
         self._flush()
         self.t._on_open(self)

@@ -115,6 +115,9 @@ class MtlsTransport(Transport):
         self._accept_resume_at: float | None = None  # paused until (monotonic)
         self.counts = {k: 0 for k in ("accepted", "refused", "evicted", "accept_errors",
                                       "accept_pauses")}
+        members = getattr(syncObj, "membership", None)  # raft.membership.Membership
+        if members is not None:
+            members.on_change = self._recheck_peers
         syncObj.addOnTickCallback(self._on_tick)
         self._bind()
 
@@ -256,6 +259,18 @@ class MtlsTransport(Transport):
         if expected is not None and node != expected:
             raise ValueError(f"dialled {expected.address} but reached {nid} ({addr})")
         return node
+
+    def _recheck_peers(self, change=None, reverse=False) -> None:
+        """After a membership change (an entry, or a snapshot's state): close
+        each open connection whose certificate the membership now refuses.
+        pysyncobj drops a removed address's connection, but a snapshot that
+        revokes the certificate of an address that stays a member (a node
+        replaced at the same address) drops nothing.  Raft thread."""
+        for conn in list(self._conns.values()):
+            try:
+                self._identify(conn.peer_der, conn.node)
+            except ValueError as exc:
+                conn.close(f"peer refused after a membership change: {exc}")
 
     # ----------------------------------------------------------- dialling
     def _should_dial(self, node) -> bool:
