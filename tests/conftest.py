@@ -164,3 +164,33 @@ def app_tenant(fleet_dirs, namespace, name="app"):
     for d in others:
         T.add_tenant(d, name, audiences=(namespace,), public_key=pk)
     return T.local_token_source(first, namespace, name)
+
+
+@pytest.fixture
+def witness(tmp_path):
+    """A witness process on a free port: (url, its directory, the process);
+    stopped by PID at teardown."""
+    from vault_raft.ops import witness_server
+
+    d = str(tmp_path / "witness")
+    port = free_base_port(1) + 1
+    r = vault_cli("witness", "init", "--dir", d, "--port", str(port))
+    assert r.returncode == 0, r.stderr
+    proc = witness_server.spawn(d)
+    try:
+        yield f"http://127.0.0.1:{port}", d, proc
+    finally:
+        witness_server.stop(proc)
+
+
+def fast_ksf(fleet_dir: str) -> None:
+    """The identity KSF in fleet.json: for tests about trust or membership,
+    not about Argon2id's cost."""
+    from vault_raft.crypto.ksf import IDENTITY_KSF
+
+    p = os.path.join(fleet_dir, "fleet.json")
+    with open(p) as f:
+        d = json.load(f)
+    d["ksf"] = IDENTITY_KSF.to_dict()
+    with open(p, "w") as f:
+        json.dump(d, f)

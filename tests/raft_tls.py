@@ -20,3 +20,21 @@ def fleet_tls(folder, addrs: list[str], fleet: str = FLEET) -> dict[str, TlsConf
         out[addr] = TlsConfig(fleet, nid, str(folder / "ca.crt"), str(folder / f"{nid}.crt"),
                               str(folder / f"{nid}.key"), peers)
     return out
+
+
+def node_certs(folder, addrs: dict[str, str], fleet: str = FLEET):
+    """A fleet CA and one certificate per node id (``addrs``: id -> Raft
+    address), written under ``folder``.  Returns (CA key, CA certificate,
+    CA file, {id: (key file, certificate file)}) so a test can issue more."""
+    ca_key, ca_cert = make_ca(fleet)
+    (folder / "ca.crt").write_bytes(ca_cert)
+    files = {nid: write_cert(folder, nid, *issue_node_cert(ca_key, ca_cert, fleet, nid, addr))
+             for nid, addr in addrs.items()}
+    return ca_key, ca_cert, str(folder / "ca.crt"), files
+
+
+def write_cert(folder, name: str, key: bytes, cert: bytes) -> tuple[str, str]:
+    """``name.key`` and ``name.crt`` under ``folder``; returns their paths."""
+    (folder / f"{name}.key").write_bytes(key)
+    (folder / f"{name}.crt").write_bytes(cert)
+    return str(folder / f"{name}.key"), str(folder / f"{name}.crt")

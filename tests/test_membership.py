@@ -15,6 +15,7 @@ import pytest
 from conftest import free_base_port
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from raft_tls import node_certs, write_cert
 
 from vault_raft.core import machine as M
 from vault_raft.node.replica import VaultReplica
@@ -22,18 +23,12 @@ from vault_raft.ops.cluster import wait_until
 from vault_raft.raft import _pysyncobj as pso
 from vault_raft.raft import frames as wire
 from vault_raft.raft import membership as MB
-from vault_raft.raft.pki import issue_node_cert, make_ca
+from vault_raft.raft.pki import issue_node_cert
 from vault_raft.raft.settings import RaftSettings
 from vault_raft.raft.transport import TlsConfig
 
 FLEET = "f00dfeed"
 FP = "ab" * 32
-
-
-def _write(path, data):
-    with open(path, "wb") as f:
-        f.write(data)
-    return str(path)
 
 
 def _fp(cert_path) -> str:
@@ -153,17 +148,12 @@ def fleet(tmp_path, request):
     # a new machine, or the same address (the disk was replaced): only the
     # revocation tells the old certificate from the new one then
     new_addr = f"127.0.0.1:{base + 4}" if request.param == "new address" else addrs["n2"]
-    ca_key, ca_cert = make_ca(FLEET)
-    ca = _write(tmp_path / "ca.crt", ca_cert)
-    files = {}
-    for nid, addr in addrs.items():
-        k, c = issue_node_cert(ca_key, ca_cert, FLEET, nid, addr)
-        files[nid] = (_write(tmp_path / f"{nid}.key", k), _write(tmp_path / f"{nid}.crt", c))
-    k, c = issue_node_cert(ca_key, ca_cert, FLEET, "n2", new_addr)
-    files["n2new"] = (_write(tmp_path / "n2new.key", k), _write(tmp_path / "n2new.crt", c))
+    ca_key, ca_cert, ca, files = node_certs(tmp_path, addrs, FLEET)
+    files["n2new"] = write_cert(tmp_path, "n2new",
+                                *issue_node_cert(ca_key, ca_cert, FLEET, "n2", new_addr))
     # another CA-signed certificate for n2 at the new address: not the pinned one
-    k, c = issue_node_cert(ca_key, ca_cert, FLEET, "n2", new_addr)
-    files["n2rogue"] = (_write(tmp_path / "n2rogue.key", k), _write(tmp_path / "n2rogue.crt", c))
+    files["n2rogue"] = write_cert(tmp_path, "n2rogue",
+                                  *issue_node_cert(ca_key, ca_cert, FLEET, "n2", new_addr))
     reps = {}
 
     def start(nid, peers, files_key=None, data=None):

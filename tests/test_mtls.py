@@ -19,6 +19,7 @@ import pytest
 from conftest import free_base_port
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from raft_tls import node_certs
 
 from vault_raft.node.replica import VaultReplica
 from vault_raft.ops.cluster import wait_until
@@ -40,12 +41,7 @@ def _write(path, data):
 def pki(tmp_path):
     base = free_base_port(3)
     addrs = {f"n{i}": f"127.0.0.1:{base + i}" for i in (1, 2, 3)}
-    ca_key, ca_cert = make_ca(FLEET)
-    ca = _write(tmp_path / "ca.crt", ca_cert)
-    files = {}
-    for nid, addr in addrs.items():
-        k, c = issue_node_cert(ca_key, ca_cert, FLEET, nid, addr)
-        files[nid] = (_write(tmp_path / f"{nid}.key", k), _write(tmp_path / f"{nid}.crt", c))
+    ca_key, ca_cert, ca, files = node_certs(tmp_path, addrs, FLEET)
     return {"addrs": addrs, "ca": ca, "files": files, "ca_key": ca_key, "ca_cert": ca_cert,
             "tmp": tmp_path}
 

@@ -19,40 +19,18 @@ from functools import partial
 
 import msgpack
 import pytest
-from conftest import free_base_port, vault_cli
+from conftest import fast_ksf, free_base_port, vault_cli
 from test_membership import _handshake_refused
 
 from vault_raft.chaos.campaign import Actor
 from vault_raft.chaos.checker import check_all, require_pass
 from vault_raft.chaos.history import History
-from vault_raft.crypto.ksf import IDENTITY_KSF
 from vault_raft.fleet.config import STATEMENTS_FILE, FleetInfo
 from vault_raft.fleet.create import is_local_address
 from vault_raft.fleet.tenants import local_token_source
-from vault_raft.ops import witness_server
 from vault_raft.ops.cluster import LocalCluster, wait_until
 
 NEW_HOST = "127.0.0.2"
-
-
-@pytest.fixture
-def witness(tmp_path):
-    d = str(tmp_path / "witness")
-    port = free_base_port(1) + 1
-    r = vault_cli("witness", "init", "--dir", d, "--port", str(port))
-    assert r.returncode == 0, r.stderr
-    proc = witness_server.spawn(d)
-    try:
-        yield f"http://127.0.0.1:{port}", d
-    finally:
-        witness_server.stop(proc)
-
-
-def _fast(fleet_dir):
-    p = os.path.join(fleet_dir, "fleet.json")
-    d = json.load(open(p))
-    d["ksf"] = IDENTITY_KSF.to_dict()
-    json.dump(d, open(p, "w"))
 
 
 def _node_key(fleet_dir, nid) -> str:
@@ -104,9 +82,9 @@ def test_replace_usage_errors(tmp_path, cluster_factory):
 def test_replacing_a_node_under_a_load_of_guesses(tmp_path, witness, cluster_factory):
     if not is_local_address(NEW_HOST):
         pytest.skip(f"{NEW_HOST} is not an address of this machine")
-    url, wdir = witness
+    url, wdir, _ = witness
     cl = cluster_factory(3)
-    _fast(cl.dir)
+    fast_ksf(cl.dir)
     op = str(tmp_path / "op")
     r = vault_cli("operator", "init", "--dir", op, "--namespace", "acme", "--witness", url,
                   "--witness-key", f"@{wdir}/witness.pub")

@@ -1,43 +1,18 @@
 """Fleet trust end to end, with real processes: the witness, two local clusters,
 the operator's commands and client processes (issue 6, acceptance 3), plus
 deployment evidence and the monitor."""
-import json
 import os
 import random
 import threading
 
 import msgpack
 import pytest
-from conftest import app_tenant, free_base_port, vault_cli
+from conftest import app_tenant, fast_ksf, vault_cli
 
 from vault_raft import client as C
-from vault_raft.crypto.ksf import IDENTITY_KSF
 from vault_raft.fleet.operator import DEPLOYMENT_FILE
-from vault_raft.ops import witness_server
 from vault_raft.ops.cluster import wait_until
 from vault_raft.trust import deployment as D
-
-
-@pytest.fixture
-def witness(tmp_path):
-    """A witness process on a free port; stopped by PID at teardown."""
-    d = str(tmp_path / "witness")
-    port = free_base_port(1) + 1
-    r = vault_cli("witness", "init", "--dir", d, "--port", str(port))
-    assert r.returncode == 0, r.stderr
-    proc = witness_server.spawn(d)
-    try:
-        yield f"http://127.0.0.1:{port}", d, proc
-    finally:
-        witness_server.stop(proc)
-
-
-def _fast(fleet_dir):
-    """Identity KSF in fleet.json: these tests are about trust, not Argon2id cost."""
-    p = os.path.join(fleet_dir, "fleet.json")
-    d = json.load(open(p))
-    d["ksf"] = IDENTITY_KSF.to_dict()
-    json.dump(d, open(p, "w"))
 
 
 @pytest.mark.cluster
@@ -103,7 +78,7 @@ def _two_fleets(tmp_path, witness, cluster_factory):
     url, wdir, _ = witness
     fa, fb = cluster_factory(3, start=False), cluster_factory(3, start=False)
     for cl in (fa, fb):
-        _fast(cl.dir)
+        fast_ksf(cl.dir)
         cl.start()
     for cl in (fa, fb):
         cl.wait_leader(30)
