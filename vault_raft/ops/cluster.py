@@ -264,7 +264,12 @@ class LocalCluster:
             raise ClusterError(f"no node {to!r} in this fleet")
         if to == leader:
             return leader
-        code, out = self.admin(leader, "transfer", {"to": to} if to else {}, timeout=timeout)
+        try:
+            code, out = self.admin(leader, "transfer", {"to": to} if to else {},
+                                   timeout=timeout)
+        except (OSError, http.client.HTTPException) as exc:
+            raise ClusterError(f"{leader} did not answer the transfer in time "
+                               f"({exc.__class__.__name__}); leadership may still move") from None
         if code != 200:
             raise ClusterError(f"{leader} refused the transfer: {out.get('message')}")
         if not out.get("transferred"):
