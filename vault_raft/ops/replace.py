@@ -95,9 +95,16 @@ def _change(cl: LocalCluster, leader: str, rep: R.Replacement, kind: str,
             progress: Callable[[str], None]) -> None:
     addr, fp = (rep.old_addr, rep.old_cert_sha256) if kind == "rem" else \
         (rep.new_addr, rep.new_cert_sha256)
+    args = {"change": kind, "node": rep.node_id, "addr": addr, "cert_sha256": fp}
     try:
-        code, out = cl.admin(leader, "member", {"change": kind, "node": rep.node_id,
-                                                "addr": addr, "cert_sha256": fp}, timeout=15.0)
+        code, out = cl.admin(leader, "member", args, timeout=15.0)
+        deadline = time.monotonic() + 10.0
+        while (code == 409 and out.get("reason") == "REQUEST_DENIED"
+               and time.monotonic() < deadline):
+            # a new leader takes a change once an entry of its term is applied
+            # (or the previous change is): ask again shortly
+            time.sleep(0.2)
+            code, out = cl.admin(leader, "member", args, timeout=15.0)
     except _NO_ANSWER as exc:
         # The leader may have committed the change and lost only the answer:
         # look at the membership before deciding.
