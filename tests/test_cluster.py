@@ -7,6 +7,7 @@ import struct
 import threading
 import time
 import zlib
+from functools import partial
 
 import pytest
 from conftest import vault_cli
@@ -290,10 +291,12 @@ def test_compaction_and_restart_from_snapshot(cluster_factory):
     cl.start()
     cl.wait_leader(30)
     cl.wait_healthy(timeout=30)
+    def all_applied(nid: str) -> bool:
+        return (cl.status(nid) or {}).get("records", {}).get("active") == 13
+
     for n in cl.ids:  # healthy is not caught up: a node applies past its stored commit index
         # once the leader tells it, so wait for every record on every node
-        wait_until(lambda n=n: (cl.status(n) or {}).get("records", {}).get("active") == 13, 30,
-                   what=f"{n} to apply all 13 enrollments")
+        wait_until(partial(all_applied, n), 30, what=f"{n} to apply all 13 enrollments")
     for i in range(12):
         assert cli.recover(f"user{i}", f"code{i}").secret == f"secret{i}".encode()
     with pytest.raises(C.WrongCode) as exc:
